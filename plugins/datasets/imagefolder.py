@@ -1,0 +1,110 @@
+"""``imagefolder``: a root with a train and a test sub-folder, one folder per class inside each.
+
+Files with the usual photo extensions (torchvision's list) are images; everything else (hidden
+files, READMEs, a stray GIF) is skipped and counted in a note. Test classes must be train classes;
+a train class with no test images is allowed and noted (its test recall simply cannot be measured).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torchvision.datasets.folder import IMG_EXTENSIONS
+
+import tlkit
+from tlkit.archives import fetch
+from tlkit.errors import DataError
+
+
+@dataclass(frozen=True)
+class ImageFolderOptions:
+    root: str = field(metadata={"help": "folder holding the train and test sub-folders (relative to the working directory)"})
+    train: str = field(default="train", metadata={"help": "name of the training sub-folder"})
+    test: str = field(default="val", metadata={"help": "name of the test sub-folder"})
+    download: str | None = field(default=None, metadata={"help": "archive URL fetched when root is missing"})
+    sha256: str | None = field(default=None, metadata={"help": "expected sha256 of the downloaded archive"})
+
+
+def _class_dirs(split_dir: Path) -> list[str]:
+    return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _image_files(class_dir: Path) -> tuple[list[Path], int]:
+    """Image files under ``class_dir`` (recursively, following links once), and how many others were skipped."""
+    images: list[Path] = []
+    skipped = 0
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:  # a symlink loop or a folder linked twice
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            path = Path(dirpath) / name
+            if name.startswith(".") or not name.lower().endswith(IMG_EXTENSIONS) or not path.is_file():
+                skipped += 1
+                continue
+            images.append(path)
+    return images, skipped
+
+
+def load_imagefolder(options: ImageFolderOptions) -> tlkit.LoadedDataset:
+    root = Path(options.root).expanduser()
+    if not root.is_dir():
+        if options.download:
+            fetch(options.download, root, sha256=options.sha256)
+        else:
+            raise DataError(f"data folder {root} does not exist; set dataset.root to a folder with '{options.train}' and '{options.test}' sub-folders")
+    split_dirs = {"train": root / options.train, "test": root / options.test}
+    for split, path in split_dirs.items():
+        if not path.is_dir():
+            key = "dataset.train" if split == "train" else "dataset.test"
+            raise DataError(f"{path} does not exist; {root} needs a '{path.name}' sub-folder (or set {key})")
+    classes = _class_dirs(split_dirs["train"])
+    if not classes:
+        raise DataError(f"{split_dirs['train']} has no class folders; put one folder of images per class in it")
+    test_classes = _class_dirs(split_dirs["test"])
+    foreign = [c for c in test_classes if c not in classes]
+    if foreign:
+        raise DataError(
+            f"{split_dirs['test']} has classes that {split_dirs['train']} lacks ({', '.join(foreign)}); "
+            "the class folders of train and test must agree"
+        )
+    splits: dict[str, list[tlkit.Sample]] = {}
+    notes: list[str] = []
+    for split, split_dir in split_dirs.items():
+        samples: list[tlkit.Sample] = []
+        skipped = 0
+        for label, name in enumerate(classes):
+            class_dir = split_dir / name
+            if not class_dir.is_dir():
+                notes.append(f"{split}: class '{name}' has no folder in {split_dir}")
+                continue
+            files, n_skipped = _image_files(class_dir)
+            skipped += n_skipped
+            if not files:
+                notes.append(f"{split}: class '{name}' has no images")
+            samples.extend(tlkit.Sample(path, label) for path in files)
+        if skipped:
+            notes.append(f"{split}: skipped {skipped} non-image file{'s' if skipped != 1 else ''}")
+        if not samples:
+            raise DataError(f"{split_dir} holds no images ({', '.join(ext for ext in IMG_EXTENSIONS)})")
+        splits[split] = samples
+    return tlkit.LoadedDataset(classes=tuple(classes), splits=splits, notes=tuple(notes))
+
+
+@tlkit.hookimpl
+def register_datasets(register: Any) -> None:
+    register(
+        tlkit.DatasetSpec(
+            name="imagefolder",
+            load=load_imagefolder,
+            description="a root with train/ and test/ sub-folders, one folder of images per class",
+            options=ImageFolderOptions,
+        )
+    )

@@ -1,0 +1,75 @@
+"""``linear``: one linear layer on the features, full-batch SGD with cross-entropy (the reference head).
+
+The defaults are the PyTorch transfer-learning reference's: lr 1e-3, 1000 epochs, no momentum, no
+weight decay. With a few hundred images the whole training set is one batch, so an epoch is one
+step and training takes well under a second.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+import tlkit
+
+
+@dataclass(frozen=True)
+class LinearOptions:
+    lr: float = field(default=1e-3, metadata={"help": "SGD learning rate"})
+    epochs: int = field(default=1000, metadata={"help": "full-batch SGD steps"})
+    momentum: float = field(default=0.0, metadata={"help": "SGD momentum"})
+    weight_decay: float = field(default=0.0, metadata={"help": "L2 penalty"})
+    eval_every: int = field(default=100, metadata={"help": "report train loss/accuracy and test accuracy every N epochs"})
+
+
+def _accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
+    return float((logits.argmax(1) == y).float().mean()) if len(y) else float("nan")
+
+
+def fit_linear(train: tlkit.Features, options: LinearOptions, ctx: tlkit.FitContext) -> tlkit.TrainedHead:
+    generator = torch.Generator().manual_seed(ctx.seed)
+    layer = torch.nn.Linear(train.x.shape[1], ctx.num_classes)
+    with torch.no_grad():  # nn.Linear's default init, but drawn from our seeded generator
+        bound = 1.0 / train.x.shape[1] ** 0.5
+        layer.weight.uniform_(-bound, bound, generator=generator)
+        layer.bias.uniform_(-bound, bound, generator=generator)
+    optimizer = torch.optim.SGD(layer.parameters(), lr=options.lr, momentum=options.momentum, weight_decay=options.weight_decay)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    history: list[dict[str, float]] = []
+    for epoch in range(1, options.epochs + 1):
+        optimizer.zero_grad(set_to_none=True)
+        logits = layer(train.x)
+        loss = loss_fn(logits, train.y)
+        loss.backward()
+        optimizer.step()
+        if epoch % options.eval_every == 0 or epoch == options.epochs:
+            point = {"epoch": float(epoch), "loss": float(loss), "train_accuracy": _accuracy(logits.detach(), train.y)}
+            if ctx.monitor is not None:
+                with torch.no_grad():
+                    point["test_accuracy"] = _accuracy(layer(ctx.monitor.x), ctx.monitor.y)
+            history.append(point)
+            ctx.report(epoch, point)
+    return tlkit.TrainedHead(module=layer.eval(), history=history)
+
+
+def load_linear(tensors: Mapping[str, torch.Tensor], options: LinearOptions) -> torch.nn.Module:
+    weight = tensors["weight"]
+    layer = torch.nn.Linear(weight.shape[1], weight.shape[0])
+    layer.load_state_dict(dict(tensors))
+    return layer.eval()
+
+
+@tlkit.hookimpl
+def register_heads(register: Any) -> None:
+    register(
+        tlkit.HeadSpec(
+            name="linear",
+            fit=fit_linear,
+            load=load_linear,
+            description="linear layer, full-batch SGD with cross-entropy (the PyTorch tutorial reference)",
+            options=LinearOptions,
+        )
+    )

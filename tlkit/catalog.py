@@ -1,0 +1,94 @@
+"""What is registered, as plain rows: the data behind ``tlkit backbones|datasets|heads|plugins``.
+
+Options and their defaults are read from each plugin's own options dataclass, so listings never
+drift from what the recipe validator accepts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any
+
+from tlkit.plugins import Plugins
+from tlkit.recipe import option_fields
+
+
+def _type_name(annotation: Any) -> str:
+    if isinstance(annotation, str):
+        return annotation.replace("typing.", "")
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _type_name(typing.get_args(annotation)[0])
+    if origin is typing.Literal:
+        return " | ".join(repr(a) for a in typing.get_args(annotation))
+    if origin is not None:
+        args = ", ".join(_type_name(a) for a in typing.get_args(annotation))
+        return f"{getattr(origin, '__name__', str(origin))}[{args}]"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def describe_options(options_type: type) -> list[dict[str, Any]]:
+    """One row per option: name, type, default (``"required"`` when none) and help."""
+    hints = typing.get_type_hints(options_type, include_extras=True)
+    rows = []
+    for f in option_fields(options_type):
+        if f.default is not dataclasses.MISSING:
+            default: Any = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = "required"
+        rows.append({"name": f.name, "type": _type_name(hints.get(f.name, f.type)), "default": default, "help": f.metadata.get("help", "")})
+    return rows
+
+
+def backbones(plugins: Plugins, pattern: str | None = None) -> list[dict[str, Any]]:
+    rows = []
+    for name in plugins.backbones.names(pattern):
+        spec = plugins.backbones.get(name)
+        try:
+            available = spec.weights_available() if spec.weights_available else None
+        except Exception:
+            available = None
+        rows.append(
+            {
+                "name": name,
+                "feature_dim": spec.feature_dim,
+                "plugin": spec.plugin,
+                "weights_offline": available,
+                "description": spec.description,
+                "options": describe_options(spec.options),
+            }
+        )
+    return rows
+
+
+def datasets(plugins: Plugins, pattern: str | None = None) -> list[dict[str, Any]]:
+    return [
+        {"name": s.name, "plugin": s.plugin, "description": s.description, "options": describe_options(s.options)}
+        for s in (plugins.datasets.get(n) for n in plugins.datasets.names(pattern))
+    ]
+
+
+def heads(plugins: Plugins, pattern: str | None = None) -> list[dict[str, Any]]:
+    return [
+        {"name": s.name, "plugin": s.plugin, "description": s.description, "options": describe_options(s.options)}
+        for s in (plugins.heads.get(n) for n in plugins.heads.names(pattern))
+    ]
+
+
+def plugin_rows(plugins: Plugins, *, include_builtin: bool = False) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": s.name,
+            "version": s.version,
+            "builtin": s.builtin,
+            "hooks": s.hooks,
+            "registered": {kind: len(names) if len(names) > 20 else names for kind, names in s.registered.items()},
+            "status": "failed" if s.error and not s.hooks else ("warning" if s.error else "ok"),
+            "error": s.error,
+        }
+        for s in sorted(plugins.status.values(), key=lambda s: (s.builtin, s.name))
+        if include_builtin or not s.builtin
+    ]

@@ -1,0 +1,183 @@
+"""The ``tlkit`` command: parse, call the engine, print. Errors become one line and exit code 2."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+import warnings
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import click
+import typer
+
+from tlkit import catalog, console
+from tlkit.errors import TlkitError
+
+app = typer.Typer(
+    name="tlkit",
+    help="Transfer learning on small image data sets: pretrained backbones, small heads, YAML recipes.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+_state = {"debug": os.environ.get("TLKIT_DEBUG", "") not in ("", "0")}
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks for errors.")] = False,
+) -> None:
+    """tlkit: a strong transfer-learning baseline on your own folder of images, in one command."""
+    if debug:
+        _state["debug"] = True
+
+
+def _plugins() -> Any:
+    from tlkit.plugins import get_plugins
+
+    return get_plugins()
+
+
+@app.command()
+def run(
+    recipe: Annotated[Path, typer.Argument(help="YAML recipe, e.g. recipes/hymenoptera.yaml.")],
+    set_: Annotated[
+        Optional[list[str]], typer.Option("--set", help="Override a recipe value: dotted.key=value (repeatable).")
+    ] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Run directory (default runs/<recipe>-<timestamp>/).")] = None,
+) -> None:
+    """Run a recipe: extract features with the backbone, train the head, evaluate, save the run."""
+    from tlkit.engine import run as run_recipe
+    from tlkit.recipe import load_recipe
+
+    recipe_obj = load_recipe(recipe, _plugins(), set_ or [])
+    result = run_recipe(recipe_obj, out, console.ConsoleObserver())
+    m = result.metrics
+    rows = [
+        ("recipe", recipe_obj.name),
+        ("backbone", recipe_obj.backbone.name),
+        ("head", recipe_obj.head.name),
+        ("images", f"train {m['counts']['train']}, test {m['counts']['test']}, skipped {m['skipped_images']}"),
+        ("train accuracy", console.percent(m["train_accuracy"])),
+        ("test accuracy", console.percent(m["test_accuracy"])),
+        ("test balanced accuracy", console.percent(m["test_balanced_accuracy"])),
+        ("time", f"{m['timings_s']['total']:.1f} s (extraction {m['timings_s']['extract']:.1f} s)"),
+        ("saved to", str(result.out_dir)),
+    ]
+    console.table("summary", ["", ""], rows)
+
+
+def _options_text(options: list[dict[str, Any]]) -> str:
+    return ", ".join(f"{o['name']}={o['default']!r}" if o["default"] != "required" else f"{o['name']} (required)" for o in options)
+
+
+@app.command()
+def backbones(
+    pattern: Annotated[Optional[str], typer.Argument(help="Shell-style pattern, e.g. 'timm:convnext*'.")] = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """List registered backbones: feature dimension, plugin, and whether weights are available offline."""
+    plugins = _plugins()
+    rows = catalog.backbones(plugins, pattern)
+    if json_:
+        console.print_json(rows)
+        return
+    yes_no = {True: "yes", False: "no", None: "?"}
+    console.table(
+        None,
+        ["name", "dim", "plugin", "offline weights", "description"],
+        [(r["name"], r["feature_dim"], r["plugin"], yes_no[r["weights_offline"]], r["description"]) for r in rows],
+    )
+    hidden = plugins.backbones.hidden_count() if pattern is None else 0
+    if hidden:
+        console.out.print(f"and {hidden} more from large catalogues: list them with a pattern, e.g. tlkit backbones 'timm:*'")
+
+
+@app.command()
+def datasets(
+    pattern: Annotated[Optional[str], typer.Argument(help="Shell-style pattern.")] = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """List registered data set loaders and the options each accepts."""
+    rows = catalog.datasets(_plugins(), pattern)
+    if json_:
+        console.print_json(rows)
+        return
+    console.table(None, ["name", "plugin", "description", "options"], [(r["name"], r["plugin"], r["description"], _options_text(r["options"])) for r in rows])
+
+
+@app.command()
+def heads(
+    pattern: Annotated[Optional[str], typer.Argument(help="Shell-style pattern.")] = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """List registered heads and the options each accepts."""
+    rows = catalog.heads(_plugins(), pattern)
+    if json_:
+        console.print_json(rows)
+        return
+    console.table(None, ["name", "plugin", "description", "options"], [(r["name"], r["plugin"], r["description"], _options_text(r["options"])) for r in rows])
+
+
+@app.command()
+def plugins(
+    all_: Annotated[bool, typer.Option("--all", help="Include the built-in plugins.")] = False,
+    json_: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """List installed plugins: version, hooks, what each registered, and failures."""
+    rows = catalog.plugin_rows(_plugins(), include_builtin=all_)
+    if json_:
+        console.print_json(rows)
+        return
+    if not rows:
+        console.out.print("no third-party plugins installed (tlkit plugins --all shows the built-ins)")
+        return
+    console.table(
+        None,
+        ["name", "version", "hooks", "registered", "status"],
+        [
+            (
+                r["name"],
+                r["version"],
+                ", ".join(r["hooks"]),
+                "; ".join(f"{k}: {v if isinstance(v, int) else ', '.join(v)}" for k, v in r["registered"].items()),
+                r["status"] + (f" ({r['error']})" if r["error"] else ""),
+            )
+            for r in rows
+        ],
+    )
+
+
+def _show_warning(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+    from tlkit.plugins import PluginWarning
+
+    if issubclass(category, PluginWarning) or _state["debug"]:
+        console.print_warning(str(message))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app, turning tlkit errors into one line on stderr and exit code 2."""
+    warnings.showwarning = _show_warning
+    if not _state["debug"]:
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module="torch")
+    if argv is None:
+        argv = sys.argv[1:]
+    _state["debug"] = _state["debug"] or "--debug" in argv
+    try:
+        code = app(args=argv, prog_name="tlkit", standalone_mode=False)
+    except click.exceptions.ClickException as exc:
+        exc.show()
+        sys.exit(2)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        console.print_error("interrupted")
+        sys.exit(130)
+    except TlkitError as exc:
+        if _state["debug"]:
+            traceback.print_exc()
+        console.print_error(str(exc))
+        sys.exit(2)
+    sys.exit(code if isinstance(code, int) else 0)

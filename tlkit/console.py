@@ -1,0 +1,89 @@
+"""Rich rendering for the CLI: progress bars, tables, and the one-line error/warning format."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from tlkit.observer import Observer
+
+# Off a terminal (pipes, CI logs) rich would wrap tables at 80 columns; give them room instead.
+_WIDTH = None if sys.stdout.isatty() else 200
+out = Console(soft_wrap=True, width=_WIDTH)
+err = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 200)
+
+
+def print_error(message: str) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+
+
+def print_warning(message: str) -> None:
+    err.print(f"[yellow]warning:[/] {message}", highlight=False)
+
+
+class _Rate(TextColumn):
+    """Units per second, e.g. ``183.2 img/s``."""
+
+    def __init__(self) -> None:
+        super().__init__("")
+
+    def render(self, task: Any) -> Any:
+        from rich.text import Text
+
+        speed = task.finished_speed or task.speed
+        unit = task.fields.get("unit", "it")
+        return Text(f"{speed:,.1f} {unit}/s" if speed else f"- {unit}/s", style="progress.data.speed")
+
+
+class ConsoleObserver(Observer):
+    """Shows the engine's notes, progress bars (rate, ETA) and training points on stderr."""
+
+    def __init__(self, console: Console = err) -> None:
+        self.console = console
+
+    def note(self, text: str) -> None:
+        self.console.print(text, highlight=False, markup=False)
+
+    @contextmanager
+    def task(self, description: str, total: int | None, unit: str = "it") -> Iterator[Callable[[int], None]]:
+        columns = [
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TaskProgressColumn(),
+            _Rate(),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+        ]
+        with Progress(*columns, console=self.console, transient=False) as progress:
+            task_id = progress.add_task(description, total=total, unit=unit)
+            yield lambda n: progress.advance(task_id, n)
+
+    def point(self, label: str, values: Mapping[str, float]) -> None:
+        shown = "  ".join(f"{k} {v:.4f}" for k, v in values.items() if k != "epoch")
+        self.console.print(f"  {label}: {shown}", highlight=False)
+
+
+def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    t = Table(title=title, title_justify="left")
+    for column in columns:
+        t.add_column(column, overflow="fold")
+    for row in rows:
+        t.add_row(*("-" if v is None else str(v) for v in row))
+    out.print(t)
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+def percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"

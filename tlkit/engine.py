@@ -1,0 +1,169 @@
+"""``run(recipe)``: the one straight path from a recipe to a trained head and its artifacts.
+
+data set -> preprocessing from the backbone -> features -> head -> metrics -> run directory.
+Everything that can fail because of the user's input fails before the long work starts: the recipe
+is validated, the output folder checked and the backbone's weights resolved before any image is
+decoded.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tlkit import __version__
+from tlkit.artifacts import RunDirectory, default_out_dir
+from tlkit.errors import DataError
+from tlkit.evaluate import classification_metrics
+from tlkit.features import extract, prepare_model, resolve_device
+from tlkit.observer import Observer
+from tlkit.recipe import Recipe
+from tlkit.specs import Features, FitContext, LoadedDataset, Sample
+
+
+@dataclass(frozen=True)
+class RunResult:
+    out_dir: Path
+    metrics: dict[str, Any]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _features_for(
+    split: str, samples: list[Sample], model: torch.nn.Module, recipe: Recipe, preprocessing: Any, device: torch.device, observer: Observer
+) -> tuple[Features, list[Sample], list[tuple[Path, str]], float]:
+    settings = recipe.extract
+    with observer.task(f"extracting {split}", total=len(samples), unit="img") as advance:
+        result = extract(
+            model,
+            [s.path for s in samples],
+            preprocessing,
+            batch_size=settings.batch_size,
+            workers=settings.workers,
+            precision=settings.precision,
+            device=device,
+            on_batch=advance,
+        )
+    kept = [samples[i] for i in result.kept]
+    labels = torch.tensor([s.label for s in kept], dtype=torch.long)
+    return Features(result.features, labels), kept, result.bad, result.seconds
+
+
+def run(recipe: Recipe, out_dir: Path | None = None, observer: Observer | None = None) -> RunResult:
+    """Extract features, train the head, evaluate, and write the run directory; returns where and what."""
+    observer = observer or Observer()
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    run_dir = RunDirectory(out_dir or default_out_dir(recipe.name))
+    try:
+        seed_everything(recipe.seed)
+        t0 = time.perf_counter()
+        backbone = recipe.backbone.spec.build(recipe.weights, recipe.backbone.options)
+        preprocessing = recipe.backbone.spec.resolve_preprocessing()
+        timings["build_backbone"] = time.perf_counter() - t0
+        observer.note(f"backbone: {recipe.backbone.name} (weights {backbone.weights_path or backbone.weights_id})")
+
+        t0 = time.perf_counter()
+        dataset: LoadedDataset = recipe.dataset.spec.load(recipe.dataset.options)
+        timings["load_dataset"] = time.perf_counter() - t0
+        classes = list(dataset.classes)
+        crop = preprocessing.crop_size
+        for split in ("train", "test"):
+            observer.note(f"{split}: {len(dataset.splits[split])} x 3 x {crop} x {crop}")
+        observer.note(f"classes: {', '.join(classes)}")
+        for line in dataset.notes:
+            observer.note(line)
+
+        device = resolve_device(recipe.extract.device)
+        model = prepare_model(backbone.model, device)
+        features: dict[str, Features] = {}
+        kept: dict[str, list[Sample]] = {}
+        bad: list[tuple[str, Path, str]] = []
+        timings["extract"] = 0.0
+        for split in ("train", "test"):
+            feats, kept[split], split_bad, seconds = _features_for(
+                split, list(dataset.splits[split]), model, recipe, preprocessing, device, observer
+            )
+            features[split] = feats
+            timings["extract"] += seconds
+            bad.extend((split, path, reason) for path, reason in split_bad)
+            if len(feats) == 0:
+                raise DataError(f"no image of the {split} split could be decoded ({split_bad[0][0]}: {split_bad[0][1]})")
+        for split, path, reason in bad:
+            observer.note(f"skipped {split} image {path}: {reason}")
+
+        t0 = time.perf_counter()
+        head_options = recipe.head.options
+        epochs = getattr(head_options, "epochs", None)
+        with observer.task(f"training {recipe.head.name}", total=epochs, unit="epoch") as advance:
+            done = 0
+
+            def report(epoch: int, values: Any) -> None:
+                nonlocal done
+                advance(epoch - done)
+                done = epoch
+                observer.point(f"epoch {epoch}", values)
+
+            ctx = FitContext(num_classes=len(classes), seed=recipe.seed, monitor=features["test"], report=report)
+            seed_everything(recipe.seed)
+            trained = recipe.head.spec.fit(features["train"], head_options, ctx)
+        timings["train_head"] = time.perf_counter() - t0
+
+        head = trained.module.eval()
+        with torch.no_grad():
+            train_pred = head(features["train"].x).argmax(1)
+            test_logits = head(features["test"].x)
+        test_pred = test_logits.argmax(1)
+        test_metrics = classification_metrics(features["test"].y, test_pred, classes)
+        train_metrics = classification_metrics(features["train"].y, train_pred, classes)
+        timings["total"] = time.perf_counter() - started
+
+        metrics: dict[str, Any] = {
+            "test_accuracy": test_metrics["accuracy"],
+            "train_accuracy": train_metrics["accuracy"],
+            "test_balanced_accuracy": test_metrics["balanced_accuracy"],
+            "counts": {split: len(kept[split]) for split in ("train", "test")},
+            "skipped_images": len(bad),
+            "classes": classes,
+            "feature_dim": int(features["train"].x.shape[1]),
+            "test": test_metrics,
+            "history": [dict(point) for point in trained.history],
+            "timings_s": {k: round(v, 4) for k, v in timings.items()},
+        }
+        _write_run(run_dir, recipe, backbone.weights_id, preprocessing, classes, head, metrics)
+        final = run_dir.commit({"tlkit": __version__, "recipe": recipe.name, "complete": True})
+        return RunResult(out_dir=final, metrics=metrics)
+    except BaseException:
+        run_dir.discard()
+        raise
+
+
+def _write_run(run_dir: RunDirectory, recipe: Recipe, weights_id: str, preprocessing: Any, classes: list[str], head: torch.nn.Module, metrics: dict[str, Any]) -> None:
+    run_dir.write_yaml("recipe.yaml", recipe.to_dict())
+    run_dir.write_json("metrics.json", metrics)
+    run_dir.write_json("classes.json", classes)
+    run_dir.write_tensors("head.safetensors", head.state_dict(), metadata={"head": recipe.head.name})
+    run_dir.write_json(
+        "model.json",
+        {
+            "backbone": recipe.backbone.name,
+            "backbone_weights": recipe.weights,
+            "weights_sha256": weights_id,
+            "preprocessing": preprocessing.to_dict(),
+            "feature_dim": metrics["feature_dim"],
+            "head": recipe.head.name,
+            "head_options": recipe.to_dict()["head"],
+            "classes": classes,
+            "tlkit_version": __version__,
+        },
+    )

@@ -1,0 +1,55 @@
+"""One error hierarchy, so the CLI can turn any expected failure into one line and exit code 2.
+
+Anything that is the user's to fix (a recipe, a path, a missing weights file, a plugin) raises a
+subclass of :class:`TlkitError`. Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class TlkitError(Exception):
+    """An error the user can act on; its message is one line that says what to do."""
+
+
+class RecipeError(TlkitError):
+    """A recipe (or a ``--set`` override) is malformed; the message names the key path."""
+
+
+class RegistryError(TlkitError):
+    """An unknown or duplicated backbone, data set or head name."""
+
+
+class PluginError(TlkitError):
+    """A plugin broke a contract in a way that stops the run (not just a warning)."""
+
+
+class WeightsError(TlkitError):
+    """Weights are missing, unsafe, truncated or for another architecture; names the file."""
+
+
+class DataError(TlkitError):
+    """A data set is missing or malformed; names the path."""
+
+
+class OutputError(TlkitError):
+    """The run directory or cache cannot be written."""
+
+
+def did_you_mean(name: str, candidates: Iterable[str], *, n: int = 3) -> str:
+    """Return ``"; did you mean 'x'?"`` for the closest candidates, or ``""`` if none is close.
+
+    Matching ignores a ``family:`` prefix on either side, so ``resnet81`` finds ``resnet18`` and
+    ``timm:resnet18``.
+    """
+    pool = list(candidates)
+    matches = difflib.get_close_matches(name, pool, n=n, cutoff=0.6)
+    if not matches:
+        bare = {c.split(":", 1)[-1]: c for c in pool}
+        matches = [bare[m] for m in difflib.get_close_matches(name.split(":", 1)[-1], list(bare), n=n, cutoff=0.6)]
+    if not matches:
+        return ""
+    quoted = " or ".join(f"'{m}'" for m in matches)
+    return f"; did you mean {quoted}?"

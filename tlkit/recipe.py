@@ -1,0 +1,252 @@
+"""YAML recipe + ``--set`` overrides -> a validated, fully resolved :class:`Recipe`.
+
+Everything is checked before any image is opened: unknown keys at any depth, wrong types, bad
+numbers and unknown plugin names, each reported as one line naming the key path and suggesting
+the closest valid name. Plugin options are validated against the dataclass the plugin declared.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from annotated_types import Ge, Gt, Le
+from pydantic import TypeAdapter, ValidationError
+
+from tlkit.errors import RecipeError, TlkitError, did_you_mean
+from tlkit.plugins import Plugins
+from tlkit.specs import BackboneSpec, DatasetSpec, HeadSpec
+
+MAX_DEPTH = 8
+
+
+@dataclass(frozen=True)
+class ExtractSettings:
+    """How features are extracted (the ``extract:`` section)."""
+
+    batch_size: Annotated[int, Gt(0), Le(4096)] = field(default=32, metadata={"help": "images per forward pass"})
+    workers: Annotated[int, Ge(0), Le(64)] | None = field(
+        default=None, metadata={"help": "decoding worker processes (null = chosen for this machine)"}
+    )
+    precision: Literal["fp32", "bf16", "fp16"] = field(default="fp32", metadata={"help": "autocast precision of the forward pass"})
+    device: Literal["auto", "cpu", "cuda"] = field(default="auto", metadata={"help": "where the backbone runs"})
+    cache: bool = field(default=True, metadata={"help": "reuse features from the feature cache"})
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A plugin chosen by a recipe section: its spec and its validated options."""
+
+    spec: Any
+    options: Any
+
+    @property
+    def name(self) -> str:
+        return str(self.spec.name)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A validated recipe with every default filled in and every name resolved."""
+
+    name: str
+    seed: int
+    dataset: Choice
+    backbone: Choice
+    weights: str | None
+    extract: ExtractSettings
+    head: Choice
+    source: Path | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fully resolved recipe as plain data (saved in the run directory)."""
+        return {
+            "name": self.name,
+            "seed": self.seed,
+            "dataset": {"name": self.dataset.name, **dataclasses.asdict(self.dataset.options)},
+            "backbone": {"name": self.backbone.name, "weights": self.weights, **dataclasses.asdict(self.backbone.options)},
+            "extract": dataclasses.asdict(self.extract),
+            "head": {"name": self.head.name, **dataclasses.asdict(self.head.options)},
+        }
+
+
+_TOP_KEYS = ("name", "seed", "dataset", "backbone", "extract", "head")
+_DEFAULT_PLUGIN = {"dataset": "imagefolder", "backbone": "resnet18", "head": "linear"}
+_ADAPTERS: dict[type, TypeAdapter[Any]] = {}
+
+
+def _adapter(cls: type) -> TypeAdapter[Any]:
+    if cls not in _ADAPTERS:
+        _ADAPTERS[cls] = TypeAdapter(cls)  # unknown keys are caught (with suggestions) before validation
+    return _ADAPTERS[cls]
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def option_fields(cls: type) -> list[dataclasses.Field[Any]]:
+    """The options a plugin declares (fields of its options dataclass)."""
+    return list(dataclasses.fields(cls))
+
+
+def validate_options(cls: type, data: Mapping[str, Any], path: str) -> Any:
+    """Build an instance of the options dataclass ``cls`` from ``data``; errors name ``path.key``."""
+    names = [f.name for f in option_fields(cls)]
+    for key in data:
+        if key not in names:
+            hint = did_you_mean(str(key), names) or (f"; valid keys: {', '.join(names)}" if names else "; it takes no options")
+            raise RecipeError(f"unknown key '{path}.{key}'{hint}")
+    try:
+        return _adapter(cls).validate_python(dict(data))
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        loc = ".".join(str(p) for p in error["loc"])
+        key = f"{path}.{loc}" if loc else path
+        if error["type"] == "missing":
+            raise RecipeError(f"'{key}' is required") from None
+        raise RecipeError(f"'{key}': {error['msg'].lower()} (got {_describe(error.get('input'))})") from None
+
+
+def _check_depth(value: Any, path: str, depth: int = 0) -> None:
+    if depth > MAX_DEPTH:
+        raise RecipeError(f"'{path}' is nested too deeply (more than {MAX_DEPTH} levels)")
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise RecipeError(f"key {_describe(key)} under '{path or 'the top level'}' must be a string")
+            _check_depth(item, f"{path}.{key}" if path else key, depth + 1)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_depth(item, f"{path}[{index}]", depth + 1)
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read a recipe file with ``yaml.safe_load``; any problem is one line naming the file."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise RecipeError(f"recipe {path} does not exist") from None
+    except IsADirectoryError:
+        raise RecipeError(f"recipe {path} is a folder, not a YAML file") from None
+    except UnicodeDecodeError as exc:
+        raise RecipeError(f"recipe {path} is not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise RecipeError(f"recipe {path} cannot be read ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise RecipeError(f"recipe {path} is not valid YAML ({problem} at{where or ' unknown position'})") from None
+    except RecursionError:
+        raise RecipeError(f"recipe {path} is nested too deeply") from None
+    if data is None:
+        raise RecipeError(f"recipe {path} is empty; see recipes/hymenoptera.yaml for the format")
+    if not isinstance(data, dict):
+        raise RecipeError(f"recipe {path} must be a mapping of sections (dataset, backbone, head, ...), not a {type(data).__name__}")
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``dotted.key=value`` overrides; values are parsed as YAML scalars (``1e-3``, ``true``, ``null``)."""
+    result = _deep_copy(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise RecipeError(f"--set '{item}' must look like dotted.key=value")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = result
+        parts = key.split(".")
+        for depth, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise RecipeError(f"--set {key}: '{'.'.join(parts[: depth + 1])}' is not a section")
+            node = child
+        node[parts[-1]] = value
+    return result
+
+
+def _deep_copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _deep_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_deep_copy(v) for v in value]
+    return value
+
+
+def _section(data: Mapping[str, Any], key: str) -> dict[str, Any]:
+    value = data.get(key, {})
+    if value is None:
+        value = {}
+    if not isinstance(value, Mapping):
+        raise RecipeError(f"'{key}' must be a mapping of settings, not a {type(value).__name__} ({_describe(value)})")
+    return dict(value)
+
+
+def _choose(plugins: Plugins, kind: str, section: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    name = section.pop("name", _DEFAULT_PLUGIN[kind])
+    if not isinstance(name, str):
+        raise RecipeError(f"'{kind}.name' must be a string (got {_describe(name)})")
+    registry = {"dataset": plugins.datasets, "backbone": plugins.backbones, "head": plugins.heads}[kind]
+    try:
+        spec = registry.get(name)
+    except TlkitError as exc:
+        raise RecipeError(f"'{kind}.name': {exc}") from None
+    return spec, section
+
+
+def resolve(data: Mapping[str, Any], plugins: Plugins, *, default_name: str = "recipe", source: Path | None = None) -> Recipe:
+    """Validate raw recipe data against the registries; every problem is a :class:`RecipeError`."""
+    if not isinstance(data, Mapping):
+        raise RecipeError(f"a recipe must be a mapping of sections, not a {type(data).__name__}")
+    _check_depth(data, "")
+    for key in data:
+        if key not in _TOP_KEYS:
+            raise RecipeError(f"unknown key '{key}'{did_you_mean(str(key), _TOP_KEYS) or '; valid keys: ' + ', '.join(_TOP_KEYS)}")
+    name = data.get("name", default_name)
+    if not isinstance(name, str) or not name.strip() or "/" in name or name.startswith("."):
+        raise RecipeError(f"'name' must be a plain non-empty string usable in a folder name (got {_describe(name)})")
+    seed = data.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise RecipeError(f"'seed' must be a non-negative integer (got {_describe(seed)})")
+
+    dataset_spec, dataset_data = _choose(plugins, "dataset", _section(data, "dataset"))
+    backbone_spec, backbone_data = _choose(plugins, "backbone", _section(data, "backbone"))
+    head_spec, head_data = _choose(plugins, "head", _section(data, "head"))
+    weights = backbone_data.pop("weights", None)
+    if weights is not None and (not isinstance(weights, str) or not weights.strip()):
+        raise RecipeError(f"'backbone.weights' must be a file path or 'none' (got {_describe(weights)})")
+    assert isinstance(dataset_spec, DatasetSpec) and isinstance(backbone_spec, BackboneSpec) and isinstance(head_spec, HeadSpec)
+    return Recipe(
+        name=name,
+        seed=seed,
+        dataset=Choice(dataset_spec, validate_options(dataset_spec.options, dataset_data, "dataset")),
+        backbone=Choice(backbone_spec, validate_options(backbone_spec.options, backbone_data, "backbone")),
+        weights=weights,
+        extract=validate_options(ExtractSettings, _section(data, "extract"), "extract"),
+        head=Choice(head_spec, validate_options(head_spec.options, head_data, "head")),
+        source=source,
+    )
+
+
+def load_recipe(path: Path | str, plugins: Plugins, overrides: Sequence[str] = ()) -> Recipe:
+    """Read, override and validate the recipe at ``path``; errors name the file."""
+    path = Path(path)
+    try:
+        return resolve(apply_overrides(read_yaml(path), overrides), plugins, default_name=path.stem, source=path)
+    except RecipeError as exc:
+        message = str(exc)
+        raise RecipeError(message if message.startswith(f"recipe {path}") else f"recipe {path}: {message}") from None

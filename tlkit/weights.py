@@ -1,0 +1,128 @@
+"""Find, verify and load weights files, safely and with errors that name the file.
+
+Every ``.pth``/``.pt``/``.bin`` file is read with ``torch.load(weights_only=True)``, which refuses
+pickles that would run code; ``.safetensors`` files hold no code at all. A file that does not fit
+the architecture is reported with the counts of missing and unexpected keys and a few examples.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import tempfile
+import urllib.request
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from tlkit.errors import WeightsError
+
+_SHA_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def offline() -> bool:
+    """True when ``TLKIT_OFFLINE`` (or ``HF_HUB_OFFLINE``) asks tlkit not to try the network."""
+    return any(os.environ.get(v, "") not in ("", "0") for v in ("TLKIT_OFFLINE", "HF_HUB_OFFLINE"))
+
+
+def sha256_file(path: Path) -> str:
+    """The hex sha256 of a file, remembered per (path, size, mtime) within the process."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        digest = hashlib.sha256()
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        _SHA_CACHE[key] = digest.hexdigest()
+    return _SHA_CACHE[key]
+
+
+def hub_checkpoint_dir() -> Path:
+    """Where torch.hub (and torchvision) keep downloaded weights: ``$TORCH_HOME/hub/checkpoints``."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def load_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
+    """Read a weights file into a flat ``name -> tensor`` dict, refusing anything unsafe.
+
+    Accepts a plain state dict or one wrapped under ``state_dict``/``model``/``state_dict_ema``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file {path} does not exist")
+    if path.stat().st_size == 0:
+        raise WeightsError(f"weights file {path} is empty; download it again")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise WeightsError(f"weights file {path} is not a readable safetensors file ({exc}); download it again") from exc
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise WeightsError(
+            f"weights file {path} was refused: it holds Python objects or code, not only tensors "
+            "(loaded with weights_only=True); use a plain state_dict or a .safetensors file"
+        ) from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise WeightsError(f"weights file {path} is truncated or not a PyTorch weights file ({type(exc).__name__}); download it again") from exc
+    for key in ("state_dict", "model", "state_dict_ema"):
+        if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
+            obj = obj[key]
+            break
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsError(f"weights file {path} does not hold a state_dict of tensors")
+    return {str(k): v for k, v in obj.items()}
+
+
+def _examples(names: list[str], n: int = 3) -> str:
+    shown = ", ".join(names[:n])
+    return shown + (", ..." if len(names) > n else "")
+
+
+def load_into(model: torch.nn.Module, state: Mapping[str, torch.Tensor], path: Path | str, *, what: str = "this backbone") -> None:
+    """Load ``state`` into ``model`` strictly; on mismatch, say how the file differs."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        raise WeightsError(
+            f"weights file {path} does not fit {what}: {len(missing)} missing keys ({_examples(missing) or 'none'}), "
+            f"{len(unexpected)} unexpected keys ({_examples(unexpected) or 'none'}); is it for another architecture?"
+        )
+    wrong = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items() if state[k].shape != v.shape]
+    if wrong:
+        raise WeightsError(f"weights file {path} does not fit {what}: {len(wrong)} tensors have the wrong shape ({_examples(wrong)})")
+    model.load_state_dict(state, strict=True)
+
+
+def download(url: str, dest: Path, *, sha256_prefix: str | None = None, timeout: float = 15.0) -> Path:
+    """Fetch ``url`` to ``dest`` atomically (a partial download never sits at ``dest``).
+
+    Raises ``OSError`` when the network is unreachable and :class:`WeightsError` on a hash mismatch.
+    """
+    if offline():
+        raise OSError("offline (TLKIT_OFFLINE is set)")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    tmp = Path(tmp_name)
+    try:
+        digest = hashlib.sha256()
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - URLs come from recipes/weights enums
+            while block := response.read(1 << 20):
+                digest.update(block)
+                out.write(block)
+        if sha256_prefix and not digest.hexdigest().startswith(sha256_prefix):
+            raise WeightsError(f"download of {url} has sha256 {digest.hexdigest()[:16]}..., expected {sha256_prefix}...; try again")
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest
+
