@@ -1,0 +1,72 @@
+"""Shared fixtures: small real image folders made with PIL, and fresh plugin managers per test."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tlkit.plugins import Plugins, load_plugins, set_plugins
+
+REPO = Path(__file__).resolve().parent.parent
+HYMENOPTERA = (REPO.parent / "shared" / "data" / "hymenoptera_data").resolve()
+
+# Distinct mean colours per class, with noise: separable by any sensible backbone, even a random one.
+CLASS_COLOURS = [(200, 40, 40), (40, 200, 40), (40, 40, 200), (200, 200, 40), (200, 40, 200)]
+
+
+def make_image(path: Path, colour: Sequence[int], size: tuple[int, int] = (48, 40), seed: int = 0, fmt: str | None = None) -> Path:
+    """A small noisy RGB image around ``colour`` (deterministic for a seed)."""
+    rng = random.Random(seed)
+    img = Image.new("RGB", size, tuple(colour))
+    pixels = img.load()
+    for x in range(0, size[0], 2):
+        for y in range(0, size[1], 2):
+            r, g, b = (max(0, min(255, c + rng.randint(-40, 40))) for c in colour)
+            pixels[x, y] = (r, g, b)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, format=fmt)
+    return path
+
+
+def make_image_folder(
+    root: Path,
+    classes: Sequence[str] = ("cats", "dogs"),
+    n_train: int = 6,
+    n_test: int = 3,
+    test_name: str = "val",
+    size: tuple[int, int] = (48, 40),
+) -> Path:
+    """``root/train/<class>/*.jpg`` and ``root/<test_name>/<class>/*.jpg`` of small coloured images."""
+    for split, count in (("train", n_train), (test_name, n_test)):
+        for index, name in enumerate(classes):
+            for i in range(count):
+                seed = hash((split, name, i)) % 10_000
+                make_image(root / split / name / f"{name}_{i}.jpg", CLASS_COLOURS[index % len(CLASS_COLOURS)], size, seed)
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    return make_image_folder(tmp_path / "data")
+
+
+@pytest.fixture
+def plugins() -> Iterator[Plugins]:
+    """The built-in plugins only (no entry points), installed as the process-wide plugins for the test."""
+    loaded = load_plugins(entry_points=False)
+    set_plugins(loaded)
+    try:
+        yield loaded
+    finally:
+        set_plugins(None)
+
+
+@pytest.fixture
+def hymenoptera() -> Path:
+    if not (HYMENOPTERA / "train").is_dir():
+        pytest.skip(f"ants/bees data not found at {HYMENOPTERA}")
+    return HYMENOPTERA
