@@ -21,7 +21,8 @@ from tlkit import __version__
 from tlkit.artifacts import RunDirectory, default_out_dir
 from tlkit.errors import DataError
 from tlkit.evaluate import classification_metrics
-from tlkit.features import extract, prepare_model, resolve_device
+from tlkit.cache import FeatureStore, open_store
+from tlkit.features import Extraction, extract_cached, prepare_model, resolve_device
 from tlkit.observer import Observer
 from tlkit.recipe import Recipe
 from tlkit.specs import Features, FitContext, LoadedDataset, Sample
@@ -40,23 +41,24 @@ def seed_everything(seed: int) -> None:
 
 
 def _features_for(
-    split: str, samples: list[Sample], model: torch.nn.Module, recipe: Recipe, preprocessing: Any, device: torch.device, observer: Observer
-) -> tuple[Features, list[Sample], list[tuple[Path, str]], float]:
+    split: str, samples: list[Sample], model: torch.nn.Module, recipe: Recipe, preprocessing: Any, device: torch.device,
+    store: FeatureStore | None, observer: Observer,
+) -> tuple[Features, list[Sample], Extraction]:
     settings = recipe.extract
-    with observer.task(f"extracting {split}", total=len(samples), unit="img") as advance:
-        result = extract(
-            model,
-            [s.path for s in samples],
-            preprocessing,
-            batch_size=settings.batch_size,
-            workers=settings.workers,
-            precision=settings.precision,
-            device=device,
-            on_batch=advance,
-        )
+    result = extract_cached(
+        model,
+        [s.path for s in samples],
+        preprocessing,
+        store,
+        batch_size=settings.batch_size,
+        workers=settings.workers,
+        precision=settings.precision,
+        device=device,
+        task=lambda total: observer.task(f"extracting {split}", total=total, unit="img"),
+    )
     kept = [samples[i] for i in result.kept]
     labels = torch.tensor([s.label for s in kept], dtype=torch.long)
-    return Features(result.features, labels), kept, result.bad, result.seconds
+    return Features(result.features, labels), kept, result
 
 
 def run(recipe: Recipe, out_dir: Path | None = None, observer: Observer | None = None) -> RunResult:
@@ -90,15 +92,25 @@ def run(recipe: Recipe, out_dir: Path | None = None, observer: Observer | None =
         kept: dict[str, list[Sample]] = {}
         bad: list[tuple[str, Path, str]] = []
         timings["extract"] = 0.0
+        counts = {"cached": 0, "extracted": 0}
+        store = None
+        if recipe.extract.cache:
+            options = recipe.backbone.options
+            store = open_store(
+                recipe.backbone.name, backbone.weights_id, preprocessing, recipe.extract.precision, seed=recipe.seed, options=options
+            )
         for split in ("train", "test"):
-            feats, kept[split], split_bad, seconds = _features_for(
-                split, list(dataset.splits[split]), model, recipe, preprocessing, device, observer
+            feats, kept[split], result = _features_for(
+                split, list(dataset.splits[split]), model, recipe, preprocessing, device, store, observer
             )
             features[split] = feats
-            timings["extract"] += seconds
-            bad.extend((split, path, reason) for path, reason in split_bad)
+            timings["extract"] += result.seconds
+            counts["cached"] += result.cached
+            counts["extracted"] += result.extracted
+            bad.extend((split, path, reason) for path, reason in result.bad)
             if len(feats) == 0:
-                raise DataError(f"no image of the {split} split could be decoded ({split_bad[0][0]}: {split_bad[0][1]})")
+                raise DataError(f"no image of the {split} split could be decoded ({result.bad[0][0]}: {result.bad[0][1]})")
+        observer.note(f"features: {counts['cached']} cached, {counts['extracted']} extracted" + ("" if store else " (cache off)"))
         for split, path, reason in bad:
             observer.note(f"skipped {split} image {path}: {reason}")
 
@@ -134,6 +146,7 @@ def run(recipe: Recipe, out_dir: Path | None = None, observer: Observer | None =
             "test_balanced_accuracy": test_metrics["balanced_accuracy"],
             "counts": {split: len(kept[split]) for split in ("train", "test")},
             "skipped_images": len(bad),
+            "features": {**counts, "cache": str(store.path) if store else None},
             "classes": classes,
             "feature_dim": int(features["train"].x.shape[1]),
             "test": test_metrics,
