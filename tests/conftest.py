@@ -49,6 +49,14 @@ def make_image_folder(
     return root
 
 
+@pytest.fixture(autouse=True)
+def feature_cache_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own empty feature cache: never the user's real one."""
+    path = tmp_path_factory.mktemp("tlkit-cache")
+    monkeypatch.setenv("TLKIT_CACHE_DIR", str(path))
+    return path
+
+
 @pytest.fixture
 def image_folder(tmp_path: Path) -> Path:
     return make_image_folder(tmp_path / "data")

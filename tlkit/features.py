@@ -137,9 +137,13 @@ def extract(
             bad.extend((dataset.paths[int(indices[i])], errors[i]) for i in range(len(errors)) if errors[i])
             if good:
                 batch = images[good] if len(good) < len(errors) else images
+                if len(batch) == 1:
+                    # oneDNN takes another code path for a batch of one; its results differ in the last
+                    # bits. Computing the image twice keeps features bitwise identical to a full batch.
+                    batch = batch.expand(2, -1, -1, -1)
                 batch = batch.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
                 with autocast_context(device, precision):
-                    out = model(batch)
+                    out = model(batch)[: len(good)]
                 feats = out.float().flatten(1).cpu()
                 chunks.append(feats)
                 batch_kept = [int(indices[i]) for i in good]
