@@ -151,6 +151,71 @@ def plugins(
     )
 
 
+cache_app = typer.Typer(help="The feature cache: what it holds, where, and clearing it.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.command("list")
+def cache_list(json_: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False) -> None:
+    """List cache entries (one per backbone, weights, preprocessing and precision), most recently used first."""
+    from tlkit import cache
+
+    entries = cache.list_entries()
+    if json_:
+        console.print_json([e.to_dict() for e in entries])
+        return
+    if not entries:
+        console.out.print(f"the feature cache in {cache.cache_root()} is empty")
+        return
+    console.table(
+        None,
+        ["key", "backbone", "weights", "precision", "features", "size", "last used"],
+        [
+            (e.key[:12], e.backbone, e.weights[:19], e.precision, e.features, cache.human_bytes(e.bytes), console.ago(e.last_used))
+            for e in entries
+        ],
+    )
+
+
+@cache_app.command("info")
+def cache_info(json_: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False) -> None:
+    """Where the feature cache is (TLKIT_CACHE_DIR) and how much it holds."""
+    from tlkit import cache
+
+    data = cache.summary()
+    if json_:
+        console.print_json(data)
+        return
+    console.table(
+        None,
+        ["", ""],
+        [
+            ("path", f"{data['path']} (set {data['env']} to move it)"),
+            ("entries", data["entries"]),
+            ("features", data["features"]),
+            ("size", cache.human_bytes(data["bytes"])),
+        ],
+    )
+
+
+@cache_app.command("clear")
+def cache_clear(
+    older_than: Annotated[
+        Optional[str], typer.Option("--older-than", help="Only entries unused for this long, e.g. 30d, 12h, 1d12h.")
+    ] = None,
+) -> None:
+    """Remove cached features: everything, or the entries not used for --older-than."""
+    from tlkit import cache
+
+    try:
+        seconds = cache.parse_duration(older_than) if older_than is not None else None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--older-than") from None
+    removed = cache.clear(older_than_s=seconds)
+    freed = cache.human_bytes(sum(e.bytes for e in removed))
+    console.out.print(f"removed {len(removed)} cache entr{'y' if len(removed) == 1 else 'ies'} ({freed})")
+
+
 def _show_warning(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
     from tlkit.plugins import PluginWarning
 

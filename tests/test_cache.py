@@ -1,0 +1,250 @@
+"""The feature cache: per-image reuse by content, keys that change with the extractor, atomic chunks, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make_image, make_image_folder
+from feature_helpers import TINY_PRE, TinyCNN, TinyPlugin
+from typer.testing import CliRunner
+
+import tlkit
+from tlkit import cache
+from tlkit.cache import FeatureStore, extractor_identity, identity_key, open_store, parse_duration
+from tlkit.features import extract, extract_cached, prepare_model
+
+TESTS = Path(__file__).resolve().parent
+
+
+def _paths(folder: Path) -> list[Path]:
+    return sorted(folder.rglob("*.jpg"))
+
+
+@pytest.fixture
+def model() -> torch.nn.Module:
+    return prepare_model(TinyCNN(), torch.device("cpu"))
+
+
+@pytest.fixture
+def store(feature_cache_dir: Path) -> FeatureStore:
+    return open_store("tiny_cnn", "random", TINY_PRE, "fp32", seed=0)
+
+
+def test_second_extraction_comes_from_the_cache_without_reading_an_image(
+    image_folder: Path, model: torch.nn.Module, store: FeatureStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paths = _paths(image_folder)
+    first = extract_cached(model, paths, TINY_PRE, store, batch_size=4, workers=0)
+    assert (first.cached, first.extracted) == (0, len(paths))
+    assert torch.equal(first.features, extract(model, paths, TINY_PRE, workers=0).features)
+
+    def no_reading(path: Path) -> str:
+        raise AssertionError(f"{path} was read again")
+
+    monkeypatch.setattr(cache, "_sha256_of", no_reading)  # unchanged files are known by (size, mtime)
+    started = time.perf_counter()
+    second = extract_cached(model, paths, TINY_PRE, store, batch_size=4, workers=0)
+    assert (second.cached, second.extracted) == (len(paths), 0)
+    assert torch.equal(second.features, first.features)
+    assert second.kept == first.kept
+    assert time.perf_counter() - started < 1.0
+
+
+def test_changed_bytes_reextract_exactly_that_image_and_new_images_only_themselves(
+    image_folder: Path, model: torch.nn.Module, store: FeatureStore
+) -> None:
+    paths = _paths(image_folder)
+    extract_cached(model, paths, TINY_PRE, store, workers=0)
+    make_image(paths[3], (10, 250, 10), size=(48, 40), seed=99)  # same path, new content
+    for i in range(2):
+        paths.append(make_image(image_folder / "train" / "cats" / f"new_{i}.jpg", (200, 40, 40), seed=500 + i))
+    again = extract_cached(model, paths, TINY_PRE, store, workers=0)
+    assert (again.cached, again.extracted) == (len(paths) - 3, 3)
+    assert torch.equal(again.features, extract(model, paths, TINY_PRE, workers=0).features)
+
+
+def test_moved_and_duplicated_files_are_found_by_content(image_folder: Path, model: torch.nn.Module, store: FeatureStore, tmp_path: Path) -> None:
+    paths = _paths(image_folder)
+    before = extract_cached(model, paths, TINY_PRE, store, workers=0)
+    moved = tmp_path / "elsewhere" / "renamed.jpg"
+    moved.parent.mkdir()
+    moved.write_bytes(paths[0].read_bytes())
+    result = extract_cached(model, [moved, paths[1], moved], TINY_PRE, store, workers=0)
+    assert (result.cached, result.extracted) == (3, 0)
+    assert torch.equal(result.features[0], before.features[0])
+
+
+def test_every_input_of_the_features_is_part_of_the_key() -> None:
+    base = dict(backbone="tiny_cnn", weights_id="ab" * 32, preprocessing=TINY_PRE, precision="fp32", seed=0)
+    key = identity_key(extractor_identity(**base))
+    other_pre = tlkit.Preprocessing(crop_size=32, resize_size=40, interpolation="bilinear", mean=(0.5,) * 3, std=(0.5,) * 3)
+    changes = [
+        {"backbone": "other"},
+        {"weights_id": "cd" * 32},
+        {"preprocessing": other_pre},
+        {"precision": "bf16"},
+    ]
+    for change in changes:
+        assert identity_key(extractor_identity(**{**base, **change})) != key, change
+    # Real weights are identified by their hash, so the seed does not matter; random ones by the seed.
+    assert identity_key(extractor_identity(**{**base, "seed": 1})) == key
+    random = {**base, "weights_id": "random"}
+    assert identity_key(extractor_identity(**random)) != identity_key(extractor_identity(**{**random, "seed": 1}))
+    assert identity_key(extractor_identity(**base, options={"drop": 0.1})) != key
+
+
+def test_broken_and_temporary_files_never_read_as_features(image_folder: Path, model: torch.nn.Module, store: FeatureStore) -> None:
+    paths = _paths(image_folder)
+    extract_cached(model, paths, TINY_PRE, store, batch_size=4, workers=0, chunk_images=4)
+    chunks = store.chunks()
+    assert len(chunks) == (len(paths) + 3) // 4
+    from safetensors import safe_open
+
+    with safe_open(str(chunks[0]), framework="pt") as fh:
+        lost = len(list(fh.keys()))
+    # A chunk cut short (as a crash during a non-atomic write would leave) and a leftover temp file.
+    chunks[0].write_bytes(chunks[0].read_bytes()[:100])
+    (store.path / ".tmp-deadbeef.safetensors").write_bytes(b"partial")
+    result = extract_cached(model, paths, TINY_PRE, store, workers=0)
+    assert (result.cached, result.extracted) == (len(paths) - lost, lost)
+    assert torch.equal(result.features, extract(model, paths, TINY_PRE, workers=0).features)
+
+
+_CHILD = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    import torch
+    sys.path.insert(0, {tests!r})
+    from feature_helpers import TINY_PRE, TinyCNN
+    from tlkit.cache import open_store
+    from tlkit.features import extract_cached, prepare_model
+
+    paths = sorted(Path({folder!r}).rglob("*.jpg"))
+    store = open_store("tiny_cnn", "random", TINY_PRE, "fp32", seed=0)
+    model = prepare_model(TinyCNN(delay=0.15), torch.device("cpu"))
+    extract_cached(model, paths, TINY_PRE, store, batch_size=2, workers=1, chunk_images=4)
+    print("finished", flush=True)
+    """
+)
+
+
+def test_sigkilled_extraction_resumes_to_identical_features(tmp_path: Path, feature_cache_dir: Path, model: torch.nn.Module) -> None:
+    folder = make_image_folder(tmp_path / "data", n_train=8, n_test=4)  # 24 images, 12 slow batches
+    paths = _paths(folder)
+    script = tmp_path / "child.py"
+    script.write_text(_CHILD.format(tests=str(TESTS), folder=str(folder)))
+    child = subprocess.Popen([sys.executable, str(script)], env={**os.environ, "TLKIT_CACHE_DIR": str(feature_cache_dir)})
+    store = open_store("tiny_cnn", "random", TINY_PRE, "fp32", seed=0)
+    deadline = time.monotonic() + 60
+    while not store.chunks() and time.monotonic() < deadline and child.poll() is None:
+        time.sleep(0.02)
+    time.sleep(0.2)  # kill it somewhere in the middle of the next chunk
+    os.kill(child.pid, signal.SIGKILL)
+    assert child.wait() == -signal.SIGKILL
+    done = len(store.lookup(cache.hash_files(paths)))
+    assert 4 <= done < len(paths), "the child should have been killed part-way"
+
+    resumed = extract_cached(model, paths, TINY_PRE, store, batch_size=5, workers=0)
+    assert resumed.cached == done and resumed.extracted == len(paths) - done
+    uninterrupted = extract(model, paths, TINY_PRE, batch_size=3, workers=0)
+    assert torch.equal(resumed.features, uninterrupted.features)
+
+
+def test_two_concurrent_extractions_share_the_cache(tmp_path: Path, feature_cache_dir: Path, model: torch.nn.Module) -> None:
+    folder = make_image_folder(tmp_path / "data", n_train=4, n_test=2)
+    script = tmp_path / "child.py"
+    script.write_text(_CHILD.format(tests=str(TESTS), folder=str(folder)).replace("delay=0.15", "delay=0.02"))
+    children = [subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    assert all(child.wait(timeout=120) == 0 for child in children)
+    paths = _paths(folder)
+    result = extract_cached(model, paths, TINY_PRE, open_store("tiny_cnn", "random", TINY_PRE, "fp32", seed=0), workers=0)
+    assert (result.cached, result.extracted) == (len(paths), 0)
+    assert torch.equal(result.features, extract(model, paths, TINY_PRE, workers=0).features)
+
+
+def test_parse_duration() -> None:
+    assert parse_duration("30d") == 30 * 86400
+    assert parse_duration("1d12h") == 36 * 3600
+    assert parse_duration("90m") == 5400
+    assert parse_duration("1.5h") == 5400
+    for bad in ("", "10", "3 years", "d", "5x"):
+        with pytest.raises(ValueError):
+            parse_duration(bad)
+
+
+def _run_recipe(folder: Path, tmp_path: Path, out: str, seed: int = 0, **extract_settings: object) -> dict:
+    from tlkit.engine import run
+    from tlkit.observer import Observer
+    from tlkit.plugins import load_plugins
+    from tlkit.recipe import resolve
+
+    plugins = load_plugins(entry_points=False, extra=[TinyPlugin()])
+    data = {
+        "name": "tiny",
+        "seed": seed,
+        "dataset": {"root": str(folder)},
+        "backbone": {"name": "tiny_cnn", "weights": "none"},
+        "extract": {"workers": 0, **extract_settings},
+        "head": {"epochs": 5, "eval_every": 5},
+    }
+    notes: list[str] = []
+
+    class Notes(Observer):
+        def note(self, text: str) -> None:
+            notes.append(text)
+
+    result = run(resolve(data, plugins), tmp_path / out, Notes())
+    metrics = json.loads((result.out_dir / "metrics.json").read_text())
+    return {"notes": notes, "metrics": metrics}
+
+
+def test_a_run_reports_and_records_cached_and_extracted_counts(image_folder: Path, tmp_path: Path, feature_cache_dir: Path) -> None:
+    first = _run_recipe(image_folder, tmp_path, "one")
+    assert "features: 0 cached, 18 extracted" in first["notes"]
+    assert first["metrics"]["features"]["cached"] == 0 and first["metrics"]["features"]["extracted"] == 18
+    second = _run_recipe(image_folder, tmp_path, "two")
+    assert "features: 18 cached, 0 extracted" in second["notes"]
+    assert second["metrics"]["features"]["cached"] == 18
+    assert second["metrics"]["test_accuracy"] == first["metrics"]["test_accuracy"]
+    # Another seed draws other random weights: nothing may be reused.
+    third = _run_recipe(image_folder, tmp_path, "three", seed=1)
+    assert third["metrics"]["features"]["extracted"] == 18
+
+
+def test_cache_false_neither_reads_nor_writes(image_folder: Path, tmp_path: Path, feature_cache_dir: Path) -> None:
+    result = _run_recipe(image_folder, tmp_path, "off", cache=False)
+    assert "features: 0 cached, 18 extracted (cache off)" in result["notes"]
+    assert result["metrics"]["features"] == {"cached": 0, "extracted": 18, "cache": None}
+    assert not (feature_cache_dir / "features").exists()
+
+
+def test_cache_commands(image_folder: Path, model: torch.nn.Module, store: FeatureStore, feature_cache_dir: Path) -> None:
+    from tlkit.cli import app
+
+    extract_cached(model, _paths(image_folder), TINY_PRE, store, workers=0)
+    runner = CliRunner()
+    listed = runner.invoke(app, ["cache", "list", "--json"])
+    assert listed.exit_code == 0, listed.output
+    rows = json.loads(listed.output)
+    assert [(r["backbone"], r["features"], r["precision"]) for r in rows] == [("tiny_cnn", 18, "fp32")]
+    info = runner.invoke(app, ["cache", "info"])
+    assert info.exit_code == 0 and str(feature_cache_dir) in info.output and "18" in info.output
+
+    kept = runner.invoke(app, ["cache", "clear", "--older-than", "1d"])
+    assert kept.exit_code == 0 and "removed 0" in kept.output
+    os.utime(store.path / cache.META, (time.time() - 3 * 86400,) * 2)
+    cleared = runner.invoke(app, ["cache", "clear", "--older-than", "2d"])
+    assert cleared.exit_code == 0 and "removed 1" in cleared.output
+    assert cache.list_entries() == []
+    bad = runner.invoke(app, ["cache", "clear", "--older-than", "soon"])
+    assert bad.exit_code == 2 and "duration" in bad.output
