@@ -248,3 +248,31 @@ def test_cache_commands(image_folder: Path, model: torch.nn.Module, store: Featu
     assert cache.list_entries() == []
     bad = runner.invoke(app, ["cache", "clear", "--older-than", "soon"])
     assert bad.exit_code == 2 and "duration" in bad.output
+
+
+@pytest.mark.slow
+def test_lite0_recipe_second_run_extracts_nothing_and_one_changed_image_once(hymenoptera: Path, tmp_path: Path) -> None:
+    """The real ants/bees recipe on Lite0: 397 features once, then all from the cache in under a second."""
+    import shutil
+
+    from tlkit.engine import run
+    from tlkit.observer import Observer
+    from tlkit.plugins import load_plugins
+    from tlkit.recipe import load_recipe
+
+    data = tmp_path / "hymenoptera_data"
+    shutil.copytree(hymenoptera, data)  # a copy we may edit; features are found by content, not path
+    overrides = ["backbone.name=efficientnet_lite0", f"dataset.root={data}", "head.epochs=50", "head.eval_every=50"]
+    recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "hymenoptera.yaml", load_plugins(entry_points=False), overrides)
+    first = run(recipe, tmp_path / "first", Observer()).metrics
+    assert first["features"]["cached"] + first["features"]["extracted"] == 397
+
+    second = run(recipe, tmp_path / "second", Observer()).metrics
+    assert (second["features"]["cached"], second["features"]["extracted"]) == (397, 0)
+    assert second["timings_s"]["extract"] < 1.0
+    assert second["test_accuracy"] == first["test_accuracy"]
+
+    victim = sorted((data / "val" / "bees").glob("*.jpg"))[0]
+    victim.write_bytes(victim.read_bytes() + b"\0")  # same picture, different bytes
+    third = run(recipe, tmp_path / "third", Observer()).metrics
+    assert (third["features"]["cached"], third["features"]["extracted"]) == (396, 1)

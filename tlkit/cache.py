@@ -107,10 +107,11 @@ def _sha256_of(path: Path) -> str:
 
 
 class FileHashes:
-    """sha256 of image files, remembered by (path, size, mtime_ns) so an unchanged file is never re-read.
+    """sha256 of image files, remembered by (path, size, mtime_ns, ctime_ns) so an unchanged file is never re-read.
 
-    The index is a hint, never trusted beyond that triple: any write to a file changes its mtime,
-    and a missing or unreadable index just means hashing again.
+    The index is a hint, never trusted beyond those values: any write to a file changes its mtime
+    and ctime (ctime even when a tool restores the mtime), and a missing or unreadable index just
+    means hashing again.
     """
 
     def __init__(self, root: Path) -> None:
@@ -132,13 +133,13 @@ class FileHashes:
         except OSError:
             return None
         known = self.entries.get(resolved)
-        if isinstance(known, list) and len(known) == 3 and known[0] == stat.st_size and known[1] == stat.st_mtime_ns:
-            return str(known[2])
+        if isinstance(known, list) and known[:3] == [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns] and len(known) == 4:
+            return str(known[3])
         try:
             digest = _sha256_of(Path(resolved))
         except OSError:
             return None
-        self.entries[resolved] = [stat.st_size, stat.st_mtime_ns, digest]
+        self.entries[resolved] = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, digest]
         self.changed = True
         return digest
 

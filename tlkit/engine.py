@@ -19,9 +19,9 @@ import torch
 
 from tlkit import __version__
 from tlkit.artifacts import RunDirectory, default_out_dir
+from tlkit.cache import FeatureStore, open_store
 from tlkit.errors import DataError
 from tlkit.evaluate import classification_metrics
-from tlkit.cache import FeatureStore, open_store
 from tlkit.features import Extraction, extract_cached, prepare_model, resolve_device
 from tlkit.observer import Observer
 from tlkit.recipe import Recipe
@@ -95,9 +95,13 @@ def run(recipe: Recipe, out_dir: Path | None = None, observer: Observer | None =
         counts = {"cached": 0, "extracted": 0}
         store = None
         if recipe.extract.cache:
-            options = recipe.backbone.options
             store = open_store(
-                recipe.backbone.name, backbone.weights_id, preprocessing, recipe.extract.precision, seed=recipe.seed, options=options
+                recipe.backbone.name,
+                backbone.weights_id,
+                preprocessing,
+                recipe.extract.precision,
+                seed=recipe.seed,
+                options=recipe.backbone.options,
             )
         for split in ("train", "test"):
             feats, kept[split], result = _features_for(
