@@ -246,8 +246,17 @@ def test_cache_commands(image_folder: Path, model: torch.nn.Module, store: Featu
     cleared = runner.invoke(app, ["cache", "clear", "--older-than", "2d"])
     assert cleared.exit_code == 0 and "removed 1" in cleared.output
     assert cache.list_entries() == []
-    bad = runner.invoke(app, ["cache", "clear", "--older-than", "soon"])
-    assert bad.exit_code == 2 and "duration" in bad.output
+
+
+
+def test_cache_clear_rejects_a_bad_duration_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from tlkit.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["cache", "clear", "--older-than", "soon"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--older-than: 'soon' is not a duration" in err and "Traceback" not in err
 
 
 @pytest.mark.slow

@@ -210,7 +210,7 @@ def cache_clear(
     try:
         seconds = cache.parse_duration(older_than) if older_than is not None else None
     except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--older-than") from None
+        raise TlkitError(f"--older-than: {exc}") from None
     removed = cache.clear(older_than_s=seconds)
     freed = cache.human_bytes(sum(e.bytes for e in removed))
     console.out.print(f"removed {len(removed)} cache entr{'y' if len(removed) == 1 else 'ies'} ({freed})")
