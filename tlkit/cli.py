@@ -71,7 +71,12 @@ def run(
 
 
 def _options_text(options: list[dict[str, Any]]) -> str:
-    return ", ".join(f"{o['name']}={o['default']!r}" if o["default"] != "required" else f"{o['name']} (required)" for o in options)
+    """One line per option: ``name: type = default  help`` (``(required)`` when it has no default)."""
+    lines = []
+    for o in options:
+        default = "(required)" if o["default"] == "required" else f"= {o['default']!r}"
+        lines.append(f"{o['name']}: {o['type']} {default}" + (f"  {o['help']}" if o["help"] else ""))
+    return "\n".join(lines) or "-"
 
 
 @app.command()
@@ -144,7 +149,7 @@ def plugins(
                 r["version"],
                 ", ".join(r["hooks"]),
                 "; ".join(f"{k}: {v if isinstance(v, int) else ', '.join(v)}" for k, v in r["registered"].items()),
-                r["status"] + (f" ({r['error']})" if r["error"] else ""),
+                r["status"] + (f": {r['error']}" if r["error"] else ""),
             )
             for r in rows
         ],
