@@ -38,7 +38,7 @@ def describe(spec: Any) -> str:
     """The entry's one-line description: its own, else the first line of its builder's docstring."""
     text = spec.description
     if not text:
-        for attr in ("build", "load", "fit"):
+        for attr in ("build", "fit", "load"):  # the function that does the entry's main work
             doc = getattr(getattr(spec, attr, None), "__doc__", None)
             if doc and doc.strip():
                 text = doc

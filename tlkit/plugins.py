@@ -123,16 +123,18 @@ def _report(statuses: dict[str, PluginStatus]) -> None:
             warnings.warn(f"plugin '{status.name}' is skipped: {status.error}", PluginWarning, stacklevel=3)
 
 
-def _describe(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}".strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+def _describe(exc: BaseException, limit: int = 300) -> str:
+    """``Type: message`` on one line (a multi-line message joined with "; "), cut at ``limit`` characters."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = f"{type(exc).__name__}: {'; '.join(lines)}" if lines else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _distribution_of(plugin: object) -> tuple[str, str] | None:
     """The installed distribution (name, version) that provides ``plugin``'s top-level package."""
     module = getattr(plugin, "__module__", None) if not isinstance(plugin, ModuleType) else plugin.__name__
     top = (module or "").split(".", 1)[0]
-    if not top:
+    if not top or not getattr(sys.modules.get(top), "__file__", None):  # made in memory: no distribution
         return None
     names = importlib.metadata.packages_distributions().get(top) or []
     for dist_name in names:
@@ -160,7 +162,7 @@ def _register_one(pm: pluggy.PluginManager, plugin: object, status: PluginStatus
     status.hooks = sorted(caller.name for caller in callers if caller.name in _HOOKS)
     for caller in callers:
         if caller.name not in _HOOKS:
-            hint = did_you_mean(caller.name, _HOOKS) or f" (tlkit has {', '.join(_HOOKS)})"
+            hint = did_you_mean(caller.name, _HOOKS, n=1) or f" (tlkit has {', '.join(_HOOKS)})"
             _problem(status, f"implements unknown hook '{caller.name}'{hint}")
 
 
@@ -194,7 +196,7 @@ def _load_entry_points(pm: pluggy.PluginManager, statuses: dict[str, PluginStatu
     for missing in sorted((allowed or set()) - found):
         warnings.warn(
             f"TLKIT_LOAD_PLUGINS names '{missing}', which is not an installed tlkit plugin"
-            f"{did_you_mean(missing, found)}",
+            f"{did_you_mean(missing, found, n=1)}",
             PluginWarning,
             stacklevel=3,
         )
