@@ -135,6 +135,18 @@ HEADS = {
 }
 
 
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny tensors gain nothing from intra-op threads, and on a busy machine threads waiting for a
+    core make each of a head's many small steps slow; one thread keeps these checks at a second."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def kit_plugins() -> Iterator[Plugins]:
     """One in-process plugin with good and deliberately broken entries of each kind (no built-ins)."""

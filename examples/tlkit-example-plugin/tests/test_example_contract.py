@@ -105,3 +105,20 @@ def test_ridge_solution_is_the_optimum_in_both_forms() -> None:
     dual = solve_ridge(wide, t, alpha=0.3)
     primal = torch.linalg.solve(wide.T @ wide + 0.3 * torch.eye(9, dtype=torch.float64), wide.T @ t).T
     assert torch.allclose(dual, primal, atol=1e-10)
+
+
+def test_a_wrong_declared_feature_dim_fails_the_check_saying_what_differs() -> None:
+    """What a plugin author sees when a declaration drifts from the model."""
+    import dataclasses
+    import types
+
+    from tlkit_example_plugin.backbones import lite0_stage_spec
+
+    wrong = types.ModuleType("tlkit_example_wrong")
+    wrong.register_backbones = tlkit.hookimpl(
+        lambda register: register(dataclasses.replace(lite0_stage_spec(4), name="lite0_wrong", feature_dim=100)),
+        specname="register_backbones",
+    )
+    plugins = tlkit.testing.load_plugin(wrong, builtins=False)
+    with pytest.raises(AssertionError, match="backbone 'lite0_wrong' declares feature_dim 100 but produces 112-d features"):
+        tlkit.testing.check_backbone("lite0_wrong", plugins=plugins, images=2)
