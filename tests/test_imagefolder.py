@@ -61,12 +61,18 @@ def test_missing_folders_are_named(image_folder, missing):
     assert str(target) in str(info.value)
 
 
-def test_downloads_and_unpacks_when_root_is_missing(tmp_path):
+def _zipped_folder(tmp_path):
+    """A zip of ``mydata/{train,val}/...`` like the tutorial's archive (one top folder)."""
     source = make_image_folder(tmp_path / "src" / "mydata")
     archive = tmp_path / "mydata.zip"
     with zipfile.ZipFile(archive, "w") as zf:
         for path in sorted(source.rglob("*")):
             zf.write(path, path.relative_to(source.parent))
+    return archive
+
+
+def test_downloads_and_unpacks_when_root_is_missing(tmp_path):
+    archive = _zipped_folder(tmp_path)
     root = tmp_path / "data" / "mydata"
     loaded = load_imagefolder(ImageFolderOptions(root=str(root), download=archive.as_uri()))
     assert len(loaded.splits["train"]) == 12
@@ -74,11 +80,7 @@ def test_downloads_and_unpacks_when_root_is_missing(tmp_path):
 
 
 def test_download_hash_mismatch_leaves_nothing(tmp_path):
-    source = make_image_folder(tmp_path / "src" / "mydata")
-    archive = tmp_path / "mydata.zip"
-    with zipfile.ZipFile(archive, "w") as zf:
-        for path in sorted(source.rglob("*")):
-            zf.write(path, path.relative_to(source.parent))
+    archive = _zipped_folder(tmp_path)
     root = tmp_path / "data" / "mydata"
     with pytest.raises(DataError, match="sha256"):
         load_imagefolder(ImageFolderOptions(root=str(root), download=archive.as_uri(), sha256="0" * 64))
