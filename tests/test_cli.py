@@ -117,7 +117,7 @@ def test_datasets_and_heads_listing(tiny_plugins, capsys):
     (imagefolder,) = json.loads(capsys.readouterr().out)
     assert {o["name"]: o["default"] for o in imagefolder["options"]}["test"] == "val"
     assert cli("heads") == 0
-    assert "epochs=1000" in capsys.readouterr().out
+    assert "epochs: int = 1000  full-batch SGD steps" in capsys.readouterr().out
 
 
 def test_installed_command_and_python_m(tmp_path):
