@@ -84,7 +84,7 @@ def _raise(register: Any) -> None:
 def test_a_hook_that_raises_skips_the_whole_plugin_with_one_warning() -> None:
     plugin = _module("tlkit_half", register_backbones=lambda register: register(_backbone("half_bb")), register_heads=_raise)
     loaded, messages = _load(plugin, builtins=True)
-    assert messages == ["plugin 'tlkit_half' is skipped: raised in register_heads (RuntimeError: boom)"]
+    assert messages == ["plugin 'tlkit_half' is skipped: register_heads raised RuntimeError: boom"]
     assert "half_bb" not in loaded.backbones  # all of a plugin or none of it
     status = loaded.status["tlkit_half"]
     assert status.failed and status.registered == {} and "RuntimeError: boom" in (status.error or "")
@@ -185,7 +185,7 @@ def test_listings_show_description_and_options_from_the_plugins_own_declaration(
     set_plugins(loaded)
     try:
         result = CliRunner().invoke(cli.app, ["plugins"])
-        assert "tlkit_listed" in result.output and "failed: raised in register_datasets (RuntimeError: boom)" in result.output
+        assert "tlkit_listed" in result.output and "failed: register_datasets raised RuntimeError: boom" in result.output
         assert "toy_head" not in CliRunner().invoke(cli.app, ["heads"]).output
     finally:
         set_plugins(None)
@@ -211,8 +211,8 @@ BROKEN = {
         """,
 }
 REASONS = {
-    "tlkit-broken-import": "failed to import tlkit_broken_import (RuntimeError: this plugin cannot be imported)",
-    "tlkit-broken-hook": "raised in register_heads (ValueError: no heads today)",
+    "tlkit-broken-import": "importing tlkit_broken_import raised RuntimeError: this plugin cannot be imported",
+    "tlkit-broken-hook": "register_heads raised ValueError: no heads today",
     "tlkit-broken-entry": "registered a malformed backbone 'broken_bb' ('feature_dim' must be a positive int or None, not 0)",
 }
 

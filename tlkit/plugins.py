@@ -190,7 +190,7 @@ def _load_entry_points(pm: pluggy.PluginManager, statuses: dict[str, PluginStatu
             plugin = ep.load()
         except (Exception, SystemExit) as exc:  # a plugin must never take tlkit down with it
             statuses[name] = status
-            _problem(status, f"failed to import {ep.value} ({_describe(exc)})")
+            _problem(status, f"importing {ep.value} raised {_describe(exc)}")
             continue
         _register_one(pm, plugin, status, statuses)
     for missing in sorted((allowed or set()) - found):
@@ -220,7 +220,7 @@ def _call_hooks(pm: pluggy.PluginManager, status: PluginStatus) -> dict[str, lis
             try:
                 impl.function(**{arg: pending.append for arg in impl.argnames})
             except (Exception, SystemExit) as exc:
-                _problem(status, f"raised in {hook_name} ({_describe(exc)})")
+                _problem(status, f"{hook_name} raised {_describe(exc)}")
                 continue
             names: set[str] = set()
             for spec in pending:
