@@ -266,3 +266,14 @@ def test_load_plugin_fails_for_a_plugin_tlkit_would_skip() -> None:
     broken.register_heads = tlkit.hookimpl(register_heads)
     with pytest.raises(AssertionError, match="plugin 'tlkit_kit_broken' would be skipped: registered a malformed head 'h'"):
         tlkit.testing.load_plugin(broken, builtins=False)
+
+
+BUILTIN_HEADS = load_plugins(entry_points=False, builtins=True).heads.names()
+
+
+@pytest.mark.parametrize("name", BUILTIN_HEADS)
+def test_every_builtin_head_keeps_the_contract(name: str) -> None:
+    """The built-in heads are held to the same checks as third-party ones (with their default options)."""
+    plugins = load_plugins(entry_points=False)
+    report = tlkit.testing.check_head(name, plugins=plugins)
+    assert report.test_accuracy >= 0.9
