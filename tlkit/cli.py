@@ -68,6 +68,15 @@ def run(
         ("saved to", str(result.out_dir)),
     ]
     console.table("summary", ["", ""], rows)
+    if result.bad_images:
+        shown = 20
+        console.table(
+            f"skipped {len(result.bad_images)} file{'s' if len(result.bad_images) != 1 else ''} that could not be used (all in bad_images.csv)",
+            ["split", "file", "reason"],
+            [(split, str(path), reason) for split, path, reason in result.bad_images[:shown]],
+        )
+        if len(result.bad_images) > shown:
+            console.out.print(f"and {len(result.bad_images) - shown} more: see {result.out_dir / 'bad_images.csv'}")
 
 
 def _options_text(options: list[dict[str, Any]]) -> str:
@@ -172,8 +181,8 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.ClickException as exc:
         exc.show()
         sys.exit(2)
-    except (KeyboardInterrupt, click.exceptions.Abort):
-        console.print_error("interrupted")
+    except (KeyboardInterrupt, click.exceptions.Abort) as exc:
+        console.print_error(str(exc) or "interrupted; nothing was written")
         sys.exit(130)
     except TlkitError as exc:
         if _state["debug"]:

@@ -53,3 +53,11 @@ def did_you_mean(name: str, candidates: Iterable[str], *, n: int = 3) -> str:
         return ""
     quoted = " or ".join(f"'{m}'" for m in matches)
     return f"; did you mean {quoted}?"
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a run; the message says at which stage and what was kept.
+
+    A ``KeyboardInterrupt`` (not a :class:`TlkitError`) so that code which catches interrupts still
+    does, and the CLI still exits with 130.
+    """
