@@ -37,9 +37,6 @@ class ExtractSettings:
     cache: bool = field(default=True, metadata={"help": "reuse features from the feature cache"})
 
 
-_Byte = Annotated[int, Ge(0), Le(255)]
-
-
 @dataclass(frozen=True)
 class ImageSettings:
     """How the engine decodes the data set's files: core keys of the ``dataset:`` section.
@@ -51,14 +48,14 @@ class ImageSettings:
     on_bad_image: Literal["skip", "error"] = field(
         default="skip", metadata={"help": "skip: leave out files that cannot be decoded and list them; error: stop at the first"}
     )
-    background: tuple[_Byte, _Byte, _Byte] | str = field(
-        default=(255, 255, 255), metadata={"help": "colour transparent pixels are composited on: [r, g, b] or a name such as 'white' or '#808080'"}
+    background: Any = field(
+        default=(255, 255, 255), metadata={"help": "colour transparent pixels are composited on: [r, g, b] (0-255) or a name such as 'white' or '#808080'"}
     )
 
     def rgb(self) -> tuple[int, int, int]:
-        """The background as an (r, g, b) tuple (names were resolved when the recipe was read)."""
-        assert isinstance(self.background, tuple)
-        return (int(self.background[0]), int(self.background[1]), int(self.background[2]))
+        """The background as an (r, g, b) tuple (checked and resolved when the recipe was read)."""
+        r, g, b = self.background
+        return (int(r), int(g), int(b))
 
 
 IMAGE_KEYS = tuple(f.name for f in dataclasses.fields(ImageSettings))
@@ -140,7 +137,7 @@ def validate_options(cls: type, data: Mapping[str, Any], path: str, *, also_vali
             hint = did_you_mean(str(key), names) or (f"; valid keys: {', '.join(names)}" if names else "; it takes no options")
             raise RecipeError(f"unknown key '{path}.{key}'{hint}")
     try:
-        return _adapter(cls).validate_python(dict(data))
+        result = _adapter(cls).validate_python(dict(data))
     except ValidationError as exc:
         error = exc.errors()[0]
         loc = ".".join(str(p) for p in error["loc"])
@@ -148,6 +145,11 @@ def validate_options(cls: type, data: Mapping[str, Any], path: str, *, also_vali
         if error["type"] == "missing":
             raise RecipeError(f"'{key}' is required") from None
         raise RecipeError(f"'{key}': {error['msg'].lower()} (got {_describe(error.get('input'))})") from None
+    for key, value in data.items():
+        # pydantic's lax mode reads true/false as 1/0; in a recipe that is always a mistake (epochs: true).
+        if isinstance(value, bool) and not isinstance(getattr(result, key), bool):
+            raise RecipeError(f"'{path}.{key}' must be a number, not {str(value).lower()}")
+    return result
 
 
 def _check_depth(value: Any, path: str, depth: int = 0) -> None:
@@ -198,6 +200,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
 
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """Apply ``dotted.key=value`` overrides; values are parsed as YAML scalars (``1e-3``, ``true``, ``null``)."""
+    _check_depth(data, "")
     result = _deep_copy(data)
     for item in overrides:
         key, sep, raw = item.partition("=")
@@ -210,6 +213,7 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
             value = raw
         except RecursionError:
             raise RecipeError(f"--set {key}: the value is nested too deeply") from None
+        _check_depth(value, key)
         node = result
         parts = key.split(".")
         for depth, part in enumerate(parts[:-1]):
@@ -300,24 +304,36 @@ def _plain_name(name: Any) -> bool:
 
 def _image_settings(data: dict[str, Any]) -> ImageSettings:
     settings = validate_options(ImageSettings, data, "dataset")
-    if isinstance(settings.background, str):
+    return dataclasses.replace(settings, background=_colour(settings.background))
+
+
+def _colour(value: Any) -> tuple[int, int, int]:
+    """``[r, g, b]`` with 0-255 integers, or a colour name PIL knows (``white``, ``#808080``)."""
+    usage = "use [r, g, b] with integers 0-255 or a name such as 'white' or '#808080'"
+    if isinstance(value, str):
         from PIL import ImageColor
 
         try:
-            rgb = ImageColor.getrgb(settings.background)
+            rgb = ImageColor.getrgb(value)
         except ValueError:
-            raise RecipeError(
-                f"'dataset.background': unknown colour {_describe(settings.background)}; use [r, g, b] or a name such as 'white' or '#808080'"
-            ) from None
-        settings = dataclasses.replace(settings, background=(rgb[0], rgb[1], rgb[2]))
-    return settings
+            raise RecipeError(f"'dataset.background': unknown colour {_describe(value)}; {usage}") from None
+        return (rgb[0], rgb[1], rgb[2])
+    if (
+        isinstance(value, (list, tuple))
+        and len(value) == 3
+        and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in value)
+    ):
+        return (value[0], value[1], value[2])
+    raise RecipeError(f"'dataset.background' must be a colour (got {_describe(value)}); {usage}")
 
 
 def load_recipe(path: Path | str, plugins: Plugins, overrides: Sequence[str] = ()) -> Recipe:
     """Read, override and validate the recipe at ``path``; errors name the file."""
     path = Path(path)
     try:
-        return resolve(apply_overrides(read_yaml(path), overrides), plugins, default_name=path.stem, source=path)
+        data = read_yaml(path)
+        _check_depth(data, "")  # before anything walks it: YAML anchors can make a structure contain itself
+        return resolve(apply_overrides(data, overrides), plugins, default_name=path.stem, source=path)
     except RecipeError as exc:
         message = str(exc)
         raise RecipeError(message if message.startswith(f"recipe {path}") else f"recipe {path}: {message}") from None
