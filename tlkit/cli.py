@@ -54,7 +54,12 @@ def run(
     from tlkit.recipe import load_recipe
 
     recipe_obj = load_recipe(recipe, _plugins(), set_ or [])
-    result = run_recipe(recipe_obj, out, console.ConsoleObserver())
+    try:
+        result = run_recipe(recipe_obj, out, console.ConsoleObserver())
+    except KeyboardInterrupt as exc:
+        # typer turns Ctrl-C into a silent exit 130; say what stopped and what was kept first.
+        console.print_error(str(exc) or "interrupted; nothing was written")
+        raise typer.Exit(130) from None
     m = result.metrics
     rows = [
         ("recipe", recipe_obj.name),
@@ -181,8 +186,8 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.ClickException as exc:
         exc.show()
         sys.exit(2)
-    except (KeyboardInterrupt, click.exceptions.Abort) as exc:
-        console.print_error(str(exc) or "interrupted; nothing was written")
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        console.print_error("interrupted; nothing was written")
         sys.exit(130)
     except TlkitError as exc:
         if _state["debug"]:
