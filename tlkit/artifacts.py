@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 import yaml
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from tlkit.errors import OutputError
 
@@ -84,25 +84,24 @@ class RunDirectory:
         return self._write_text(name, yaml.safe_dump(data, sort_keys=False))
 
     def write_tensors(self, name: str, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> Path:
-        target = self.path / name
-        try:
-            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(target), metadata=dict(metadata or {}))
-        except OSError as exc:
-            raise _os_error(str(target), exc) from None
-        except Exception as exc:  # safetensors reports I/O failures as its own error type
-            if "No space" in str(exc) or "Os {" in str(exc) or "File too large" in str(exc):
-                raise OutputError(f"cannot write {target} ({exc}); free some disk space or choose another --out") from None
-            raise
-        return target
+        # Serialise in memory and write with Python, so a full disk is an OSError like every other write.
+        data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=dict(metadata or {}))
+        return self._write_bytes(name, data)
 
     def file(self, name: str) -> Path:
         """A path inside the staging folder for writers that need one (plots, CSV)."""
         return self.path / name
 
     def _write_text(self, name: str, text: str) -> Path:
+        return self._write_bytes(name, text.encode("utf-8"))
+
+    def _write_bytes(self, name: str, data: bytes) -> Path:
         target = self.path / name
         try:
-            target.write_text(text, encoding="utf-8")
+            with open(target, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())  # a full disk may only say so when the data is flushed
         except OSError as exc:
             raise _os_error(str(target), exc) from None
         return target
