@@ -19,14 +19,11 @@ import tlkit
 
 @dataclass(frozen=True)
 class LinearOptions:
-    # Bounds keep a typo (lr: 1e3, epochs: 0, momentum: 2) a recipe error instead of a NaN or a hung run.
-    lr: Annotated[float, Gt(0), Le(10)] = field(default=1e-3, metadata={"help": "SGD learning rate"})
-    epochs: Annotated[int, Ge(1), Le(1_000_000)] = field(default=1000, metadata={"help": "full-batch SGD steps"})
-    momentum: Annotated[float, Ge(0), Le(0.999)] = field(default=0.0, metadata={"help": "SGD momentum"})
-    weight_decay: Annotated[float, Ge(0), Le(1)] = field(default=0.0, metadata={"help": "L2 penalty"})
-    eval_every: Annotated[int, Ge(1), Le(1_000_000)] = field(
-        default=100, metadata={"help": "report train loss/accuracy and test accuracy every N epochs"}
-    )
+    lr: Annotated[float, Gt(0), Le(100)] = field(default=1e-3, metadata={"help": "SGD learning rate"})
+    epochs: Annotated[int, Ge(1), Le(10_000_000)] = field(default=1000, metadata={"help": "full-batch SGD steps"})
+    momentum: Annotated[float, Ge(0), Le(1)] = field(default=0.0, metadata={"help": "SGD momentum"})
+    weight_decay: Annotated[float, Ge(0), Le(100)] = field(default=0.0, metadata={"help": "L2 penalty"})
+    eval_every: Annotated[int, Ge(1), Le(10_000_000)] = field(default=100, metadata={"help": "report train loss/accuracy and test accuracy every N epochs"})
 
 
 def _accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
@@ -50,7 +47,7 @@ def fit_linear(train: tlkit.Features, options: LinearOptions, ctx: tlkit.FitCont
         loss.backward()
         optimizer.step()
         if epoch % options.eval_every == 0 or epoch == options.epochs:
-            point = {"epoch": float(epoch), "loss": float(loss.detach()), "train_accuracy": _accuracy(logits.detach(), train.y)}
+            point = {"epoch": float(epoch), "loss": loss.item(), "train_accuracy": _accuracy(logits.detach(), train.y)}
             if ctx.monitor is not None:
                 with torch.no_grad():
                     point["test_accuracy"] = _accuracy(layer(ctx.monitor.x), ctx.monitor.y)
