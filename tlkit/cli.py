@@ -180,7 +180,8 @@ def main(argv: list[str] | None = None) -> None:
         warnings.filterwarnings("ignore", category=UserWarning, module="torch")
     if argv is None:
         argv = sys.argv[1:]
-    _state["debug"] = _state["debug"] or "--debug" in argv
+    # Decided afresh per call: main() may run many times in one process (tests, embedding).
+    _state["debug"] = os.environ.get("TLKIT_DEBUG", "") not in ("", "0") or "--debug" in argv
     try:
         code = app(args=argv, prog_name="tlkit", standalone_mode=False)
     except click.exceptions.ClickException as exc:

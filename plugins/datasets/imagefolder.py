@@ -1,8 +1,9 @@
 """``imagefolder``: a root with a train and a test sub-folder, one folder per class inside each.
 
-Files with the usual photo extensions (torchvision's list, plus ``.gif``: an animated one gives its
-first frame) are images; everything else (hidden files, READMEs, links that lead nowhere or in a
-circle) is left out and named in a note. Whether an image file actually decodes is the engine's
+Files with the usual photo extensions (torchvision's list, as its ``ImageFolder``: so ``.gif`` is not
+one, which keeps the ants/bees placeholder ``imageNotFound.gif`` out as in the reference) are images;
+everything else (hidden files, READMEs, links that lead nowhere or in a circle) is left out and named
+in a note. Whether an image file actually decodes is the engine's
 business (``dataset.on_bad_image``), not the loader's. Test classes must be train classes;
 a train class with no test images is allowed and noted (its test recall simply cannot be measured).
 """
@@ -34,7 +35,7 @@ def _class_dirs(split_dir: Path) -> list[str]:
     return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-EXTENSIONS = tuple(sorted(set(IMG_EXTENSIONS) | {".gif"}))
+EXTENSIONS = IMG_EXTENSIONS
 
 
 def _image_files(class_dir: Path) -> tuple[list[Path], list[Path]]:
@@ -98,8 +99,8 @@ def load_imagefolder(options: ImageFolderOptions) -> tlkit.LoadedDataset:
         if skipped:
             shown = ", ".join(str(p.relative_to(split_dir)) for p in skipped[:4]) + (", ..." if len(skipped) > 4 else "")
             notes.append(
-                f"{split}: left out {len(skipped)} file{'s' if len(skipped) != 1 else ''} that are hidden, not images by name, "
-                f"or broken links ({shown})"
+                f"{split}: left out {len(skipped)} file{'s' if len(skipped) != 1 else ''} "
+                f"(hidden, not an image by name, or a broken link): {shown}"
             )
         if not samples:
             raise DataError(f"{split_dir} holds no images ({', '.join(EXTENSIONS)})")
