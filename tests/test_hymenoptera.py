@@ -29,7 +29,7 @@ def test_lite0_reaches_the_reference_accuracy(plugins, hymenoptera, tmp_path, ca
     assert metrics["feature_dim"] == 1280
     err = capsys.readouterr().err
     assert "train: 244 x 3 x 224 x 224" in err and "test: 153 x 3 x 224 x 224" in err
-    assert "train: skipped 1 non-image file" in err  # imageNotFound.gif
+    assert "train: left out 1 file (hidden, not an image by name, or a broken link): ants/imageNotFound.gif" in err
 
 
 def test_resnet18_without_weights_stops_at_once(hymenoptera, tmp_path):

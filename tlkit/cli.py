@@ -54,7 +54,12 @@ def run(
     from tlkit.recipe import load_recipe
 
     recipe_obj = load_recipe(recipe, _plugins(), set_ or [])
-    result = run_recipe(recipe_obj, out, console.ConsoleObserver())
+    try:
+        result = run_recipe(recipe_obj, out, console.ConsoleObserver())
+    except KeyboardInterrupt as exc:
+        # typer turns Ctrl-C into a silent exit 130; say what stopped and what was kept first.
+        console.print_error(str(exc) or "interrupted; nothing was written")
+        raise typer.Exit(130) from None
     m = result.metrics
     rows = [
         ("recipe", recipe_obj.name),
@@ -68,6 +73,15 @@ def run(
         ("saved to", str(result.out_dir)),
     ]
     console.table("summary", ["", ""], rows)
+    if result.bad_images:
+        shown = 20
+        console.table(
+            f"skipped {len(result.bad_images)} file{'s' if len(result.bad_images) != 1 else ''} that could not be used (all in bad_images.csv)",
+            ["split", "file", "reason"],
+            [(split, str(path), reason) for split, path, reason in result.bad_images[:shown]],
+        )
+        if len(result.bad_images) > shown:
+            console.out.print(f"and {len(result.bad_images) - shown} more: see {result.out_dir / 'bad_images.csv'}")
 
 
 def _options_text(options: list[dict[str, Any]]) -> str:
@@ -171,14 +185,15 @@ def main(argv: list[str] | None = None) -> None:
         warnings.filterwarnings("ignore", category=UserWarning, module="torch")
     if argv is None:
         argv = sys.argv[1:]
-    _state["debug"] = _state["debug"] or "--debug" in argv
+    # Decided afresh per call: main() may run many times in one process (tests, embedding).
+    _state["debug"] = os.environ.get("TLKIT_DEBUG", "") not in ("", "0") or "--debug" in argv
     try:
         code = app(args=argv, prog_name="tlkit", standalone_mode=False)
     except click.exceptions.ClickException as exc:
         exc.show()
         sys.exit(2)
     except (KeyboardInterrupt, click.exceptions.Abort):
-        console.print_error("interrupted")
+        console.print_error("interrupted; nothing was written")
         sys.exit(130)
     except TlkitError as exc:
         if _state["debug"]:

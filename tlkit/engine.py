@@ -4,10 +4,16 @@ data set -> preprocessing from the backbone -> features -> head -> metrics -> ru
 Everything that can fail because of the user's input fails before the long work starts: the recipe
 is validated, the output folder checked and the backbone's weights resolved before any image is
 decoded.
+
+A run ends in one of three ways: complete (the run directory renamed into place, ``run.json`` last),
+a :class:`~tlkit.errors.TlkitError` (nothing left behind but a one-line reason), or Ctrl-C, which
+stops the DataLoader workers, removes the unfinished staging folder and raises
+:class:`~tlkit.errors.RunInterrupted` saying at which stage it stopped and what was kept.
 """
 
 from __future__ import annotations
 
+import csv
 import random
 import time
 from dataclasses import dataclass
@@ -19,7 +25,7 @@ import torch
 
 from tlkit import __version__
 from tlkit.artifacts import RunDirectory, default_out_dir
-from tlkit.errors import DataError
+from tlkit.errors import DataError, OutputError, RunInterrupted
 from tlkit.evaluate import classification_metrics
 from tlkit.features import extract, prepare_model, resolve_device
 from tlkit.observer import Observer
@@ -31,6 +37,7 @@ from tlkit.specs import Features, FitContext, LoadedDataset, Sample
 class RunResult:
     out_dir: Path
     metrics: dict[str, Any]
+    bad_images: tuple[tuple[str, Path, str], ...] = ()  # (split, path, reason) of each skipped file
 
 
 def seed_everything(seed: int) -> None:
@@ -43,6 +50,11 @@ def _features_for(
     split: str, samples: list[Sample], model: torch.nn.Module, recipe: Recipe, preprocessing: Any, device: torch.device, observer: Observer
 ) -> tuple[Features, list[Sample], list[tuple[Path, str]], float]:
     settings = recipe.extract
+
+    def refuse(path: Path, reason: str) -> None:
+        if recipe.images.on_bad_image == "error":
+            raise DataError(f"{path}: {reason} (dataset.on_bad_image is 'error'; set it to 'skip' to leave such files out)")
+
     with observer.task(f"extracting {split}", total=len(samples), unit="img") as advance:
         result = extract(
             model,
@@ -53,6 +65,8 @@ def _features_for(
             precision=settings.precision,
             device=device,
             on_batch=advance,
+            background=recipe.images.rgb(),
+            on_bad=refuse,
         )
     kept = [samples[i] for i in result.kept]
     labels = torch.tensor([s.label for s in kept], dtype=torch.long)
@@ -64,7 +78,8 @@ def run(recipe: Recipe, out_dir: Path | None = None, observer: Observer | None =
     observer = observer or Observer()
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    run_dir = RunDirectory(out_dir or default_out_dir(recipe.name))
+    run_dir = RunDirectory(out_dir or default_out_dir(recipe.name), unique=out_dir is None)
+    stage = "building the backbone"
     try:
         seed_everything(recipe.seed)
         t0 = time.perf_counter()
@@ -73,6 +88,7 @@ def run(recipe: Recipe, out_dir: Path | None = None, observer: Observer | None =
         timings["build_backbone"] = time.perf_counter() - t0
         observer.note(f"backbone: {recipe.backbone.name} (weights {backbone.weights_path or backbone.weights_id})")
 
+        stage = "loading the data set"
         t0 = time.perf_counter()
         dataset: LoadedDataset = recipe.dataset.spec.load(recipe.dataset.options)
         timings["load_dataset"] = time.perf_counter() - t0
@@ -91,17 +107,21 @@ def run(recipe: Recipe, out_dir: Path | None = None, observer: Observer | None =
         bad: list[tuple[str, Path, str]] = []
         timings["extract"] = 0.0
         for split in ("train", "test"):
+            stage = f"extracting the {split} features"
             feats, kept[split], split_bad, seconds = _features_for(
                 split, list(dataset.splits[split]), model, recipe, preprocessing, device, observer
             )
             features[split] = feats
             timings["extract"] += seconds
             bad.extend((split, path, reason) for path, reason in split_bad)
+            if split_bad and recipe.images.on_bad_image == "error":  # features that came from elsewhere (a cache)
+                raise DataError(f"{split_bad[0][0]}: {split_bad[0][1]} (dataset.on_bad_image is 'error'; set it to 'skip' to leave such files out)")
             if len(feats) == 0:
                 raise DataError(f"no image of the {split} split could be decoded ({split_bad[0][0]}: {split_bad[0][1]})")
         for split, path, reason in bad:
             observer.note(f"skipped {split} image {path}: {reason}")
 
+        stage = f"training the {recipe.head.name} head"
         t0 = time.perf_counter()
         head_options = recipe.head.options
         epochs = getattr(head_options, "epochs", None)
@@ -140,12 +160,32 @@ def run(recipe: Recipe, out_dir: Path | None = None, observer: Observer | None =
             "history": [dict(point) for point in trained.history],
             "timings_s": {k: round(v, 4) for k, v in timings.items()},
         }
+        stage = "writing the run directory"
         _write_run(run_dir, recipe, backbone.weights_id, preprocessing, classes, head, metrics)
+        write_bad_images(run_dir.file("bad_images.csv"), bad)
         final = run_dir.commit({"tlkit": __version__, "recipe": recipe.name, "complete": True})
-        return RunResult(out_dir=final, metrics=metrics)
+        return RunResult(out_dir=final, metrics=metrics, bad_images=tuple(bad))
+    except KeyboardInterrupt:
+        run_dir.discard()
+        # The staging folder only ever holds a finished run's files, so there is nothing partial worth keeping.
+        # TODO(cache): once the feature cache is merged, say which splits' features it now holds.
+        raise RunInterrupted(
+            f"interrupted while {stage}; nothing was written to {run_dir.final} (a run directory appears only when complete)"
+        ) from None
     except BaseException:
         run_dir.discard()
         raise
+
+
+def write_bad_images(path: Path, bad: list[tuple[str, Path, str]]) -> None:
+    """``split,path,reason`` for every file that was skipped (a header alone when none was)."""
+    try:
+        with path.open("w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["split", "path", "reason"])
+            writer.writerows((split, str(file), reason) for split, file, reason in bad)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path} ({exc.strerror or exc}); free some space or choose another --out") from None
 
 
 def _write_run(run_dir: RunDirectory, recipe: Recipe, weights_id: str, preprocessing: Any, classes: list[str], head: torch.nn.Module, metrics: dict[str, Any]) -> None:

@@ -22,8 +22,8 @@ class LinearOptions:
     lr: Annotated[float, Gt(0), Le(100)] = field(default=1e-3, metadata={"help": "SGD learning rate"})
     epochs: Annotated[int, Ge(1), Le(10_000_000)] = field(default=1000, metadata={"help": "full-batch SGD steps"})
     momentum: Annotated[float, Ge(0), Le(1)] = field(default=0.0, metadata={"help": "SGD momentum"})
-    weight_decay: Annotated[float, Ge(0)] = field(default=0.0, metadata={"help": "L2 penalty"})
-    eval_every: Annotated[int, Ge(1)] = field(default=100, metadata={"help": "report train loss/accuracy and test accuracy every N epochs"})
+    weight_decay: Annotated[float, Ge(0), Le(100)] = field(default=0.0, metadata={"help": "L2 penalty"})
+    eval_every: Annotated[int, Ge(1), Le(10_000_000)] = field(default=100, metadata={"help": "report train loss/accuracy and test accuracy every N epochs"})
 
 
 def _accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
