@@ -52,7 +52,7 @@ def training_curve_png(history: Sequence[Mapping[str, float]], path: Path) -> Pa
         if all(key in p for p in points):
             loss_ax.plot(epochs, [p[key] for p in points], label=key.replace("_", " "))
     loss_ax.set_xlabel("epoch")
-    loss_ax.set_ylabel("cross-entropy")
+    loss_ax.set_ylabel("training loss")
     loss_ax.legend()
     for key in ("train_accuracy", "val_accuracy", "test_accuracy"):
         if all(key in p for p in points):

@@ -37,12 +37,16 @@ class LogRegOptions:
 
 
 class LogisticRegression(torch.nn.Module):
-    """Standardisation (buffers) followed by one linear layer: features (N, D) -> logits (N, C)."""
+    """Standardisation (buffers) followed by one linear layer: features (N, D) -> logits (N, C).
+
+    The buffer ``l2`` records the penalty the weights were fitted with (chosen or given).
+    """
 
     def __init__(self, dim: int, num_classes: int) -> None:
         super().__init__()
         self.scale = Standardize.identity(dim)
         self.linear = torch.nn.Linear(dim, num_classes)
+        self.register_buffer("l2", torch.tensor(0.0))  # the strength it was fitted with, for the record
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(self.scale(x))
@@ -170,9 +174,8 @@ def _fit_logreg(train: tlkit.Features, options: LogRegOptions, ctx: tlkit.FitCon
         ctx.report(iteration, point)
 
     w, b = fit_lbfgs(x, y, ctx.num_classes, l2, options.max_iter, on_iteration=record)
-    for point in history:
-        point["l2"] = l2
     with torch.no_grad():
+        module.l2.fill_(l2)
         module.linear.weight.copy_(w.T.float())
         module.linear.bias.copy_(b.float())
     return tlkit.TrainedHead(module=module.eval(), history=history)
