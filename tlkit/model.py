@@ -143,7 +143,12 @@ def load_model(run_dir: Path | str, plugins: Plugins) -> SavedModel:
     head_file = run_dir / "head.safetensors"
     if not head_file.is_file():
         raise RunError(f"{head_file} is missing; the run directory is incomplete")
-    head = head_spec.load(load_file(str(head_file)), _options(head_spec, info.get("head_options") or {}, "head", run_dir)).eval()
+    options = _options(head_spec, info.get("head_options") or {}, "head", run_dir)
+    try:
+        head = head_spec.load(load_file(str(head_file)), options).eval()
+    except (RuntimeError, KeyError, ValueError, OSError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RunError(f"{head_file} does not fit head '{head_name}' of this tlkit ({reason}); run the recipe again") from None
     extract_settings = info.get("extract") or {}
     return SavedModel(
         run_dir=run_dir,

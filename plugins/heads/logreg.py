@@ -189,7 +189,7 @@ def fit_logreg(train: tlkit.Features, options: Any, ctx: tlkit.FitContext) -> tl
 def load_logreg(tensors: Mapping[str, torch.Tensor], options: LogRegOptions) -> torch.nn.Module:
     weight = tensors["linear.weight"]
     module = LogisticRegression(weight.shape[1], weight.shape[0])
-    module.load_state_dict(dict(tensors))
+    module.load_state_dict({"l2": torch.tensor(0.0), **tensors})  # heads saved before l2 was recorded lack it
     return module.eval()
 
 
