@@ -114,6 +114,35 @@ def test_exports_match_predict_on_real_images(plugins, tiny_run: tuple[Path, Pat
         assert float((exported - expected).abs().max()) <= TOLERANCE
 
 
+@pytest.mark.parametrize("head", ["mlp", "knn", "centroid"])  # linear and logreg: an nn.Linear, exported above
+def test_every_head_exports_to_onnx(plugins, tiny_run: tuple[Path, Path, Path], tmp_path: Path, head: str) -> None:
+    """kNN's top-k over its stored features, the centroids' cosines, the MLP: all survive ONNX."""
+    import dataclasses
+
+    import onnxruntime
+
+    from tlkit.features import extract
+    from tlkit.fitting import one_thread
+    from tlkit.specs import Features, FitContext
+
+    root, _, run_dir = tiny_run
+    model = load_model(run_dir, plugins)
+    train = [p for p in image_files([root / "train"])]
+    features = extract(model.backbone, train, model.preprocessing, workers=0).features
+    labels = torch.tensor([model.classes.index(p.parent.name) for p in train])
+    spec = plugins.heads.get(head)
+    with one_thread():  # the linear head's 1000 tiny steps crawl when threads contend
+        trained = spec.fit(Features(features, labels), spec.options(), FitContext(num_classes=3, seed=0)).module.eval()
+    model = dataclasses.replace(model, head=trained)
+    export(model, "onnx", tmp_path / "m.onnx")
+    images = preprocessed(model, image_files([root / "val"]))
+    session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    (exported,) = session.run(None, {"images": images.numpy()})
+    with torch.no_grad():
+        expected = model.classifier()(images)
+    assert float((torch.from_numpy(exported) - expected).abs().max()) <= TOLERANCE
+
+
 def test_default_export_path_is_in_the_run(plugins, tiny_run: tuple[Path, Path, Path], tmp_path: Path) -> None:
     run_copy = tmp_path / "run"
     shutil.copytree(tiny_run[2], run_copy)

@@ -67,15 +67,17 @@ def _write_onnx(classifier: torch.nn.Module, example: torch.Tensor, target: Path
     except ImportError as exc:
         raise ExportError(f"ONNX export needs onnx and onnxruntime ({exc.name} is missing): pip install 'tlkit[export]'") from None
     with torch.no_grad():
-        torch.onnx.export(
+        torch.onnx.export(  # torch.export-based exporter (onnxscript); the TorchScript-based one is deprecated
             classifier,
             (example,),
             str(target),
             input_names=["images"],
             output_names=["probabilities"],
-            dynamic_axes={"images": {0: "batch"}, "probabilities": {0: "batch"}},
+            dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1)}},
             opset_version=OPSET,
-            dynamo=False,
+            dynamo=True,
+            external_data=False,
+            verbose=False,
         )
     proto = onnx.load(str(target))
     onnx.helper.set_model_props(proto, metadata)
