@@ -84,6 +84,8 @@ def predict(
     from tlkit.model import image_files, load_model
     from tlkit.model import predict as predict_files
 
+    if device not in ("auto", "cpu", "cuda"):
+        raise click.BadParameter(f"'{device}' is not auto, cpu or cuda", param_hint="--device")
     model = load_model(run_dir, _plugins())
     result = predict_files(model, image_files(images), device=device)
     tops = result.top(top_k)

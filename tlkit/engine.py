@@ -18,10 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from tlkit import __version__
+from tlkit import __version__, plots
 from tlkit.artifacts import RunDirectory, default_out_dir
 from tlkit.errors import DataError
-from tlkit import plots
 from tlkit.evaluate import PREDICTION_COLUMNS, classification_metrics, misclassified, prediction_rows
 from tlkit.features import extract, prepare_model, resolve_device
 from tlkit.observer import Observer

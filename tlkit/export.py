@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -51,12 +52,14 @@ def _check_batch(model: SavedModel, n: int = 3) -> torch.Tensor:
 
 
 def _write_torchscript(classifier: torch.nn.Module, example: torch.Tensor, target: Path, metadata: dict[str, str]) -> torch.Tensor:
-    with torch.no_grad():
+    # TorchScript is deprecated upstream in favour of torch.export, but it is still the format that
+    # C++ (libtorch) and older deployments load; the user asked for it, so its warnings stay quiet.
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore", FutureWarning)
         traced = torch.jit.trace(classifier, example, check_trace=False)
-    extra = {f"{key}.txt": value for key, value in metadata.items()}
-    torch.jit.save(traced, str(target), _extra_files=extra)
-    reloaded = torch.jit.load(str(target), map_location="cpu")
-    with torch.no_grad():
+        extra = {f"{key}.txt": value for key, value in metadata.items()}
+        torch.jit.save(traced, str(target), _extra_files=extra)
+        reloaded = torch.jit.load(str(target), map_location="cpu")
         return reloaded(_batch_of(example, 3))
 
 
