@@ -115,5 +115,28 @@ def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
+def print_json_line(data: Any) -> None:
+    sys.stdout.write(json.dumps(data) + "\n")
+
+
 def percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def print_evaluation(test: Mapping[str, Any], classes: Sequence[str]) -> None:
+    """The test split's per-class precision/recall/F1 table and its confusion matrix."""
+    rows = [
+        (name, _number(m["precision"]), _number(m["recall"]), _number(m["f1"]), m["support"])
+        for name, m in ((name, test["per_class"][name]) for name in classes)
+    ]
+    table("per class (test)", ["class", "precision", "recall", "F1", "images"], rows)
+    matrix = test["confusion_matrix"]
+    table(
+        "confusion matrix (rows: true class, columns: predicted)",
+        ["true \\ predicted", *classes],
+        [(name, *row) for name, row in zip(classes, matrix)],
+    )

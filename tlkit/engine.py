@@ -23,14 +23,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from tlkit import __version__
+from tlkit import __version__, plots
 from tlkit.artifacts import RunDirectory, default_out_dir
 from tlkit.errors import DataError, OutputError, RunInterrupted
-from tlkit.evaluate import classification_metrics
+from tlkit.evaluate import PREDICTION_COLUMNS, classification_metrics, misclassified, prediction_rows
 from tlkit.features import extract, prepare_model, resolve_device
 from tlkit.observer import Observer
 from tlkit.recipe import Recipe
-from tlkit.specs import Features, FitContext, LoadedDataset, Sample
+from tlkit.specs import BuiltBackbone, Features, FitContext, LoadedDataset, Sample
 
 
 @dataclass(frozen=True)
@@ -142,8 +142,8 @@ def run(recipe: Recipe, out_dir: Path | None = None, observer: Observer | None =
         head = trained.module.eval()
         with torch.no_grad():
             train_pred = head(features["train"].x).argmax(1)
-            test_logits = head(features["test"].x)
-        test_pred = test_logits.argmax(1)
+            test_probabilities = head(features["test"].x).softmax(1)
+        test_pred = test_probabilities.argmax(1)
         test_metrics = classification_metrics(features["test"].y, test_pred, classes)
         train_metrics = classification_metrics(features["train"].y, train_pred, classes)
         timings["total"] = time.perf_counter() - started
@@ -161,7 +161,10 @@ def run(recipe: Recipe, out_dir: Path | None = None, observer: Observer | None =
             "timings_s": {k: round(v, 4) for k, v in timings.items()},
         }
         stage = "writing the run directory"
-        _write_run(run_dir, recipe, backbone.weights_id, preprocessing, classes, head, metrics)
+        test_rows = prediction_rows([s.path for s in kept["test"]], features["test"].y, test_probabilities, classes)
+        metrics["test_errors"] = len(misclassified(test_rows))
+        _write_run(run_dir, recipe, backbone, preprocessing, classes, head, metrics)
+        _write_evaluation(run_dir, classes, test_rows, metrics)
         write_bad_images(run_dir.file("bad_images.csv"), bad)
         final = run_dir.commit({"tlkit": __version__, "recipe": recipe.name, "complete": True})
         return RunResult(out_dir=final, metrics=metrics, bad_images=tuple(bad))
@@ -188,17 +191,33 @@ def write_bad_images(path: Path, bad: list[tuple[str, Path, str]]) -> None:
         raise OutputError(f"cannot write {path} ({exc.strerror or exc}); free some space or choose another --out") from None
 
 
-def _write_run(run_dir: RunDirectory, recipe: Recipe, weights_id: str, preprocessing: Any, classes: list[str], head: torch.nn.Module, metrics: dict[str, Any]) -> None:
+def _write_evaluation(run_dir: RunDirectory, classes: list[str], test_rows: list[dict[str, Any]], metrics: dict[str, Any]) -> None:
+    """The files a person reads: every test prediction, the mistakes, and the plots."""
+    for name, rows in (("predictions.csv", test_rows), ("errors.csv", misclassified(test_rows))):
+        with run_dir.file(name).open("w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=PREDICTION_COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+    plots.confusion_matrix_png(metrics["test"]["confusion_matrix"], classes, run_dir.file("confusion_matrix.png"))
+    plots.training_curve_png(metrics["history"], run_dir.file("training_curve.png"))
+
+
+def _write_run(run_dir: RunDirectory, recipe: Recipe, backbone: BuiltBackbone, preprocessing: Any, classes: list[str], head: torch.nn.Module, metrics: dict[str, Any]) -> None:
     run_dir.write_yaml("recipe.yaml", recipe.to_dict())
     run_dir.write_json("metrics.json", metrics)
     run_dir.write_json("classes.json", classes)
     run_dir.write_tensors("head.safetensors", head.state_dict(), metadata={"head": recipe.head.name})
+    if backbone.weights_id == "random":  # random weights cannot be found again: keep them with the run
+        run_dir.write_tensors("backbone.safetensors", backbone.model.state_dict(), metadata={"backbone": recipe.backbone.name})
     run_dir.write_json(
         "model.json",
         {
             "backbone": recipe.backbone.name,
             "backbone_weights": recipe.weights,
-            "weights_sha256": weights_id,
+            "backbone_weights_file": str(backbone.weights_path.resolve()) if backbone.weights_path else None,
+            "backbone_options": recipe.to_dict()["backbone"],
+            "weights_sha256": backbone.weights_id,
+            "extract": {"batch_size": recipe.extract.batch_size, "precision": recipe.extract.precision},
             "preprocessing": preprocessing.to_dict(),
             "feature_dim": metrics["feature_dim"],
             "head": recipe.head.name,

@@ -49,6 +49,14 @@ class OutputError(TlkitError):
     """The run directory or cache cannot be written."""
 
 
+class RunError(TlkitError):
+    """A saved run directory is missing, unfinished, or cannot be rebuilt into a model."""
+
+
+class ExportError(TlkitError):
+    """An export could not be written, or does not reproduce the model's probabilities."""
+
+
 def did_you_mean(name: str, candidates: Iterable[str], *, n: int = 3) -> str:
     """Return ``"; did you mean 'x'?"`` for the closest candidates, or ``""`` if none is close.
 

@@ -41,6 +41,10 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "tlkit_plugins.backbones.efficientnet_lite",
     "tlkit_plugins.datasets.imagefolder",
     "tlkit_plugins.heads.linear",
+    "tlkit_plugins.heads.logreg",
+    "tlkit_plugins.heads.mlp",
+    "tlkit_plugins.heads.knn",
+    "tlkit_plugins.heads.centroid",
 )
 
 # hook name -> (registry attribute, spec type)
