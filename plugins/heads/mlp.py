@@ -70,7 +70,7 @@ def _fit_mlp(train: tlkit.Features, options: MLPOptions, ctx: tlkit.FitContext) 
             loss = F.cross_entropy(model(x_fit[batch]), y_fit[batch])
             loss.backward()
             optimizer.step()
-            total += float(loss) * len(batch)
+            total += loss.item() * len(batch)
         model.eval()
         with torch.no_grad():
             point = {"epoch": float(epoch), "loss": total / len(order), "train_accuracy": accuracy(model(x_fit), y_fit)}
