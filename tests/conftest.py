@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import random
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/tiny.py importable as `tiny`
 
 from tlkit.plugins import Plugins, load_plugins, set_plugins
 
@@ -71,6 +74,36 @@ def plugins() -> Iterator[Plugins]:
         yield loaded
     finally:
         set_plugins(None)
+
+
+@pytest.fixture
+def tiny_plugins() -> Iterator[Plugins]:
+    """Built-ins plus the ``tiny_cnn`` backbone from tests/tiny.py, as the process-wide plugins."""
+    from tiny import TinyPlugin
+
+    loaded = load_plugins(entry_points=False, extra=[TinyPlugin()])
+    set_plugins(loaded)
+    try:
+        yield loaded
+    finally:
+        set_plugins(None)
+
+
+def write_recipe(path: Path, root: Path, **sections: dict) -> Path:
+    """A recipe file for ``root`` with the tiny backbone and a short linear head, updated by ``sections``."""
+    import yaml
+
+    data: dict = {
+        "name": "t",
+        "dataset": {"name": "imagefolder", "root": str(root)},
+        "backbone": {"name": "tiny_cnn"},
+        "extract": {"workers": 0, "batch_size": 4},
+        "head": {"name": "linear", "epochs": 50, "lr": 0.1, "eval_every": 10},
+    }
+    for key, value in sections.items():
+        data.setdefault(key, {}).update(value)
+    path.write_text(yaml.safe_dump(data))
+    return path
 
 
 @pytest.fixture

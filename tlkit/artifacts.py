@@ -1,13 +1,20 @@
 """The run directory: written in a staging folder beside it and renamed into place when complete.
 
-A run that fails or is interrupted never leaves a directory that looks finished: until the final
-rename, everything lives in ``<out>.partial-*`` (kept, and named in the error, so nothing is lost).
+A run that fails or is interrupted never leaves a directory that looks finished. Until the final
+rename everything lives in ``<out>.partial-*``, which holds an ``INCOMPLETE`` file from the moment
+it is created. On an error or Ctrl-C the staging folder is deleted: the run's files are all written
+in the last few milliseconds, so an unfinished one holds nothing worth keeping (extracted features
+live in the feature cache, not here). Only a hard kill (SIGKILL, power loss) can leave a
+``.partial-*`` folder behind, and its ``INCOMPLETE`` file says so; a complete run has ``run.json``.
+
 An existing ``--out`` that holds a previous tlkit run is replaced only once the new one is complete;
-any other non-empty folder is refused before work starts.
+any other non-empty folder is refused before work starts, as are an unwritable parent folder and a
+nearly full disk. A write that fails later (disk full) is an :class:`OutputError` naming the file.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -19,22 +26,35 @@ from typing import Any
 
 import torch
 import yaml
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from tlkit.errors import OutputError
 
 MARKER = "run.json"
+INCOMPLETE = "INCOMPLETE"
+MIN_FREE_BYTES = 16 * 2**20  # a run directory is small (a head, some JSON); less than this is a disk about to fill
 
 
 def default_out_dir(recipe_name: str, base: Path = Path("runs")) -> Path:
     return base / f"{recipe_name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-class RunDirectory:
-    """Collects a run's files in a staging folder; :meth:`commit` moves them to ``final``."""
+def _os_error(what: str, exc: OSError) -> OutputError:
+    reason = exc.strerror or str(exc)
+    hint = "free some disk space" if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else "check the folder's permissions"
+    return OutputError(f"cannot write {what} ({reason}); {hint} or choose another --out")
 
-    def __init__(self, final: Path) -> None:
+
+class RunDirectory:
+    """Collects a run's files in a staging folder; :meth:`commit` moves them to ``final``.
+
+    With ``unique`` (a default, timestamped ``--out``), a run that finds ``final`` taken by another
+    run finishing at the same second commits to ``final-2``, ``final-3``, ... instead of replacing it.
+    """
+
+    def __init__(self, final: Path, *, unique: bool = False, min_free: int = MIN_FREE_BYTES) -> None:
         self.final = final
+        self.unique = unique
         if final.exists():
             if not final.is_dir():
                 raise OutputError(f"--out {final} is a file; choose a folder")
@@ -42,9 +62,20 @@ class RunDirectory:
                 raise OutputError(f"--out {final} is a non-empty folder that is not a tlkit run; choose another --out")
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
-            self.path = Path(tempfile.mkdtemp(dir=final.parent, prefix=f"{final.name}.partial-"))
+            free = shutil.disk_usage(final.parent).free
         except OSError as exc:
-            raise OutputError(f"cannot write the run directory in {final.parent} ({exc.strerror}); choose another --out") from None
+            raise OutputError(f"cannot create the run directory's folder {final.parent} ({exc.strerror or exc}); choose another --out") from None
+        if free < min_free:
+            raise OutputError(f"only {free / 2**20:.1f} MiB free in {final.parent}; free some space or choose another --out")
+        try:
+            self.path = Path(tempfile.mkdtemp(dir=final.parent, prefix=f"{final.name}.partial-"))
+            (self.path / INCOMPLETE).write_text(
+                f"tlkit run in progress (pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}); "
+                "if no tlkit is running, this folder is the remains of a killed run and can be deleted\n",
+                encoding="utf-8",
+            )
+        except OSError as exc:
+            raise OutputError(f"cannot write the run directory in {final.parent} ({exc.strerror or exc}); choose another --out") from None
 
     def write_json(self, name: str, data: Any) -> Path:
         return self._write_text(name, json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n")
@@ -53,30 +84,57 @@ class RunDirectory:
         return self._write_text(name, yaml.safe_dump(data, sort_keys=False))
 
     def write_tensors(self, name: str, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> Path:
-        target = self.path / name
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(target), metadata=dict(metadata or {}))
-        return target
+        # Serialise in memory and write with Python, so a full disk is an OSError like every other write.
+        data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=dict(metadata or {}))
+        return self._write_bytes(name, data)
 
     def file(self, name: str) -> Path:
         """A path inside the staging folder for writers that need one (plots, CSV)."""
         return self.path / name
 
     def _write_text(self, name: str, text: str) -> Path:
+        return self._write_bytes(name, text.encode("utf-8"))
+
+    def _write_bytes(self, name: str, data: bytes) -> Path:
         target = self.path / name
-        target.write_text(text, encoding="utf-8")
+        try:
+            with open(target, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())  # a full disk may only say so when the data is flushed
+        except OSError as exc:
+            raise _os_error(str(target), exc) from None
         return target
 
     def commit(self, marker: Mapping[str, Any]) -> Path:
         """Write the completion marker and move the run into place (replacing a previous run there)."""
         self.write_json(MARKER, dict(marker))
-        previous: Path | None = None
-        if self.final.exists():
-            previous = self.final.with_name(f"{self.final.name}.old-{os.getpid()}")
-            os.replace(self.final, previous)
-        os.replace(self.path, self.final)
+        try:
+            (self.path / INCOMPLETE).unlink()
+            if self.unique:
+                self.final = self._rename_unique()
+                return self.final
+            previous: Path | None = None
+            if self.final.exists():
+                previous = self.final.with_name(f"{self.final.name}.old-{os.getpid()}")
+                os.replace(self.final, previous)
+            os.replace(self.path, self.final)
+        except OSError as exc:
+            raise _os_error(f"the run directory {self.final}", exc) from None
         if previous is not None:
             shutil.rmtree(previous, ignore_errors=True)
         return self.final
+
+    def _rename_unique(self) -> Path:
+        for n in range(1, 1000):
+            target = self.final if n == 1 else self.final.with_name(f"{self.final.name}-{n}")
+            try:
+                os.mkdir(target)  # claims the name atomically; rename onto an empty folder then replaces it
+            except FileExistsError:
+                continue
+            os.replace(self.path, target)
+            return target
+        raise OutputError(f"too many runs named {self.final}-*; choose --out")
 
     def discard(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)

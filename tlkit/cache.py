@@ -63,10 +63,12 @@ def extractor_identity(
     *,
     seed: int,
     options: Any = None,
+    background: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Everything that changes a feature vector except the image itself, as plain data.
 
     Random weights are identified by the seed they were drawn with; real weights by their sha256.
+    ``background`` is the colour transparent images are composited on.
     """
     if options is not None and dataclasses.is_dataclass(options) and not isinstance(options, type):
         options = dataclasses.asdict(options)
@@ -77,6 +79,7 @@ def extractor_identity(
         "weights": f"random:seed={seed}" if weights_id == "random" else weights_id,
         "preprocessing": preprocessing.to_dict(),
         "precision": precision,
+        "background": list(background) if background is not None else None,
     }
 
 
@@ -229,10 +232,11 @@ def open_store(
     *,
     seed: int,
     options: Any = None,
+    background: Sequence[int] | None = None,
     root: Path | None = None,
 ) -> FeatureStore:
     """The cache entry for this extractor under ``root`` (default :func:`cache_root`), created if new."""
-    identity = extractor_identity(backbone, weights_id, preprocessing, precision, seed=seed, options=options)
+    identity = extractor_identity(backbone, weights_id, preprocessing, precision, seed=seed, options=options, background=background)
     return FeatureStore(root or cache_root(), identity)
 
 

@@ -7,6 +7,7 @@ drift from what the recipe validator accepts.
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from typing import Any
 
@@ -15,17 +16,34 @@ from tlkit.recipe import option_fields
 
 
 def _type_name(annotation: Any) -> str:
+    """A readable type: ``str | None``, ``int``, ``'fp32' | 'bf16'``."""
     if isinstance(annotation, str):
         return annotation.replace("typing.", "")
+    if annotation is type(None):
+        return "None"
     origin = typing.get_origin(annotation)
     if origin is typing.Annotated:
         return _type_name(typing.get_args(annotation)[0])
     if origin is typing.Literal:
         return " | ".join(repr(a) for a in typing.get_args(annotation))
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(annotation))
     if origin is not None:
         args = ", ".join(_type_name(a) for a in typing.get_args(annotation))
         return f"{getattr(origin, '__name__', str(origin))}[{args}]"
     return getattr(annotation, "__name__", str(annotation))
+
+
+def describe(spec: Any) -> str:
+    """The entry's one-line description: its own, else the first line of its builder's docstring."""
+    text = spec.description
+    if not text:
+        for attr in ("build", "fit", "load"):  # the function that does the entry's main work
+            doc = getattr(getattr(spec, attr, None), "__doc__", None)
+            if doc and doc.strip():
+                text = doc
+                break
+    return text.strip().splitlines()[0] if text and text.strip() else ""
 
 
 def describe_options(options_type: type) -> list[dict[str, Any]]:
@@ -57,7 +75,7 @@ def backbones(plugins: Plugins, pattern: str | None = None) -> list[dict[str, An
                 "feature_dim": spec.feature_dim,
                 "plugin": spec.plugin,
                 "weights_offline": available,
-                "description": spec.description,
+                "description": describe(spec),
                 "options": describe_options(spec.options),
             }
         )
@@ -66,19 +84,20 @@ def backbones(plugins: Plugins, pattern: str | None = None) -> list[dict[str, An
 
 def datasets(plugins: Plugins, pattern: str | None = None) -> list[dict[str, Any]]:
     return [
-        {"name": s.name, "plugin": s.plugin, "description": s.description, "options": describe_options(s.options)}
+        {"name": s.name, "plugin": s.plugin, "description": describe(s), "options": describe_options(s.options)}
         for s in (plugins.datasets.get(n) for n in plugins.datasets.names(pattern))
     ]
 
 
 def heads(plugins: Plugins, pattern: str | None = None) -> list[dict[str, Any]]:
     return [
-        {"name": s.name, "plugin": s.plugin, "description": s.description, "options": describe_options(s.options)}
+        {"name": s.name, "plugin": s.plugin, "description": describe(s), "options": describe_options(s.options)}
         for s in (plugins.heads.get(n) for n in plugins.heads.names(pattern))
     ]
 
 
 def plugin_rows(plugins: Plugins, *, include_builtin: bool = False) -> list[dict[str, Any]]:
+    """One row per plugin, third-party first; a skipped plugin has status ``failed`` and its ``error``."""
     return [
         {
             "name": s.name,
@@ -86,7 +105,7 @@ def plugin_rows(plugins: Plugins, *, include_builtin: bool = False) -> list[dict
             "builtin": s.builtin,
             "hooks": s.hooks,
             "registered": {kind: len(names) if len(names) > 20 else names for kind, names in s.registered.items()},
-            "status": "failed" if s.error and not s.hooks else ("warning" if s.error else "ok"),
+            "status": "failed" if s.failed else "ok",
             "error": s.error,
         }
         for s in sorted(plugins.status.values(), key=lambda s: (s.builtin, s.name))

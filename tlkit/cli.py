@@ -54,7 +54,12 @@ def run(
     from tlkit.recipe import load_recipe
 
     recipe_obj = load_recipe(recipe, _plugins(), set_ or [])
-    result = run_recipe(recipe_obj, out, console.ConsoleObserver())
+    try:
+        result = run_recipe(recipe_obj, out, console.ConsoleObserver())
+    except KeyboardInterrupt as exc:
+        # typer turns Ctrl-C into a silent exit 130; say what stopped and what was kept first.
+        console.print_error(str(exc) or "interrupted; nothing was written")
+        raise typer.Exit(130) from None
     m = result.metrics
     rows = [
         ("recipe", recipe_obj.name),
@@ -64,14 +69,85 @@ def run(
         ("train accuracy", console.percent(m["train_accuracy"])),
         ("test accuracy", console.percent(m["test_accuracy"])),
         ("test balanced accuracy", console.percent(m["test_balanced_accuracy"])),
+        ("test errors", f"{m['test_errors']} (errors.csv, confusion_matrix.png)"),
         ("time", f"{m['timings_s']['total']:.1f} s (extraction {m['timings_s']['extract']:.1f} s)"),
         ("saved to", str(result.out_dir)),
     ]
+    console.print_evaluation(m["test"], m["classes"])
     console.table("summary", ["", ""], rows)
+    if result.bad_images:
+        shown = 20
+        console.table(
+            f"skipped {len(result.bad_images)} file{'s' if len(result.bad_images) != 1 else ''} that could not be used (all in bad_images.csv)",
+            ["split", "file", "reason"],
+            [(split, str(path), reason) for split, path, reason in result.bad_images[:shown]],
+        )
+        if len(result.bad_images) > shown:
+            console.out.print(f"and {len(result.bad_images) - shown} more: see {result.out_dir / 'bad_images.csv'}")
+
+
+@app.command()
+def predict(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run directory (the --out of tlkit run).")],
+    images: Annotated[list[Path], typer.Argument(help="Image files or folders (searched recursively).")],
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="Show the K most probable classes of each image.")] = 1,
+    json_: Annotated[bool, typer.Option("--json", help="Print one JSON object per line instead of a table.")] = False,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Classify images with a saved run: path, class and probability for each."""
+    from tlkit.model import image_files, load_model
+    from tlkit.model import predict as predict_files
+
+    if device not in ("auto", "cpu", "cuda"):
+        raise click.BadParameter(f"'{device}' is not auto, cpu or cuda", param_hint="--device")
+    model = load_model(run_dir, _plugins())
+    result = predict_files(model, image_files(images), device=device)
+    tops = result.top(top_k)
+    if json_:
+        for path, top in zip(result.paths, tops):
+            line: dict[str, Any] = {"path": str(path), "class": model.classes[top[0][0]], "probability": top[0][1]}
+            if top_k > 1:
+                line["top_k"] = [{"class": model.classes[i], "probability": p} for i, p in top]
+            console.print_json_line(line)
+        for path, reason in result.bad:
+            console.print_json_line({"path": str(path), "error": reason})
+        return
+    columns = ["path", "class", "probability"] + ([f"top {top_k}"] if top_k > 1 else [])
+    rows = []
+    for path, top in zip(result.paths, tops):
+        row: list[Any] = [str(path), model.classes[top[0][0]], f"{top[0][1]:.4f}"]
+        if top_k > 1:
+            row.append(", ".join(f"{model.classes[i]} {p:.4f}" for i, p in top))
+        rows.append(row)
+    console.table(None, columns, rows)
+    for path, reason in result.bad:
+        console.print_warning(f"skipped {path}: {reason}")
+
+
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run directory (the --out of tlkit run).")],
+    format_: Annotated[str, typer.Option("--format", help="onnx or torchscript.")] = "onnx",
+    out: Annotated[Optional[Path], typer.Option("--out", help="File to write (default RUN_DIR/model.onnx or model.pt).")] = None,
+) -> None:
+    """Export backbone + head as one model: normalised image batch in, class probabilities out."""
+    from tlkit.export import export as export_model
+    from tlkit.model import load_model
+
+    if format_ not in ("onnx", "torchscript"):
+        raise click.BadParameter(f"'{format_}' is not onnx or torchscript", param_hint="--format")
+    model = load_model(run_dir, _plugins())
+    result = export_model(model, format_, out)  # type: ignore[arg-type]
+    console.out.print(f"wrote {result.path} ({result.format}; verified: max probability difference {result.max_difference:.1e})", highlight=False)
 
 
 def _options_text(options: list[dict[str, Any]]) -> str:
-    return ", ".join(f"{o['name']}={o['default']!r}" if o["default"] != "required" else f"{o['name']} (required)" for o in options)
+    """One line per option: ``name: type = default  help`` (``(required)`` when it has no default)."""
+    lines = []
+    for o in options:
+        default = "(required)" if o["default"] == "required" else f"= {o['default']!r}"
+        lines.append(f"{o['name']}: {o['type']} {default}" + (f"  {o['help']}" if o["help"] else ""))
+    return "\n".join(lines) or "-"
 
 
 @app.command()
@@ -144,7 +220,7 @@ def plugins(
                 r["version"],
                 ", ".join(r["hooks"]),
                 "; ".join(f"{k}: {v if isinstance(v, int) else ', '.join(v)}" for k, v in r["registered"].items()),
-                r["status"] + (f" ({r['error']})" if r["error"] else ""),
+                r["status"] + (f": {r['error']}" if r["error"] else ""),
             )
             for r in rows
         ],
@@ -231,14 +307,15 @@ def main(argv: list[str] | None = None) -> None:
         warnings.filterwarnings("ignore", category=UserWarning, module="torch")
     if argv is None:
         argv = sys.argv[1:]
-    _state["debug"] = _state["debug"] or "--debug" in argv
+    # Decided afresh per call: main() may run many times in one process (tests, embedding).
+    _state["debug"] = os.environ.get("TLKIT_DEBUG", "") not in ("", "0") or "--debug" in argv
     try:
         code = app(args=argv, prog_name="tlkit", standalone_mode=False)
     except click.exceptions.ClickException as exc:
         exc.show()
         sys.exit(2)
     except (KeyboardInterrupt, click.exceptions.Abort):
-        console.print_error("interrupted")
+        console.print_error("interrupted; nothing was written")
         sys.exit(130)
     except TlkitError as exc:
         if _state["debug"]:

@@ -43,7 +43,12 @@ class _Rate(TextColumn):
 
 
 class ConsoleObserver(Observer):
-    """Shows the engine's notes, progress bars (rate, ETA) and training points on stderr."""
+    """Shows the engine's notes, progress bars (rate, ETA) and training points on stderr.
+
+    Off a terminal (CI logs, a pipe) a live bar would only appear once, at the end; there progress
+    is plain lines instead, one per 5% (``extracting train: 12/240 img``), so a log or a
+    supervising process can see how far a run got.
+    """
 
     def __init__(self, console: Console = err) -> None:
         self.console = console
@@ -53,6 +58,10 @@ class ConsoleObserver(Observer):
 
     @contextmanager
     def task(self, description: str, total: int | None, unit: str = "it") -> Iterator[Callable[[int], None]]:
+        if not self.console.is_terminal:
+            with self._plain_task(description, total, unit) as advance:
+                yield advance
+            return
         columns = [
             TextColumn("{task.description}"),
             BarColumn(),
@@ -66,6 +75,27 @@ class ConsoleObserver(Observer):
         with Progress(*columns, console=self.console, transient=False) as progress:
             task_id = progress.add_task(description, total=total, unit=unit)
             yield lambda n: progress.advance(task_id, n)
+
+    @contextmanager
+    def _plain_task(self, description: str, total: int | None, unit: str) -> Iterator[Callable[[int], None]]:
+        import time
+
+        started = time.perf_counter()
+        done = 0
+        step = max(1, (total or 0) // 20)
+        shown = 0
+
+        def advance(n: int) -> None:
+            nonlocal done, shown
+            done += n
+            if done - shown >= step and (total is None or done < total):
+                shown = done
+                self.console.print(f"{description}: {done}/{total if total is not None else '?'} {unit}", highlight=False, markup=False)
+
+        yield advance
+        seconds = time.perf_counter() - started
+        rate = f", {done / seconds:,.1f} {unit}/s" if seconds > 0 and done else ""
+        self.console.print(f"{description}: {done}/{total if total is not None else done} {unit} in {seconds:.1f} s{rate}", highlight=False, markup=False)
 
     def point(self, label: str, values: Mapping[str, float]) -> None:
         shown = "  ".join(f"{k} {v:.4f}" for k, v in values.items() if k != "epoch")
@@ -82,7 +112,11 @@ def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any
 
 
 def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def print_json_line(data: Any) -> None:
+    sys.stdout.write(json.dumps(data) + "\n")
 
 
 def ago(timestamp: float) -> str:
@@ -98,3 +132,22 @@ def ago(timestamp: float) -> str:
 
 def percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def print_evaluation(test: Mapping[str, Any], classes: Sequence[str]) -> None:
+    """The test split's per-class precision/recall/F1 table and its confusion matrix."""
+    rows = [
+        (name, _number(m["precision"]), _number(m["recall"]), _number(m["f1"]), m["support"])
+        for name, m in ((name, test["per_class"][name]) for name in classes)
+    ]
+    table("per class (test)", ["class", "precision", "recall", "F1", "images"], rows)
+    matrix = test["confusion_matrix"]
+    table(
+        "confusion matrix (rows: true class, columns: predicted)",
+        ["true \\ predicted", *classes],
+        [(name, *row) for name, row in zip(classes, matrix)],
+    )

@@ -10,8 +10,19 @@ import difflib
 from collections.abc import Iterable
 
 
+def one_line(text: str) -> str:
+    """``text`` with control characters (newlines, tabs, NUL) shown as escapes, so it stays one line.
+
+    Messages quote user input (keys, values, file names), which may hold anything.
+    """
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class TlkitError(Exception):
     """An error the user can act on; its message is one line that says what to do."""
+
+    def __init__(self, message: str = "", *args: object) -> None:
+        super().__init__(one_line(str(message)), *args)
 
 
 class RecipeError(TlkitError):
@@ -38,6 +49,14 @@ class OutputError(TlkitError):
     """The run directory or cache cannot be written."""
 
 
+class RunError(TlkitError):
+    """A saved run directory is missing, unfinished, or cannot be rebuilt into a model."""
+
+
+class ExportError(TlkitError):
+    """An export could not be written, or does not reproduce the model's probabilities."""
+
+
 def did_you_mean(name: str, candidates: Iterable[str], *, n: int = 3) -> str:
     """Return ``"; did you mean 'x'?"`` for the closest candidates, or ``""`` if none is close.
 
@@ -53,3 +72,11 @@ def did_you_mean(name: str, candidates: Iterable[str], *, n: int = 3) -> str:
         return ""
     quoted = " or ".join(f"'{m}'" for m in matches)
     return f"; did you mean {quoted}?"
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a run; the message says at which stage and what was kept.
+
+    A ``KeyboardInterrupt`` (not a :class:`TlkitError`) so that code which catches interrupts still
+    does, and the CLI still exits with 130.
+    """

@@ -50,3 +50,32 @@ def classification_metrics(y_true: torch.Tensor, y_pred: torch.Tensor, classes: 
         "per_class": per_class,
         "confusion_matrix": cm.tolist(),
     }
+
+
+PREDICTION_COLUMNS = ("path", "true_class", "predicted_class", "confidence", "true_class_probability")
+
+
+def prediction_rows(paths: Sequence[Any], y_true: torch.Tensor, probabilities: torch.Tensor, classes: Sequence[str]) -> list[dict[str, Any]]:
+    """One row per image: its path, true and predicted class, and the probabilities of both.
+
+    ``confidence`` is the probability of the predicted class; ``true_class_probability`` shows how
+    far a mistake was from being right.
+    """
+    confidence, predicted = probabilities.max(1)
+    true_probability = probabilities[torch.arange(len(y_true)), y_true.long()]
+    return [
+        {
+            "path": str(path),
+            "true_class": classes[int(t)],
+            "predicted_class": classes[int(p)],
+            "confidence": round(float(c), 6),
+            "true_class_probability": round(float(tp), 6),
+        }
+        for path, t, p, c, tp in zip(paths, y_true.tolist(), predicted.tolist(), confidence.tolist(), true_probability.tolist())
+    ]
+
+
+def misclassified(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows whose predicted class is not the true one, most confident mistakes first."""
+    wrong = [row for row in rows if row["predicted_class"] != row["true_class"]]
+    return sorted(wrong, key=lambda row: -row["confidence"])

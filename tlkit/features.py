@@ -2,7 +2,9 @@
 
 Images are decoded and preprocessed in DataLoader worker processes while the main process runs
 the forward pass, so decoding overlaps compute; only the features of N images are ever kept, never
-the images. Files that cannot be decoded are reported (path and reason), not fatal.
+the images. Files that cannot be decoded are reported (path and reason) to the caller, which decides
+whether that is fatal (``on_bad``); a bad file never raises inside a worker. However the loop ends
+(done, an error, Ctrl-C), the worker processes are shut down before :func:`extract` returns or raises.
 
 :func:`extract_cached` puts the feature cache (:mod:`tlkit.cache`) in front: images whose bytes the
 cache already holds for this extractor are not decoded at all, and new features are written in
@@ -23,7 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from tlkit.cache import FeatureStore, hash_files
-from tlkit.images import BadImage, open_rgb
+from tlkit.images import BACKGROUND, BadImage, open_rgb
 from tlkit.preprocessing import Preprocessing
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -44,8 +46,9 @@ class Extraction:
 class ImageFiles(Dataset[tuple[torch.Tensor, int, str]]):
     """Decodes and preprocesses one file per item; a bad file yields a zero image and its reason."""
 
-    def __init__(self, paths: Sequence[Path], preprocessing: Preprocessing) -> None:
+    def __init__(self, paths: Sequence[Path], preprocessing: Preprocessing, background: tuple[int, int, int] = BACKGROUND) -> None:
         self.paths = list(paths)
+        self.background = background
         self.transform = preprocessing.transform()
         self.min_size = preprocessing.resize_size
         self.shape = (3, preprocessing.crop_size, preprocessing.crop_size)
@@ -55,10 +58,24 @@ class ImageFiles(Dataset[tuple[torch.Tensor, int, str]]):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, str]:
         try:
-            image = open_rgb(self.paths[index], min_size=self.min_size)
+            image = open_rgb(self.paths[index], min_size=self.min_size, background=self.background)
             return self.transform(image), index, ""
         except BadImage as exc:
             return torch.zeros(self.shape), index, str(exc)
+        except Exception as exc:  # noqa: BLE001 - a transform failing on one odd image must not kill the worker
+            return torch.zeros(self.shape), index, f"cannot be preprocessed ({type(exc).__name__}: {str(exc)[:100]})"
+
+
+def _stop_workers(batches: Any) -> None:
+    """Shut the DataLoader's worker processes down now, not whenever the iterator is collected.
+
+    On an exception (Ctrl-C included) the traceback keeps the iterator alive, so without this the
+    workers would linger until interpreter exit. ``_shutdown_workers`` is what the iterator's own
+    ``__del__`` calls; a single-process iterator has nothing to stop.
+    """
+    shutdown = getattr(batches, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
 
 
 def _worker_init(_: int) -> None:
@@ -105,18 +122,22 @@ def extract(
     precision: str = "fp32",
     device: torch.device | None = None,
     on_batch: Callable[[int], None] = lambda n: None,
+    background: tuple[int, int, int] = BACKGROUND,
+    on_bad: Callable[[Path, str], None] | None = None,
     on_features: Callable[[list[int], torch.Tensor], None] | None = None,
 ) -> Extraction:
     """Features for ``paths`` (N, D) as float32 on the CPU; ``on_batch(n)`` after every batch of n files.
 
-    ``on_features(indices, features)`` sees each batch's features as soon as they exist (the cache
-    writes them in chunks from there). A batch's features never depend on the batch size or on the
-    number of workers: decoding is deterministic and each image is computed independently.
+    ``on_bad(path, reason)`` is called for each file that cannot be decoded, in input order; it may
+    raise to stop the extraction (the ``on_bad_image: error`` policy). ``on_features(indices,
+    features)`` sees each batch's features as soon as they exist (the cache writes them in chunks
+    from there). Features never depend on the batch size or on the number of workers: decoding is
+    deterministic and each image is computed independently.
     """
     start = time.perf_counter()
     device = device or torch.device("cpu")
     workers = default_workers() if workers is None else workers
-    dataset = ImageFiles(paths, preprocessing)
+    dataset = ImageFiles(paths, preprocessing, background)
     # A single batch cannot overlap decoding with compute: starting a worker would only cost time.
     num_workers = min(workers, max(1, len(dataset) // batch_size)) if len(dataset) > batch_size else 0
     loader = DataLoader(
@@ -131,26 +152,34 @@ def extract(
     chunks: list[torch.Tensor] = []
     kept: list[int] = []
     bad: list[tuple[Path, str]] = []
-    with torch.inference_mode():
-        for images, indices, errors in loader:
-            good = [i for i, err in enumerate(errors) if not err]
-            bad.extend((dataset.paths[int(indices[i])], errors[i]) for i in range(len(errors)) if errors[i])
-            if good:
-                batch = images[good] if len(good) < len(errors) else images
-                if len(batch) == 1:
-                    # oneDNN takes another code path for a batch of one; its results differ in the last
-                    # bits. Computing the image twice keeps features bitwise identical to a full batch.
-                    batch = batch.expand(2, -1, -1, -1)
-                batch = batch.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-                with autocast_context(device, precision):
-                    out = model(batch)[: len(good)]
-                feats = out.float().flatten(1).cpu()
-                chunks.append(feats)
-                batch_kept = [int(indices[i]) for i in good]
-                kept.extend(batch_kept)
-                if on_features is not None:
-                    on_features(batch_kept, feats)
-            on_batch(len(errors))
+    batches = iter(loader)
+    try:
+        with torch.inference_mode():
+            for images, indices, errors in batches:
+                good = [i for i, err in enumerate(errors) if not err]
+                for i in range(len(errors)):
+                    if errors[i]:
+                        bad.append((dataset.paths[int(indices[i])], errors[i]))
+                        if on_bad is not None:
+                            on_bad(*bad[-1])
+                if good:
+                    batch = images[good] if len(good) < len(errors) else images
+                    if len(batch) == 1:
+                        # oneDNN takes another code path for a batch of one; its results differ in the
+                        # last bits. Computing the image twice keeps features identical to a full batch.
+                        batch = batch.expand(2, -1, -1, -1)
+                    batch = batch.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+                    with autocast_context(device, precision):
+                        out = model(batch)[: len(good)]
+                    feats = out.float().flatten(1).cpu()
+                    chunks.append(feats)
+                    batch_kept = [int(indices[i]) for i in good]
+                    kept.extend(batch_kept)
+                    if on_features is not None:
+                        on_features(batch_kept, feats)
+                on_batch(len(errors))
+    finally:
+        _stop_workers(batches)
     features = torch.cat(chunks) if chunks else torch.empty(0, 0)
     return Extraction(features=features, kept=kept, bad=bad, seconds=time.perf_counter() - start, extracted=len(kept))
 
@@ -172,6 +201,8 @@ def extract_cached(
     device: torch.device | None = None,
     task: Callable[[int], AbstractContextManager[Callable[[int], None]]] = _no_task,
     chunk_images: int = 256,
+    background: tuple[int, int, int] = BACKGROUND,
+    on_bad: Callable[[Path, str], None] | None = None,
 ) -> Extraction:
     """Like :func:`extract`, reusing and filling ``store`` (``None``: no cache).
 
@@ -180,7 +211,7 @@ def extract_cached(
     every ``chunk_images`` images and when extraction stops for any reason, so work is never lost.
     """
     start = time.perf_counter()
-    options = {"batch_size": batch_size, "workers": workers, "precision": precision, "device": device}
+    options = {"batch_size": batch_size, "workers": workers, "precision": precision, "device": device, "background": background, "on_bad": on_bad}
     if store is None:
         with task(len(paths)) as advance:
             return extract(model, paths, preprocessing, on_batch=advance, **options)  # type: ignore[arg-type]

@@ -2,8 +2,9 @@
 
 Third-party packages declare ``[project.entry-points.tlkit]``; built-in plugins are the modules in
 ``DEFAULT_PLUGINS`` and go through the very same ``pm.register`` path. A plugin that fails to
-import, raises in a hook or registers a malformed entry is reported once as a warning naming it
-and skipped; everything else keeps working. A name registered twice is an error.
+import, raises in a hook or registers a malformed entry is skipped as a whole (none of its entries
+is used) and reported once, as one warning naming it; everything else keeps working. A name two
+plugins both register is an error naming both.
 
 ``TLKIT_LOAD_PLUGINS`` (comma-separated distribution names; empty = none) limits which
 third-party plugins load. ``TLKIT_TRACE_PLUGINS=1`` logs each hook call to stderr.
@@ -11,12 +12,14 @@ third-party plugins load. ``TLKIT_TRACE_PLUGINS=1`` logs each hook call to stder
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.metadata
 import os
 import re
 import sys
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -25,6 +28,8 @@ from typing import Any
 import pluggy
 
 from tlkit import hookspecs
+from tlkit.errors import did_you_mean
+from tlkit.preprocessing import Preprocessing
 from tlkit.registry import Registry
 from tlkit.specs import BackboneSpec, DatasetSpec, HeadSpec
 
@@ -36,6 +41,10 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "tlkit_plugins.backbones.efficientnet_lite",
     "tlkit_plugins.datasets.imagefolder",
     "tlkit_plugins.heads.linear",
+    "tlkit_plugins.heads.logreg",
+    "tlkit_plugins.heads.mlp",
+    "tlkit_plugins.heads.knn",
+    "tlkit_plugins.heads.centroid",
 )
 
 # hook name -> (registry attribute, spec type)
@@ -47,12 +56,17 @@ _HOOKS: dict[str, tuple[str, type]] = {
 
 
 class PluginWarning(UserWarning):
-    """A plugin was skipped (or one of its entries was); tlkit goes on without it."""
+    """A plugin was skipped; tlkit goes on without it."""
 
 
 @dataclass
 class PluginStatus:
-    """What one plugin is and did: shown by ``tlkit plugins``."""
+    """What one plugin is and did: shown by ``tlkit plugins``.
+
+    ``name`` is the distribution name for a third-party package (``dist:entry`` when the
+    distribution declares several entry points), ``tlkit:<module>`` for a built-in. ``error`` is
+    set when the plugin was skipped, and says why; a skipped plugin registered nothing.
+    """
 
     name: str
     version: str
@@ -60,6 +74,11 @@ class PluginStatus:
     hooks: list[str] = field(default_factory=list)
     registered: dict[str, list[str]] = field(default_factory=dict)
     error: str | None = None
+    problems: list[str] = field(default_factory=list, repr=False)
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None
 
 
 @dataclass
@@ -94,13 +113,40 @@ def _trace(message: str) -> None:
         print(f"[tlkit trace] {message}", file=sys.stderr)
 
 
-def _warn(status: PluginStatus, message: str) -> None:
-    status.error = message if status.error is None else f"{status.error}; {message}"
-    warnings.warn(f"plugin '{status.name}' {message}", PluginWarning, stacklevel=3)
+def _problem(status: PluginStatus, message: str) -> None:
+    """Note why ``status``'s plugin is skipped; all of it is reported in one warning at the end."""
+    status.problems.append(message)
+    _trace(f"{status.name}: {message}")
 
 
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
+def _report(statuses: dict[str, PluginStatus]) -> None:
+    """One warning per skipped plugin, naming it and every reason, so a broken plugin is reported once."""
+    for status in statuses.values():
+        if status.problems:
+            status.error = "; ".join(status.problems)
+            warnings.warn(f"plugin '{status.name}' is skipped: {status.error}", PluginWarning, stacklevel=3)
+
+
+def _describe(exc: BaseException, limit: int = 300) -> str:
+    """``Type: message`` on one line (a multi-line message joined with "; "), cut at ``limit`` characters."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = f"{type(exc).__name__}: {'; '.join(lines)}" if lines else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _distribution_of(plugin: object) -> tuple[str, str] | None:
+    """The installed distribution (name, version) that provides ``plugin``'s top-level package."""
+    module = getattr(plugin, "__module__", None) if not isinstance(plugin, ModuleType) else plugin.__name__
+    top = (module or "").split(".", 1)[0]
+    if not top or not getattr(sys.modules.get(top), "__file__", None):  # made in memory: no distribution
+        return None
+    names = importlib.metadata.packages_distributions().get(top) or []
+    for dist_name in names:
+        try:
+            return dist_name, importlib.metadata.version(dist_name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
 
 
 def _version_of(module: Any) -> str:
@@ -113,103 +159,130 @@ def _register_one(pm: pluggy.PluginManager, plugin: object, status: PluginStatus
     statuses[status.name] = status
     try:
         pm.register(plugin, name=status.name)
-    except Exception as exc:  # pluggy rejects malformed hookimpls here
-        _warn(status, f"could not be registered ({_describe(exc)})")
+    except Exception as exc:  # pluggy rejects malformed hookimpls (wrong argument names) here
+        _problem(status, f"could not be registered ({_describe(exc)})")
         return
-    unknown = [
-        caller.name for caller in pm.get_hookcallers(plugin) or [] if caller.name not in _HOOKS
-    ]
-    known = [caller.name for caller in pm.get_hookcallers(plugin) or [] if caller.name in _HOOKS]
-    for name in unknown:
-        _warn(status, f"implements unknown hook '{name}' (tlkit has {', '.join(sorted(_HOOKS))})")
-    status.hooks = sorted(known)
+    callers = pm.get_hookcallers(plugin) or []
+    status.hooks = sorted(caller.name for caller in callers if caller.name in _HOOKS)
+    for caller in callers:
+        if caller.name not in _HOOKS:
+            hint = did_you_mean(caller.name, _HOOKS, n=1) or f" (tlkit has {', '.join(_HOOKS)})"
+            _problem(status, f"implements unknown hook '{caller.name}'{hint}")
 
 
 def _load_entry_points(pm: pluggy.PluginManager, statuses: dict[str, PluginStatus]) -> None:
     allowed = _allowed_distributions()
     seen: set[tuple[str, str]] = set()
-    for ep in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: (e.dist.name if e.dist else "", e.name)):
+    found: set[str] = set()
+    eps = sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: (e.dist.name if e.dist else "", e.name))
+    per_dist = Counter((e.dist.name if e.dist is not None else e.name, e.name) for e in eps)
+    for ep in eps:
         dist_name = ep.dist.name if ep.dist is not None else ep.name
         if (dist_name, ep.name) in seen:  # the same distribution visible twice on sys.path
             continue
         seen.add((dist_name, ep.name))
+        found.add(_normalise(dist_name))
         if allowed is not None and _normalise(dist_name) not in allowed:
             _trace(f"skipping {dist_name} (not in TLKIT_LOAD_PLUGINS)")
             continue
-        name = dist_name if ep.name in (dist_name, _normalise(dist_name), dist_name.replace("-", "_")) else f"{dist_name}:{ep.name}"
+        several = sum(1 for d, _ in per_dist if d == dist_name) > 1
+        name = f"{dist_name}:{ep.name}" if several else dist_name
         version = ep.dist.version if ep.dist is not None else "?"
         status = PluginStatus(name=name, version=version, builtin=False)
+        _trace(f"importing {ep.value} ({name} {version})")
         try:
             plugin = ep.load()
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # a plugin must never take tlkit down with it
             statuses[name] = status
-            _warn(status, f"failed to import ({_describe(exc)}); it is skipped")
+            _problem(status, f"importing {ep.value} raised {_describe(exc)}")
             continue
         _register_one(pm, plugin, status, statuses)
+    for missing in sorted((allowed or set()) - found):
+        warnings.warn(
+            f"TLKIT_LOAD_PLUGINS names '{missing}', which is not an installed tlkit plugin"
+            f"{did_you_mean(missing, found, n=1)}",
+            PluginWarning,
+            stacklevel=3,
+        )
+
+
+def _call_hooks(pm: pluggy.PluginManager, status: PluginStatus) -> dict[str, list[Any]]:
+    """Call every hook ``status``'s plugin implements; return its valid entries per registry.
+
+    Each hook is called directly (not through ``pm.hook``) so a failing plugin is caught and named
+    alone. Any problem is noted on ``status`` and the caller then adds none of its entries.
+    """
+    plugin = pm.get_plugin(status.name)
+    entries: dict[str, list[Any]] = {}
+    if plugin is None:
+        return entries
+    for hook_name, (attr, spec_type) in _HOOKS.items():
+        impls = [i for i in getattr(pm.hook, hook_name).get_hookimpls() if i.plugin_name == status.name]
+        for impl in impls:
+            pending: list[Any] = []
+            _trace(f"{status.name}.{hook_name}()")
+            try:
+                impl.function(**{arg: pending.append for arg in impl.argnames})
+            except (Exception, SystemExit) as exc:
+                _problem(status, f"{hook_name} raised {_describe(exc)}")
+                continue
+            names: set[str] = set()
+            for spec in pending:
+                if not isinstance(spec, spec_type):
+                    _problem(status, f"passed a {type(spec).__name__} to register in {hook_name}; expected tlkit.{spec_type.__name__}")
+                    continue
+                problem = _malformed(spec) or (f"registered twice by {hook_name}" if spec.name in names else None)
+                if problem:
+                    _problem(status, f"registered a malformed {attr[:-1]} {getattr(spec, 'name', '?')!r} ({problem})")
+                    continue
+                names.add(spec.name)
+                entries.setdefault(attr, []).append(dataclasses.replace(spec, plugin=status.name))
+            _trace(f"{status.name}.{hook_name}() registered {len(pending)}")
+    return entries
 
 
 def _collect(pm: pluggy.PluginManager, statuses: dict[str, PluginStatus], registries: dict[str, Registry[Any]]) -> None:
-    """Call each plugin's hooks one by one, so a failing plugin is skipped alone and named."""
-    for hook_name, (attr, spec_type) in _HOOKS.items():
-        caller = getattr(pm.hook, hook_name)
-        registry = registries[attr]
-        for impl in reversed(caller.get_hookimpls()):  # registration order: third-party, then built-ins
-            status = statuses[impl.plugin_name]
-            added: list[str] = []
-            pending: list[Any] = []
-
-            def register(spec: Any, _pending: list[Any] = pending) -> None:
-                _pending.append(spec)
-
-            _trace(f"{impl.plugin_name}.{hook_name}()")
-            try:
-                impl.function(register=register)
-            except Exception as exc:
-                _warn(status, f"raised in {hook_name} ({_describe(exc)}); its {attr} are skipped")
-                continue
-            for spec in pending:
-                if not isinstance(spec, spec_type):
-                    _warn(status, f"registered a {type(spec).__name__} in {hook_name}, expected {spec_type.__name__}; skipped")
-                    continue
-                problem = _malformed(spec)
-                if problem:
-                    _warn(status, f"registered a malformed {attr[:-1]} '{getattr(spec, 'name', '?')}' ({problem}); skipped")
-                    continue
-                spec = _with_plugin(spec, impl.plugin_name)
-                registry.add(spec)
-                added.append(spec.name)
-            _trace(f"{impl.plugin_name}.{hook_name}() registered {len(added)}")
-            if added:
-                status.registered[attr] = added
+    """Fill the registries plugin by plugin (third-party first, then built-ins): all of a plugin or none."""
+    for status in list(statuses.values()):
+        if status.problems:
+            continue
+        entries = _call_hooks(pm, status)
+        if status.problems:
+            continue
+        for attr, specs in entries.items():
+            for spec in specs:
+                registries[attr].add(spec)  # a name another plugin took is an error naming both
+            status.registered[attr] = [spec.name for spec in specs]
 
 
 def _malformed(spec: Any) -> str | None:
-    import dataclasses
-
+    """What is wrong with a registered spec's fields, or None; checked before it enters a registry."""
     if not isinstance(spec.name, str) or not spec.name or spec.name != spec.name.strip():
-        return "name must be a non-empty string"
+        return "'name' must be a non-empty string without surrounding spaces"
     for attr in ("build", "load", "fit"):
         if hasattr(spec, attr) and not callable(getattr(spec, attr)):
             return f"'{attr}' is not callable"
-    if not dataclasses.is_dataclass(spec.options):
-        return "'options' must be a dataclass type"
-    dim = getattr(spec, "feature_dim", None)
-    if dim is not None and (not isinstance(dim, int) or dim <= 0):
-        return "'feature_dim' must be a positive int or None"
+    if not isinstance(spec.description, str):
+        return "'description' must be a string"
+    if not (isinstance(spec.options, type) and dataclasses.is_dataclass(spec.options)):
+        return "'options' must be a dataclass type (the class, not an instance)"
+    if isinstance(spec, BackboneSpec):
+        dim = spec.feature_dim
+        if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0):
+            return f"'feature_dim' must be a positive int or None, not {dim!r}"
+        if not isinstance(spec.preprocessing, Preprocessing) and not callable(spec.preprocessing):
+            return "'preprocessing' must be a tlkit.Preprocessing or a function returning one"
+        if spec.weights_available is not None and not callable(spec.weights_available):
+            return "'weights_available' must be a function returning a bool"
     return None
-
-
-def _with_plugin(spec: Any, plugin_name: str) -> Any:
-    import dataclasses
-
-    return dataclasses.replace(spec, plugin=plugin_name)
 
 
 def load_plugins(*, entry_points: bool = True, builtins: bool = True, extra: Iterable[object] = ()) -> Plugins:
     """Build a fresh plugin manager and registries.
 
     ``extra`` are plugin objects (modules, classes or instances) registered after entry points
-    and before the built-ins; tests use it to add throwaway plugins in-process.
+    and before the built-ins; tests use it to add throwaway plugins in-process. Each is named
+    after the installed distribution that provides it, if any, else after its module.
     """
     pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
     pm.add_hookspecs(hookspecs)
@@ -217,8 +290,12 @@ def load_plugins(*, entry_points: bool = True, builtins: bool = True, extra: Ite
     if entry_points:
         _load_entry_points(pm, statuses)
     for index, plugin in enumerate(extra):
-        name = getattr(plugin, "__name__", None) or f"{type(plugin).__name__}-{index}"
-        _register_one(pm, plugin, PluginStatus(name=name, version=_version_of(plugin), builtin=False), statuses)
+        dist = _distribution_of(plugin)
+        name = dist[0] if dist else getattr(plugin, "__name__", None) or f"{type(plugin).__name__}-{index}"
+        if name in statuses:
+            name = f"{name}-{index}"
+        version = dist[1] if dist else _version_of(plugin)
+        _register_one(pm, plugin, PluginStatus(name=name, version=version, builtin=False), statuses)
     if builtins:
         for module_name in DEFAULT_PLUGINS:
             module: ModuleType = importlib.import_module(module_name)
@@ -229,6 +306,7 @@ def load_plugins(*, entry_points: bool = True, builtins: bool = True, extra: Ite
         "heads": Registry("head"),
     }
     _collect(pm, statuses, registries)
+    _report(statuses)
     return Plugins(pm=pm, status=statuses, **registries)
 
 

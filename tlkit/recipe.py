@@ -38,6 +38,30 @@ class ExtractSettings:
 
 
 @dataclass(frozen=True)
+class ImageSettings:
+    """How the engine decodes the data set's files: core keys of the ``dataset:`` section.
+
+    They sit beside the loader's own options because decoding is the engine's job, the same for
+    every data set plugin; a loader only says which files belong to which class.
+    """
+
+    on_bad_image: Literal["skip", "error"] = field(
+        default="skip", metadata={"help": "skip: leave out files that cannot be decoded and list them; error: stop at the first"}
+    )
+    background: Any = field(
+        default=(255, 255, 255), metadata={"help": "colour transparent pixels are composited on: [r, g, b] (0-255) or a name such as 'white' or '#808080'"}
+    )
+
+    def rgb(self) -> tuple[int, int, int]:
+        """The background as an (r, g, b) tuple (checked and resolved when the recipe was read)."""
+        r, g, b = self.background
+        return (int(r), int(g), int(b))
+
+
+IMAGE_KEYS = tuple(f.name for f in dataclasses.fields(ImageSettings))
+
+
+@dataclass(frozen=True)
 class Choice:
     """A plugin chosen by a recipe section: its spec and its validated options."""
 
@@ -61,13 +85,19 @@ class Recipe:
     extract: ExtractSettings
     head: Choice
     source: Path | None = None
+    images: ImageSettings = ImageSettings()
 
     def to_dict(self) -> dict[str, Any]:
         """The fully resolved recipe as plain data (saved in the run directory)."""
         return {
             "name": self.name,
             "seed": self.seed,
-            "dataset": {"name": self.dataset.name, **dataclasses.asdict(self.dataset.options)},
+            "dataset": {
+                "name": self.dataset.name,
+                "on_bad_image": self.images.on_bad_image,
+                "background": list(self.images.rgb()),
+                **dataclasses.asdict(self.dataset.options),
+            },
             "backbone": {"name": self.backbone.name, "weights": self.weights, **dataclasses.asdict(self.backbone.options)},
             "extract": dataclasses.asdict(self.extract),
             "head": {"name": self.head.name, **dataclasses.asdict(self.head.options)},
@@ -95,15 +125,19 @@ def option_fields(cls: type) -> list[dataclasses.Field[Any]]:
     return list(dataclasses.fields(cls))
 
 
-def validate_options(cls: type, data: Mapping[str, Any], path: str) -> Any:
-    """Build an instance of the options dataclass ``cls`` from ``data``; errors name ``path.key``."""
-    names = [f.name for f in option_fields(cls)]
+def validate_options(cls: type, data: Mapping[str, Any], path: str, *, also_valid: Sequence[str] = ()) -> Any:
+    """Build an instance of the options dataclass ``cls`` from ``data``; errors name ``path.key``.
+
+    ``also_valid`` are keys of the same section handled elsewhere (shown in suggestions only).
+    """
+    fields_ = [f.name for f in option_fields(cls)]
+    names = fields_ + [k for k in also_valid if k not in fields_]
     for key in data:
-        if key not in names:
+        if key not in fields_:
             hint = did_you_mean(str(key), names) or (f"; valid keys: {', '.join(names)}" if names else "; it takes no options")
             raise RecipeError(f"unknown key '{path}.{key}'{hint}")
     try:
-        return _adapter(cls).validate_python(dict(data))
+        result = _adapter(cls).validate_python(dict(data))
     except ValidationError as exc:
         error = exc.errors()[0]
         loc = ".".join(str(p) for p in error["loc"])
@@ -111,15 +145,25 @@ def validate_options(cls: type, data: Mapping[str, Any], path: str) -> Any:
         if error["type"] == "missing":
             raise RecipeError(f"'{key}' is required") from None
         raise RecipeError(f"'{key}': {error['msg'].lower()} (got {_describe(error.get('input'))})") from None
+    for key, value in data.items():
+        # pydantic's lax mode reads true/false as 1/0; in a recipe that is always a mistake (epochs: true).
+        if isinstance(value, bool) and not isinstance(getattr(result, key), bool):
+            raise RecipeError(f"'{path}.{key}' must be a number, not {str(value).lower()}")
+    return result
 
 
 def _check_depth(value: Any, path: str, depth: int = 0) -> None:
+    """Refuse deep nesting, non-string keys and NUL characters (no path or name may hold one)."""
     if depth > MAX_DEPTH:
         raise RecipeError(f"'{path}' is nested too deeply (more than {MAX_DEPTH} levels)")
+    if isinstance(value, str) and "\x00" in value:
+        raise RecipeError(f"'{path or 'the top level'}' contains a NUL character")
     if isinstance(value, Mapping):
         for key, item in value.items():
             if not isinstance(key, str):
                 raise RecipeError(f"key {_describe(key)} under '{path or 'the top level'}' must be a string")
+            if "\x00" in key:
+                raise RecipeError(f"a key under '{path or 'the top level'}' contains a NUL character")
             _check_depth(item, f"{path}.{key}" if path else key, depth + 1)
     elif isinstance(value, list):
         for index, item in enumerate(value):
@@ -156,6 +200,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
 
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """Apply ``dotted.key=value`` overrides; values are parsed as YAML scalars (``1e-3``, ``true``, ``null``)."""
+    _check_depth(data, "")
     result = _deep_copy(data)
     for item in overrides:
         key, sep, raw = item.partition("=")
@@ -166,6 +211,9 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
+        except RecursionError:
+            raise RecipeError(f"--set {key}: the value is nested too deeply") from None
+        _check_depth(value, key)
         node = result
         parts = key.split(".")
         for depth, part in enumerate(parts[:-1]):
@@ -217,13 +265,14 @@ def resolve(data: Mapping[str, Any], plugins: Plugins, *, default_name: str = "r
         if key not in _TOP_KEYS:
             raise RecipeError(f"unknown key '{key}'{did_you_mean(str(key), _TOP_KEYS) or '; valid keys: ' + ', '.join(_TOP_KEYS)}")
     name = data.get("name", default_name)
-    if not isinstance(name, str) or not name.strip() or "/" in name or name.startswith("."):
-        raise RecipeError(f"'name' must be a plain non-empty string usable in a folder name (got {_describe(name)})")
+    if not _plain_name(name):
+        raise RecipeError(f"'name' must be a plain string of 1-100 characters usable in a folder name (got {_describe(name)})")
     seed = data.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
         raise RecipeError(f"'seed' must be a non-negative integer (got {_describe(seed)})")
 
     dataset_spec, dataset_data = _choose(plugins, "dataset", _section(data, "dataset"))
+    images = _image_settings({k: dataset_data.pop(k) for k in IMAGE_KEYS if k in dataset_data})
     backbone_spec, backbone_data = _choose(plugins, "backbone", _section(data, "backbone"))
     head_spec, head_data = _choose(plugins, "head", _section(data, "head"))
     weights = backbone_data.pop("weights", None)
@@ -233,20 +282,58 @@ def resolve(data: Mapping[str, Any], plugins: Plugins, *, default_name: str = "r
     return Recipe(
         name=name,
         seed=seed,
-        dataset=Choice(dataset_spec, validate_options(dataset_spec.options, dataset_data, "dataset")),
+        dataset=Choice(dataset_spec, validate_options(dataset_spec.options, dataset_data, "dataset", also_valid=IMAGE_KEYS)),
         backbone=Choice(backbone_spec, validate_options(backbone_spec.options, backbone_data, "backbone")),
         weights=weights,
         extract=validate_options(ExtractSettings, _section(data, "extract"), "extract"),
         head=Choice(head_spec, validate_options(head_spec.options, head_data, "head")),
         source=source,
+        images=images,
     )
+
+
+def _plain_name(name: Any) -> bool:
+    return (
+        isinstance(name, str)
+        and 0 < len(name.strip()) <= 100
+        and not name.startswith(".")
+        and not any(c in name for c in "/\\")
+        and all(c.isprintable() for c in name)
+    )
+
+
+def _image_settings(data: dict[str, Any]) -> ImageSettings:
+    settings = validate_options(ImageSettings, data, "dataset")
+    return dataclasses.replace(settings, background=_colour(settings.background))
+
+
+def _colour(value: Any) -> tuple[int, int, int]:
+    """``[r, g, b]`` with 0-255 integers, or a colour name PIL knows (``white``, ``#808080``)."""
+    usage = "use [r, g, b] with integers 0-255 or a name such as 'white' or '#808080'"
+    if isinstance(value, str):
+        from PIL import ImageColor
+
+        try:
+            rgb = ImageColor.getrgb(value)
+        except ValueError:
+            raise RecipeError(f"'dataset.background': unknown colour {_describe(value)}; {usage}") from None
+        return (rgb[0], rgb[1], rgb[2])
+    if (
+        isinstance(value, (list, tuple))
+        and len(value) == 3
+        and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in value)
+    ):
+        return (value[0], value[1], value[2])
+    raise RecipeError(f"'dataset.background' must be a colour (got {_describe(value)}); {usage}")
 
 
 def load_recipe(path: Path | str, plugins: Plugins, overrides: Sequence[str] = ()) -> Recipe:
     """Read, override and validate the recipe at ``path``; errors name the file."""
     path = Path(path)
     try:
-        return resolve(apply_overrides(read_yaml(path), overrides), plugins, default_name=path.stem, source=path)
+        data = read_yaml(path)
+        _check_depth(data, "")  # before anything walks it: YAML anchors can make a structure contain itself
+        return resolve(apply_overrides(data, overrides), plugins, default_name=path.stem, source=path)
     except RecipeError as exc:
         message = str(exc)
         raise RecipeError(message if message.startswith(f"recipe {path}") else f"recipe {path}: {message}") from None

@@ -10,9 +10,10 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import re
 import tempfile
 import urllib.request
-import zipfile
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -52,26 +53,36 @@ def load_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
     Accepts a plain state dict or one wrapped under ``state_dict``/``model``/``state_dict_ema``.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise WeightsError(f"weights file {path} does not exist")
+    if not path.is_file():
+        raise WeightsError(f"weights file {path} is not a file (a folder?); set backbone.weights to the file itself")
     if path.stat().st_size == 0:
         raise WeightsError(f"weights file {path} is empty; download it again")
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         try:
             return load_file(str(path), device="cpu")
-        except (SafetensorError, OSError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 - SafetensorError, OSError, ValueError, ...: all mean "unusable file"
             raise WeightsError(f"weights file {path} is not a readable safetensors file ({exc}); download it again") from exc
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "Detected pickle protocol 4": noise for a file we may refuse
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        # weights_only refuses both code (a GLOBAL it does not allow) and pickle opcodes it does not know.
+        found = re.search(r"unsupported GLOBAL (\S+)", str(exc))
+        if found:
+            raise WeightsError(
+                f"weights file {path} was refused: it holds Python objects or code ({found.group(1)}), not only tensors "
+                "(loaded with weights_only=True); use a plain state_dict or a .safetensors file"
+            ) from exc
         raise WeightsError(
-            f"weights file {path} was refused: it holds Python objects or code, not only tensors "
-            "(loaded with weights_only=True); use a plain state_dict or a .safetensors file"
+            f"weights file {path} was refused: it is truncated or not a PyTorch weights file that loads safely "
+            "(weights_only=True); download it again, or use a plain state_dict or a .safetensors file"
         ) from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+    except Exception as exc:  # noqa: BLE001 - a damaged or foreign file raises anything from EOFError to KeyError
         raise WeightsError(f"weights file {path} is truncated or not a PyTorch weights file ({type(exc).__name__}); download it again") from exc
     for key in ("state_dict", "model", "state_dict_ema"):
         if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):

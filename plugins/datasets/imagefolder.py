@@ -1,7 +1,10 @@
 """``imagefolder``: a root with a train and a test sub-folder, one folder per class inside each.
 
-Files with the usual photo extensions (torchvision's list) are images; everything else (hidden
-files, READMEs, a stray GIF) is skipped and counted in a note. Test classes must be train classes;
+Files with the usual photo extensions (torchvision's list, as its ``ImageFolder``: so ``.gif`` is not
+one, which keeps the ants/bees placeholder ``imageNotFound.gif`` out as in the reference) are images;
+everything else (hidden files, READMEs, links that lead nowhere or in a circle) is left out and named
+in a note. Whether an image file actually decodes is the engine's
+business (``dataset.on_bad_image``), not the loader's. Test classes must be train classes;
 a train class with no test images is allowed and noted (its test recall simply cannot be measured).
 """
 
@@ -32,10 +35,13 @@ def _class_dirs(split_dir: Path) -> list[str]:
     return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _image_files(class_dir: Path) -> tuple[list[Path], int]:
-    """Image files under ``class_dir`` (recursively, following links once), and how many others were skipped."""
+EXTENSIONS = IMG_EXTENSIONS
+
+
+def _image_files(class_dir: Path) -> tuple[list[Path], list[Path]]:
+    """Image files under ``class_dir`` (recursively, following links once), and the other files left out."""
     images: list[Path] = []
-    skipped = 0
+    skipped: list[Path] = []
     seen: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
         real = os.path.realpath(dirpath)
@@ -46,8 +52,8 @@ def _image_files(class_dir: Path) -> tuple[list[Path], int]:
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             path = Path(dirpath) / name
-            if name.startswith(".") or not name.lower().endswith(IMG_EXTENSIONS) or not path.is_file():
-                skipped += 1
+            if name.startswith(".") or not name.lower().endswith(EXTENSIONS) or not path.is_file():
+                skipped.append(path)  # hidden, not an image by name, or a link to nothing (or to itself)
                 continue
             images.append(path)
     return images, skipped
@@ -79,21 +85,25 @@ def load_imagefolder(options: ImageFolderOptions) -> tlkit.LoadedDataset:
     notes: list[str] = []
     for split, split_dir in split_dirs.items():
         samples: list[tlkit.Sample] = []
-        skipped = 0
+        skipped: list[Path] = []
         for label, name in enumerate(classes):
             class_dir = split_dir / name
             if not class_dir.is_dir():
                 notes.append(f"{split}: class '{name}' has no folder in {split_dir}")
                 continue
-            files, n_skipped = _image_files(class_dir)
-            skipped += n_skipped
+            files, left_out = _image_files(class_dir)
+            skipped.extend(left_out)
             if not files:
                 notes.append(f"{split}: class '{name}' has no images")
             samples.extend(tlkit.Sample(path, label) for path in files)
         if skipped:
-            notes.append(f"{split}: skipped {skipped} non-image file{'s' if skipped != 1 else ''}")
+            shown = ", ".join(str(p.relative_to(split_dir)) for p in skipped[:4]) + (", ..." if len(skipped) > 4 else "")
+            notes.append(
+                f"{split}: left out {len(skipped)} file{'s' if len(skipped) != 1 else ''} "
+                f"(hidden, not an image by name, or a broken link): {shown}"
+            )
         if not samples:
-            raise DataError(f"{split_dir} holds no images ({', '.join(ext for ext in IMG_EXTENSIONS)})")
+            raise DataError(f"{split_dir} holds no images ({', '.join(EXTENSIONS)})")
         splits[split] = samples
     return tlkit.LoadedDataset(classes=tuple(classes), splits=splits, notes=tuple(notes))
 

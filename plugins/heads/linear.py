@@ -9,24 +9,22 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import torch
+from annotated_types import Ge, Gt, Le
 
 import tlkit
+from tlkit.fitting import accuracy, one_thread
 
 
 @dataclass(frozen=True)
 class LinearOptions:
-    lr: float = field(default=1e-3, metadata={"help": "SGD learning rate"})
-    epochs: int = field(default=1000, metadata={"help": "full-batch SGD steps"})
-    momentum: float = field(default=0.0, metadata={"help": "SGD momentum"})
-    weight_decay: float = field(default=0.0, metadata={"help": "L2 penalty"})
-    eval_every: int = field(default=100, metadata={"help": "report train loss/accuracy and test accuracy every N epochs"})
-
-
-def _accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
-    return float((logits.argmax(1) == y).float().mean()) if len(y) else float("nan")
+    lr: Annotated[float, Gt(0), Le(100)] = field(default=1e-3, metadata={"help": "SGD learning rate"})
+    epochs: Annotated[int, Ge(1), Le(10_000_000)] = field(default=1000, metadata={"help": "full-batch SGD steps"})
+    momentum: Annotated[float, Ge(0), Le(1)] = field(default=0.0, metadata={"help": "SGD momentum"})
+    weight_decay: Annotated[float, Ge(0), Le(100)] = field(default=0.0, metadata={"help": "L2 penalty"})
+    eval_every: Annotated[int, Ge(1), Le(10_000_000)] = field(default=100, metadata={"help": "report train loss/accuracy and test accuracy every N epochs"})
 
 
 def fit_linear(train: tlkit.Features, options: LinearOptions, ctx: tlkit.FitContext) -> tlkit.TrainedHead:
@@ -37,8 +35,21 @@ def fit_linear(train: tlkit.Features, options: LinearOptions, ctx: tlkit.FitCont
         layer.weight.uniform_(-bound, bound, generator=generator)
         layer.bias.uniform_(-bound, bound, generator=generator)
     optimizer = torch.optim.SGD(layer.parameters(), lr=options.lr, momentum=options.momentum, weight_decay=options.weight_decay)
-    loss_fn = torch.nn.CrossEntropyLoss()
     history: list[dict[str, float]] = []
+    with one_thread():
+        _train(layer, optimizer, train, options, ctx, history)
+    return tlkit.TrainedHead(module=layer.eval(), history=history)
+
+
+def _train(
+    layer: torch.nn.Linear,
+    optimizer: torch.optim.Optimizer,
+    train: tlkit.Features,
+    options: LinearOptions,
+    ctx: tlkit.FitContext,
+    history: list[dict[str, float]],
+) -> None:
+    loss_fn = torch.nn.CrossEntropyLoss()
     for epoch in range(1, options.epochs + 1):
         optimizer.zero_grad(set_to_none=True)
         logits = layer(train.x)
@@ -46,13 +57,12 @@ def fit_linear(train: tlkit.Features, options: LinearOptions, ctx: tlkit.FitCont
         loss.backward()
         optimizer.step()
         if epoch % options.eval_every == 0 or epoch == options.epochs:
-            point = {"epoch": float(epoch), "loss": float(loss), "train_accuracy": _accuracy(logits.detach(), train.y)}
+            point = {"epoch": float(epoch), "loss": loss.item(), "train_accuracy": accuracy(logits.detach(), train.y)}
             if ctx.monitor is not None:
                 with torch.no_grad():
-                    point["test_accuracy"] = _accuracy(layer(ctx.monitor.x), ctx.monitor.y)
+                    point["test_accuracy"] = accuracy(layer(ctx.monitor.x), ctx.monitor.y)
             history.append(point)
             ctx.report(epoch, point)
-    return tlkit.TrainedHead(module=layer.eval(), history=history)
 
 
 def load_linear(tensors: Mapping[str, torch.Tensor], options: LinearOptions) -> torch.nn.Module:

@@ -1,0 +1,71 @@
+"""``centroid``: nearest class mean by cosine similarity, the zero-hyperparameter baseline.
+
+Features are centred on the training mean and L2-normalised; each class is the normalised mean of
+its training features. The logits are the cosine similarities times one temperature, fitted on the
+training features by log-loss over a fixed log grid (it never changes which class wins, only how
+confident the probabilities are).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+import tlkit
+from tlkit.fitting import Standardize
+
+SCALES = torch.logspace(0, 2, 41)  # temperatures 1 .. 100
+
+
+@dataclass(frozen=True)
+class CentroidOptions:
+    center: bool = field(default=True, metadata={"help": "subtract the training mean before normalising"})
+
+
+class NearestCentroid(torch.nn.Module):
+    """Features (N, D) -> ``scale * cos(x - mean, class centroid)`` (N, C)."""
+
+    def __init__(self, center: torch.Tensor, centroids: torch.Tensor, scale: float | torch.Tensor) -> None:
+        super().__init__()
+        self.center = Standardize(center, torch.ones_like(center))
+        self.register_buffer("centroids", F.normalize(centroids.float(), dim=1))
+        self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float32).reshape(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * (F.normalize(self.center(x), dim=1) @ self.centroids.T)
+
+
+def fit_centroid(train: tlkit.Features, options: CentroidOptions, ctx: tlkit.FitContext) -> tlkit.TrainedHead:
+    x, y = train.x.float(), train.y.long()
+    mean = x.mean(0) if options.center else torch.zeros(x.shape[1])
+    z = F.normalize(x - mean, dim=1)
+    sums = torch.zeros(ctx.num_classes, x.shape[1]).index_add_(0, y, z)  # a class without examples stays zero
+    model = NearestCentroid(mean, sums, 1.0)
+    with torch.no_grad():
+        cosines = model(x)
+        losses = torch.stack([F.cross_entropy(s * cosines, y) for s in SCALES])
+    model.scale.fill_(float(SCALES[int(losses.argmin())]))
+    return tlkit.TrainedHead(module=model.eval())
+
+
+def load_centroid(tensors: Mapping[str, torch.Tensor], options: CentroidOptions) -> torch.nn.Module:
+    model = NearestCentroid(tensors["center.mean"], tensors["centroids"], tensors["scale"])
+    model.load_state_dict(dict(tensors))
+    return model.eval()
+
+
+@tlkit.hookimpl
+def register_heads(register: Any) -> None:
+    register(
+        tlkit.HeadSpec(
+            name="centroid",
+            fit=fit_centroid,
+            load=load_centroid,
+            description="nearest class mean by cosine similarity on centred features (no hyper-parameters)",
+            options=CentroidOptions,
+        )
+    )

@@ -1,0 +1,99 @@
+"""``knn``: cosine-similarity k-nearest neighbours on centred features.
+
+Features are centred on the training mean and L2-normalised (SimpleShot's "CL2N", which makes
+cosine similarity far more telling for post-ReLU features), then each image takes the majority
+class of its ``k`` most similar training images. ``k`` is set, or chosen among odd values on a
+stratified part held out from the training split. The module keeps the training features as
+buffers, so the saved head and its exports need nothing else; its logits are the logs of the vote
+fractions, so softmax gives them back as probabilities.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+import torch
+import torch.nn.functional as F
+from annotated_types import Ge, Gt, Le
+
+import tlkit
+from tlkit.fitting import Standardize, accuracy, stratified_holdout
+
+K_GRID = (1, 3, 5, 7, 9, 11, 15, 21, 31)
+FLOOR = 1e-6  # log(0) would make exported softmaxes NaN-prone; 1e-6 keeps them finite
+
+
+@dataclass(frozen=True)
+class KNNOptions:
+    k: Annotated[int, Gt(0)] | None = field(default=None, metadata={"help": "neighbours that vote; null = chosen on a held-out part of train"})
+    holdout: Annotated[float, Ge(0), Le(0.5)] = field(default=0.2, metadata={"help": "fraction of each train class held out to choose k"})
+    center: bool = field(default=True, metadata={"help": "subtract the training mean before normalising"})
+
+
+class CosineKNN(torch.nn.Module):
+    """Features (N, D) -> log vote fractions (N, C) among the ``k`` most cosine-similar training rows."""
+
+    def __init__(self, center: torch.Tensor, bank: torch.Tensor, onehot: torch.Tensor, k: int) -> None:
+        super().__init__()
+        self.scale = Standardize(center, torch.ones_like(center))
+        self.register_buffer("bank", F.normalize(bank.float(), dim=1))
+        self.register_buffer("onehot", onehot.float())
+        self.register_buffer("k", torch.tensor(int(k)))
+        self.neighbours = int(k)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        sims = F.normalize(self.scale(x), dim=1) @ self.bank.T
+        kth = sims.topk(self.neighbours, dim=1).values[:, -1:]
+        votes = (sims >= kth).to(sims.dtype) @ self.onehot  # ties at the k-th similarity all vote
+        return torch.log(votes / votes.sum(1, keepdim=True) + FLOOR)
+
+
+def _build(x: torch.Tensor, y: torch.Tensor, num_classes: int, k: int, center: bool) -> CosineKNN:
+    mean = x.mean(0) if center else torch.zeros(x.shape[1])
+    return CosineKNN(mean, x, F.one_hot(y, num_classes), min(k, len(x))).eval()
+
+
+def choose_k(train: tlkit.Features, num_classes: int, options: KNNOptions, seed: int) -> int:
+    """The k of :data:`K_GRID` with the best held-out accuracy, then probability of the true class; ties -> larger k."""
+    split = stratified_holdout(train.y, options.holdout, seed)
+    if not split.usable:
+        return min(5, len(train))
+    x_val, y_val = train.x[split.val], train.y[split.val]
+    best: tuple[float, float, int] | None = None
+    for k in K_GRID:
+        if k > len(split.fit):
+            break
+        model = _build(train.x[split.fit], train.y[split.fit], num_classes, k, options.center)
+        with torch.no_grad():
+            logits = model(x_val)
+        score = (accuracy(logits, y_val), float(logits.softmax(1)[torch.arange(len(y_val)), y_val].mean()), k)
+        if best is None or score >= best:
+            best = score
+    return best[2] if best is not None else 1
+
+
+def fit_knn(train: tlkit.Features, options: KNNOptions, ctx: tlkit.FitContext) -> tlkit.TrainedHead:
+    k = options.k if options.k is not None else choose_k(train, ctx.num_classes, options, ctx.seed)
+    return tlkit.TrainedHead(module=_build(train.x, train.y.long(), ctx.num_classes, k, options.center))
+
+
+def load_knn(tensors: Mapping[str, torch.Tensor], options: KNNOptions) -> torch.nn.Module:
+    onehot = tensors["onehot"]
+    model = CosineKNN(tensors["scale.mean"], tensors["bank"], onehot, int(tensors["k"]))
+    model.load_state_dict(dict(tensors))
+    return model.eval()
+
+
+@tlkit.hookimpl
+def register_heads(register: Any) -> None:
+    register(
+        tlkit.HeadSpec(
+            name="knn",
+            fit=fit_knn,
+            load=load_knn,
+            description="cosine k-nearest neighbours on centred features, k chosen on a held-out part of train",
+            options=KNNOptions,
+        )
+    )

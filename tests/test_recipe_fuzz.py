@@ -1,0 +1,214 @@
+"""Property-based tests of the recipe loader: any input is accepted or refused with a TlkitError.
+
+Generated recipes mix valid keys with wrong values, unknown keys, odd types and deep nesting; the
+``--set`` overrides are arbitrary strings and well-formed ``key=value`` pairs with odd values. The
+loader may accept them or raise its own error (one line), never anything else.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tlkit.errors import TlkitError
+from tlkit.plugins import Plugins, load_plugins
+from tlkit.recipe import Recipe, apply_overrides, load_recipe, read_yaml, resolve
+
+_PLUGINS: Plugins | None = None
+
+
+def plugins() -> Plugins:
+    global _PLUGINS
+    if _PLUGINS is None:
+        _PLUGINS = load_plugins(entry_points=False)
+    return _PLUGINS
+
+
+KNOWN_KEYS = {
+    "": ["name", "seed", "dataset", "backbone", "extract", "head"],
+    "dataset": ["name", "root", "train", "test", "download", "sha256", "on_bad_image", "background"],
+    "backbone": ["name", "weights"],
+    "extract": ["batch_size", "workers", "precision", "device", "cache"],
+    "head": ["name", "lr", "epochs", "momentum", "weight_decay", "eval_every"],
+}
+NAMES = {"dataset": ["imagefolder", "imagefoldr"], "backbone": ["resnet18", "timm:resnet10t", "efficientnet_lite0", "resnet81"], "head": ["linear", "lnear"]}
+
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=12)
+    | st.sampled_from(["skip", "error", "white", "#808080", "fp16", "cpu", "auto", "none", "1e-3", "..", "a\x00b"])
+    | st.binary(max_size=4)
+)
+values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=12)
+# Deep nesting on purpose, beyond the loader's limit.
+deep = st.integers(min_value=1, max_value=12).map(lambda n: _nest(n))
+
+
+def mostly(good: st.SearchStrategy[Any], other: st.SearchStrategy[Any], n: int = 9) -> st.SearchStrategy[Any]:
+    """``good`` n times out of n + 1, else ``other`` (one_of does not weight repeated branches)."""
+    return st.integers(0, n).flatmap(lambda i: other if i == n else good)  # 0, the simplest, is drawn most
+
+
+def _nest(n: int) -> Any:
+    value: Any = 1
+    for i in range(n):
+        value = {"k": value} if i % 2 else [value]
+    return value
+
+
+# Plausible values per key, so that a good share of the generated recipes is valid and reaches every check.
+GOOD: dict[str, st.SearchStrategy[Any]] = {
+    "name": st.text(alphabet="abcxyz019-_ .éü猫", min_size=1, max_size=10),
+    "seed": st.integers(min_value=0, max_value=2**40),
+    "root": st.just("data"),
+    "train": st.just("train"),
+    "test": st.just("val"),
+    "download": st.none(),
+    "sha256": st.none(),
+    "on_bad_image": st.sampled_from(["skip", "error"]),
+    "background": st.sampled_from(["white", "#808080", [0, 0, 0], [255, 128, 0]]),
+    "weights": st.sampled_from(["none", "weights.pth", None]),
+    "batch_size": st.integers(min_value=1, max_value=256),
+    "workers": st.none() | st.integers(min_value=0, max_value=8),
+    "precision": st.sampled_from(["fp32", "bf16", "fp16"]),
+    "device": st.sampled_from(["auto", "cpu", "cuda"]),
+    "cache": st.booleans(),
+    "lr": st.floats(min_value=1e-5, max_value=1.0),
+    "epochs": st.integers(min_value=1, max_value=5000),
+    "momentum": st.floats(min_value=0.0, max_value=0.99),
+    "weight_decay": st.floats(min_value=0.0, max_value=0.1),
+    "eval_every": st.integers(min_value=1, max_value=100),
+}
+
+
+def entry(key: str) -> st.SearchStrategy[tuple[str, Any]]:
+    good = GOOD.get(key, values)
+    return st.tuples(st.just(key), mostly(good, values | deep))  # mostly plausible, sometimes anything
+
+
+def section(kind: str) -> st.SearchStrategy[Any]:
+    known = st.one_of(*(entry(k) for k in KNOWN_KEYS[kind] if k != "name"))
+    unknown = st.tuples(st.text(max_size=8), values)
+    name = st.sampled_from(NAMES.get(kind, ["x"])[:1] * 6 + NAMES.get(kind, ["x"])[1:]) | values
+    body = st.lists(mostly(known, unknown), max_size=5).map(dict)
+    with_name = st.builds(lambda b, n, use: {**b, "name": n} if use and kind in NAMES else b, body, name, st.booleans())
+    return mostly(with_name, values)
+
+
+top_keys = st.lists(st.sampled_from(KNOWN_KEYS[""]), unique=True)
+SECTIONS = {kind: section(kind) for kind in KNOWN_KEYS if kind}
+SECTIONS.update({key: mostly(GOOD[key], values) for key in ("name", "seed")})
+extra_keys = st.dictionaries(st.text(max_size=6) | st.integers() | st.none(), values, max_size=2)
+
+
+@st.composite
+def recipes(draw: st.DrawFn) -> dict[Any, Any]:
+    data: dict[Any, Any] = {}
+    for key in draw(top_keys):
+        data[key] = draw(SECTIONS[key])
+    if draw(st.integers(0, 5)):  # a usable data set most of the time, so validation reaches the later sections
+        data["dataset"] = {"root": "data", **(data["dataset"] if isinstance(data.get("dataset"), dict) else {})}
+    if not draw(st.integers(0, 9)):
+        for key, value in draw(extra_keys).items():
+            data[key] = value  # unknown keys, and keys that are not even strings
+    return data
+
+
+dotted = mostly(
+    st.sampled_from([f"{kind}.{key}" if kind else key for kind, keys in KNOWN_KEYS.items() for key in keys]),
+    st.lists(st.sampled_from(sum(KNOWN_KEYS.values(), [])) | st.text(max_size=5), min_size=1, max_size=4).map(".".join),
+    n=4,
+)
+override_good = st.sampled_from(["1", "0.01", "skip", "error", "white", "fp16", "cpu", "true", "null", "none", "data", "[1, 2, 3]", "1e-3", "-1", "1e400"])
+override_value = mostly(override_good, st.text(max_size=10), n=3) | scalars.map(lambda v: yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip() if not isinstance(v, bytes) else "!!binary aGk=")
+well_formed = st.builds(lambda k, v: f"{k}={v}", dotted, override_value)
+overrides = st.lists(mostly(well_formed, st.text(max_size=15)), max_size=3)
+
+
+def _check(call: Any, expected: type = Recipe) -> Any:
+    """Run ``call``: it returns an ``expected`` or raises a one-line TlkitError; anything else fails."""
+    try:
+        result = call()
+    except TlkitError as exc:
+        message = str(exc)
+        assert message and "\n" not in message, message
+        return None
+    assert isinstance(result, expected)
+    return result
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(data=recipes(), sets=overrides)
+def test_generated_recipes_and_overrides_are_accepted_or_refused_cleanly(data: dict[Any, Any], sets: list[str]) -> None:
+    recipe = _check(lambda: resolve(apply_overrides(data, sets), plugins()))
+    if recipe is not None:  # what was accepted is a complete recipe that round-trips
+        again = resolve(recipe.to_dict(), plugins())
+        assert again.to_dict() == recipe.to_dict()
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(raw=st.binary(max_size=200) | st.text(max_size=200).map(lambda t: t.encode("utf-8", "surrogatepass")))
+def test_arbitrary_file_bytes_are_accepted_or_refused_cleanly(raw: bytes, tmp_path_factory: pytest.TempPathFactory) -> None:
+    path = tmp_path_factory.mktemp("fuzz") / "recipe.yaml"
+    path.write_bytes(raw)
+    _check(lambda: load_recipe(path, plugins()))
+    _check(lambda: read_yaml(path), dict)
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("dataset: [unclosed\n", "not valid YAML"),
+        ("", "is empty"),
+        ("- a\n- b\n", "must be a mapping"),
+        ("dataset:\n  - root\n", "'dataset' must be a mapping"),
+        ("dataset: {root: d}\nextract: {batch_size: many}\n", "'extract.batch_size'"),
+        ("dataset: {root: d}\nhead: {lr: -1}\n", "'head.lr': input should be greater than 0"),
+        ("dataset: {root: d}\nhead: {epochs: 0}\n", "'head.epochs'"),
+        ("dataset: {root: d}\nhead: {eval_every: 0}\n", "'head.eval_every'"),
+        ("dataset: {root: d}\nhead: {epochs: true}\n", "'head.epochs' must be a number"),
+        ("dataset: {root: d}\nhead: {lr: .inf}\n", "'head.lr'"),
+        ("dataset: {root: d}\nextract: {batch_size: 100000000}\n", "'extract.batch_size'"),
+        ("dataset: {root: d, deeper: {unknown: 1}}\n", "unknown key 'dataset.deeper'"),
+        ("dataset: {root: d}\nextract: {batchsize: 3}\n", "did you mean 'batch_size'"),
+        ("dataset: {root: d, on_bad_image: ignore}\n", "'dataset.on_bad_image'"),
+        ("dataset: {root: d, background: [1, 2, 300]}\n", "'dataset.background'"),
+        ("dataset: {root: " + "[" * 3000 + "]" * 3000 + "}\n", "nested too deeply"),
+        ("a: &a [*a]\n", "nested too deeply"),
+        ("dataset: !!python/object/apply:os.system ['touch pwned']\n", "not valid YAML"),
+    ],
+)
+def test_malformed_recipes_name_the_key(tmp_path: Path, text: str, words: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(TlkitError) as info:
+        load_recipe(path, plugins())
+    assert words in str(info.value) and str(path) in str(info.value)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_non_utf8_recipe_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("dataset:\n  root: donn\xe9es\n".encode("latin-1"))
+    with pytest.raises(TlkitError, match="not UTF-8"):
+        load_recipe(path, plugins())
+
+
+def test_malformed_recipe_on_the_command_line_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tlkit.cli import main
+
+    path = tmp_path / "bad.yaml"
+    path.write_text("dataset: {root: d}\nhead: {lr: -1}\n", encoding="utf-8")
+    with pytest.raises(SystemExit) as info:
+        main(["run", str(path), "--set", "head.epochs=5"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and "'head.lr'" in err
