@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import sys
 from collections.abc import Iterator, Sequence
@@ -50,6 +51,18 @@ def make_image_folder(
                 seed = hash((split, name, i)) % 10_000
                 make_image(root / split / name / f"{name}_{i}.jpg", CLASS_COLOURS[index % len(CLASS_COLOURS)], size, seed)
     return root
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _session_feature_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Module- and session-scoped fixtures run before the per-test one: keep them off the user's cache too."""
+    old = os.environ.get("TLKIT_CACHE_DIR")
+    os.environ["TLKIT_CACHE_DIR"] = str(tmp_path_factory.mktemp("tlkit-cache-session"))
+    yield
+    if old is None:
+        os.environ.pop("TLKIT_CACHE_DIR", None)
+    else:
+        os.environ["TLKIT_CACHE_DIR"] = old
 
 
 @pytest.fixture(autouse=True)

@@ -97,7 +97,9 @@ def _same_metrics(got: dict[str, Any], expected: dict[str, Any]) -> None:
     expected = {k: v for k, v in expected.items() if k != "timings_s"}
     assert got.keys() == expected.keys()
     for key in expected:
-        if key == "history":  # loss values agree to float rounding across processes
+        if key == "features":  # where they came from: a rerun reuses what the interrupted run cached
+            assert got[key]["cached"] + got[key]["extracted"] == expected[key]["cached"] + expected[key]["extracted"]
+        elif key == "history":  # loss values agree to float rounding across processes
             assert len(got[key]) == len(expected[key])
             for a, b in zip(got[key], expected[key]):
                 assert a.keys() == b.keys() and all(abs(a[k] - b[k]) <= 1e-5 for k in a)
