@@ -149,6 +149,13 @@ def test_sigint_exits_130_cleanly_and_the_next_run_matches(setup: dict[str, Any]
     assert rerun.returncode == 0, stderr
     _same_metrics(_metrics_without_timings(out / "metrics.json"), setup["metrics"])
     assert (out / "run.json").is_file() and not (out / "INCOMPLETE").exists()
-    # TODO(cache, issue 3): once the feature cache is merged, assert the rerun reused the features of the
-    # interrupted run's completed splits, e.g. `assert "features from cache" in stderr` (or the cache's own
-    # hit counter in metrics.json), and that the cache folder holds no partial entry after the interrupt.
+    assert "the feature cache keeps every feature extracted so far" in err
+    features = json.loads((out / "metrics.json").read_text())["features"]
+    total = features["cached"] + features["extracted"]
+    if stage.startswith("training"):  # every feature was extracted before training: the rerun extracts none
+        assert (features["cached"], features["extracted"]) == (total, 0), stderr
+    else:  # the features finished before the interrupt came back from the cache, not from the images
+        assert features["cached"] >= 1, stderr
+    assert f"features: {features['cached']} cached, {features['extracted']} extracted" in stderr
+    cache = Path(features["cache"])
+    assert not [p for p in cache.rglob("*") if p.name.startswith(".")], "the interrupt left a partial cache file"

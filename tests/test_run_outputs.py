@@ -84,7 +84,7 @@ def test_runs_committing_to_the_same_default_name_do_not_overwrite_each_other(tm
     assert json.loads((a / "who.json").read_text()) == 1 and json.loads((b / "who.json").read_text()) == 2
 
 
-def test_two_runs_on_the_same_data_at_the_same_time_both_succeed(tmp_path: Path, image_folder: Path) -> None:
+def test_two_runs_on_the_same_data_at_the_same_time_both_succeed(tmp_path: Path, image_folder: Path, feature_cache_dir: Path) -> None:
     recipe = tmp_path / "twin.yaml"
     recipe.write_text(
         f"name: twin\ndataset: {{root: {image_folder}}}\nbackbone: {{name: 'timm:test_resnet', weights: none}}\n"
@@ -110,5 +110,14 @@ def test_two_runs_on_the_same_data_at_the_same_time_both_succeed(tmp_path: Path,
     assert len(runs) == 2 and all((r / MARKER).is_file() for r in runs), runs
     metrics = [json.loads((r / "metrics.json").read_text()) for r in runs]
     assert metrics[0]["test_accuracy"] == metrics[1]["test_accuracy"]
-    # TODO(cache, issue 3): both runs share one feature cache; assert it holds exactly one complete entry per
-    # split afterwards (no temporary or half-written files) and that a third run reads from it.
+    # Both runs wrote into one shared feature cache: only complete chunks, and together they hold every image.
+    (entry,) = [p for p in (feature_cache_dir / "features").iterdir() if p.is_dir()]  # one extractor, one entry
+    assert not [p for p in feature_cache_dir.rglob("*") if p.name.startswith(".") and p.suffix != ".json"]
+    from tlkit.engine import run
+    from tlkit.plugins import load_plugins
+    from tlkit.recipe import load_recipe
+
+    third = run(load_recipe(recipe, load_plugins(entry_points=False)), tmp_path / "third")
+    assert third.metrics["features"]["extracted"] == 0 and third.metrics["features"]["cached"] == 18
+    assert Path(third.metrics["features"]["cache"]) == entry
+    assert third.metrics["test_accuracy"] == metrics[0]["test_accuracy"]

@@ -90,7 +90,14 @@ class ConsoleObserver(Observer):
             done += n
             if done - shown >= step and (total is None or done < total):
                 shown = done
-                self.console.print(f"{description}: {done}/{total if total is not None else '?'} {unit}", highlight=False, markup=False)
+                elapsed = time.perf_counter() - started
+                rate = done / elapsed if elapsed > 0 else 0.0
+                eta = f", eta {(total - done) / rate:.0f} s" if total is not None and rate > 0 else ""
+                self.console.print(
+                    f"{description}: {done}/{total if total is not None else '?'} {unit} ({rate:,.1f} {unit}/s{eta})",
+                    highlight=False,
+                    markup=False,
+                )
 
         yield advance
         seconds = time.perf_counter() - started

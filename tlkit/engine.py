@@ -82,6 +82,7 @@ def run(recipe: Recipe, out_dir: Path | None = None, observer: Observer | None =
     started = time.perf_counter()
     run_dir = RunDirectory(out_dir or default_out_dir(recipe.name), unique=out_dir is None)
     stage = "building the backbone"
+    store: FeatureStore | None = None
     try:
         seed_everything(recipe.seed)
         t0 = time.perf_counter()
@@ -109,7 +110,6 @@ def run(recipe: Recipe, out_dir: Path | None = None, observer: Observer | None =
         bad: list[tuple[str, Path, str]] = []
         timings["extract"] = 0.0
         counts = {"cached": 0, "extracted": 0}
-        store = None
         if recipe.extract.cache:
             store = open_store(
                 recipe.backbone.name,
@@ -190,9 +190,11 @@ def run(recipe: Recipe, out_dir: Path | None = None, observer: Observer | None =
     except KeyboardInterrupt:
         run_dir.discard()
         # The staging folder only ever holds a finished run's files, so there is nothing partial worth keeping.
-        # TODO(cache): once the feature cache is merged, say which splits' features it now holds.
+        # Extraction writes its features to the cache as it goes (and on the way out), so a rerun resumes there.
+        kept_note = "; the feature cache keeps every feature extracted so far, and a rerun starts from them" if store else ""
         raise RunInterrupted(
             f"interrupted while {stage}; nothing was written to {run_dir.final} (a run directory appears only when complete)"
+            + kept_note
         ) from None
     except BaseException:
         run_dir.discard()
