@@ -38,12 +38,10 @@ def test_tiny_features_identical_whatever_batch_size_and_workers(photos: list[Pa
 @pytest.fixture
 def one_thread() -> Iterator[None]:
     """One torch thread: many tiny parallel regions crawl when other jobs share the cores (CI, helpers)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    from tlkit.fitting import one_thread as single_thread
+
+    with single_thread():
         yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def test_resnet18_features_identical_whatever_batch_size_and_workers(photos: list[Path], one_thread: None) -> None:

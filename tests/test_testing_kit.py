@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import random
 import types
 from collections.abc import Iterator
@@ -77,9 +78,14 @@ def _folder_loader(mutate: Any = None) -> Any:
     return load
 
 
+_loads = itertools.count(1)
+
+
 def _shuffled(loaded: tlkit.LoadedDataset) -> tlkit.LoadedDataset:
+    """A loader whose order changes on every call (rotated by one more each time, never the same twice in a row)."""
     train = list(loaded.splits["train"])
-    random.shuffle(train)
+    shift = 1 + next(_loads) % (len(train) - 1)
+    train = train[shift:] + train[:shift]
     return dataclasses.replace(loaded, splits={"train": train, "test": loaded.splits["test"]})
 
 
@@ -139,12 +145,10 @@ HEADS = {
 def one_thread() -> Iterator[None]:
     """Tiny tensors gain nothing from intra-op threads, and on a busy machine threads waiting for a
     core make each of a head's many small steps slow; one thread keeps these checks at a second."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    from tlkit.fitting import one_thread as single_thread
+
+    with single_thread():
         yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -35,6 +35,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from tlkit.errors import OutputError
+from tlkit.weights import file_sha256
 from tlkit.preprocessing import Preprocessing
 
 CACHE_ENV = "TLKIT_CACHE_DIR"
@@ -101,14 +102,6 @@ def _atomic_write_bytes(target: Path, data: bytes) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class FileHashes:
     """sha256 of image files, remembered by (path, size, mtime_ns, ctime_ns) so an unchanged file is never re-read.
 
@@ -139,7 +132,7 @@ class FileHashes:
         if isinstance(known, list) and known[:3] == [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns] and len(known) == 4:
             return str(known[3])
         try:
-            digest = _sha256_of(Path(resolved))
+            digest = file_sha256(Path(resolved))
         except OSError:
             return None
         self.entries[resolved] = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, digest]
