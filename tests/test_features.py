@@ -77,3 +77,14 @@ def test_bf16_features_are_close_to_fp32(photos: list[Path]) -> None:
     bf16 = extract(model, photos, TINY_PRE, workers=0, precision="bf16").features
     assert bf16.dtype == torch.float32 and not torch.equal(bf16, fp32)
     torch.testing.assert_close(bf16, fp32, rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize(("precision", "check"), [("bf16", "_is_mkldnn_bf16_supported"), ("fp16", "_is_mkldnn_fp16_supported")])
+def test_emulated_precision_is_named_on_a_cpu_without_it(precision: str, check: str) -> None:
+    from tlkit.features import slow_precision_note
+
+    note = slow_precision_note(torch.device("cpu"), precision)
+    assert (note is None) == bool(getattr(torch.ops.mkldnn, check)())
+    if note:
+        assert f"extract.precision: {precision}" in note
+    assert slow_precision_note(torch.device("cpu"), "fp32") is None

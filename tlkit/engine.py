@@ -28,7 +28,7 @@ from tlkit.artifacts import RunDirectory, default_out_dir
 from tlkit.cache import FeatureStore, open_store
 from tlkit.errors import DataError, OutputError, RunInterrupted
 from tlkit.evaluate import PREDICTION_COLUMNS, classification_metrics, misclassified, prediction_rows
-from tlkit.features import Extraction, extract_cached, prepare_model, resolve_device
+from tlkit.features import Extraction, extract_cached, prepare_model, resolve_device, slow_precision_note
 from tlkit.observer import Observer
 from tlkit.recipe import Recipe
 from tlkit.specs import BuiltBackbone, Features, FitContext, LoadedDataset, Sample
@@ -105,6 +105,9 @@ def run(recipe: Recipe, out_dir: Path | None = None, observer: Observer | None =
 
         device = resolve_device(recipe.extract.device)
         model = prepare_model(backbone.model, device)
+        note = slow_precision_note(device, recipe.extract.precision)
+        if note:
+            observer.note(f"warning: {note}")
         features: dict[str, Features] = {}
         kept: dict[str, list[Sample]] = {}
         bad: list[tuple[str, Path, str]] = []
