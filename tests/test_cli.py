@@ -92,10 +92,12 @@ def test_errors_are_one_line_exit_2(tiny_plugins, image_folder, tmp_path, capsys
     assert not (tmp_path / "o").exists() and not list(tmp_path.glob("o.partial-*"))
 
 
-def test_debug_shows_the_traceback(tiny_plugins, image_folder, tmp_path, capsys):
+def test_debug_shows_the_traceback(tiny_plugins, image_folder, tmp_path, capsys, monkeypatch):
     recipe = write_recipe(tmp_path / "r.yaml", image_folder)
+    monkeypatch.chdir(tmp_path)  # the default run folder, runs/, is relative to the working directory
     assert cli("--debug", "run", str(recipe), "--set", "dataset.root=/no/such") == 2
     assert "Traceback" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()  # a failed run leaves no folder behind, not even runs/
 
 
 def test_backbones_listing(tiny_plugins, capsys):

@@ -61,6 +61,7 @@ class RunDirectory:
             if any(final.iterdir()) and not (final / MARKER).is_file():
                 raise OutputError(f"--out {final} is a non-empty folder that is not a tlkit run; choose another --out")
         try:
+            self._made_parent = not final.parent.exists()  # e.g. runs/ on a first run: removed again if it fails
             final.parent.mkdir(parents=True, exist_ok=True)
             free = shutil.disk_usage(final.parent).free
         except OSError as exc:
@@ -137,4 +138,10 @@ class RunDirectory:
         raise OutputError(f"too many runs named {self.final}-*; choose --out")
 
     def discard(self) -> None:
+        """Remove the staging folder (and the parent folder this run created, if it is left empty)."""
         shutil.rmtree(self.path, ignore_errors=True)
+        if self._made_parent:
+            try:
+                self.final.parent.rmdir()
+            except OSError:
+                pass  # not empty (another run's files) or already gone
