@@ -50,7 +50,7 @@ def test_second_extraction_comes_from_the_cache_without_reading_an_image(
     def no_reading(path: Path) -> str:
         raise AssertionError(f"{path} was read again")
 
-    monkeypatch.setattr(cache, "_sha256_of", no_reading)  # unchanged files are known by (size, mtime)
+    monkeypatch.setattr(cache, "file_sha256", no_reading)  # unchanged files are known by (size, mtime)
     started = time.perf_counter()
     second = extract_cached(model, paths, TINY_PRE, store, batch_size=4, workers=0)
     assert (second.cached, second.extracted) == (len(paths), 0)
