@@ -33,10 +33,6 @@ class RegistryError(TlkitError):
     """An unknown or duplicated backbone, data set or head name."""
 
 
-class PluginError(TlkitError):
-    """A plugin broke a contract in a way that stops the run (not just a warning)."""
-
-
 class WeightsError(TlkitError):
     """Weights are missing, unsafe, truncated or for another architecture; names the file."""
 

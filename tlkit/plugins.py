@@ -20,7 +20,7 @@ import re
 import sys
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -326,5 +326,3 @@ def set_plugins(plugins: Plugins | None) -> None:
     global _loaded
     _loaded = plugins
 
-
-RegisterCallback = Callable[[Any], None]

@@ -17,7 +17,7 @@ from torchvision.models import get_model, get_model_weights
 
 import tlkit
 from tlkit.errors import WeightsError
-from tlkit.weights import download, hub_checkpoint_dir, load_into, load_state_dict, offline, sha256_file
+from tlkit.weights import download, hub_checkpoint_dir, load_into, load_state_dict, sha256_file
 
 DEFAULT_ALIAS = "resnet18"
 
