@@ -14,6 +14,7 @@ chunks as extraction proceeds, so an interrupted run resumes where it stopped.
 from __future__ import annotations
 
 import os
+import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -80,6 +81,10 @@ def _stop_workers(batches: Any) -> None:
 
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)  # decoders are one per process; threads inside them only fight the forward pass
+    # Ctrl-C in a terminal reaches the whole process group. The main process alone handles it and stops
+    # the workers (_stop_workers); a worker dying of it on its own races that shutdown and can print a
+    # traceback of its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def default_workers() -> int:
