@@ -35,8 +35,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from tlkit.errors import OutputError
-from tlkit.weights import file_sha256
 from tlkit.preprocessing import Preprocessing
+from tlkit.weights import file_sha256
 
 CACHE_ENV = "TLKIT_CACHE_DIR"
 FORMAT = 1

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tlkit_plugins.backbones.timm_models import build_timm, timm_spec
 
 import tlkit
 from tlkit.errors import WeightsError
-from tlkit_plugins.backbones.timm_models import build_timm, timm_spec
 
 ARCH = "tf_efficientnet_lite0"
 STAGE_SIZES = (1, 2, 2, 3, 3, 4, 1)
