@@ -34,9 +34,11 @@ from PIL import Image
 from tlkit.errors import TlkitError
 from tlkit.features import extract, prepare_model
 from tlkit.images import BadImage, open_rgb
+from tlkit.pipeline import ImagePipeline, ImageSettings
 from tlkit.plugins import Plugins, PluginWarning, get_plugins, load_plugins
 from tlkit.preprocessing import Preprocessing
 from tlkit.recipe import validate_options
+from tlkit.registry import Registry
 from tlkit.specs import BackboneSpec, BuiltBackbone, DatasetSpec, Features, FitContext, HeadSpec, LoadedDataset, Sample, TrainedHead
 
 __all__ = ["BackboneReport", "HeadReport", "check_backbone", "check_dataset", "check_head", "load_plugin", "make_images", "make_features"]
@@ -61,7 +63,7 @@ def load_plugin(plugin: object, *, builtins: bool = True) -> Plugins:
 
 def _spec(plugins: Plugins | None, kind: str, name: str) -> Any:
     plugins = plugins or get_plugins()
-    registry = {"backbone": plugins.backbones, "dataset": plugins.datasets, "head": plugins.heads}[kind]
+    registry: Registry[Any] = {"backbone": plugins.backbones, "dataset": plugins.datasets, "head": plugins.heads}[kind]  # type: ignore[assignment]
     try:
         return registry.get(name)
     except TlkitError as exc:
@@ -99,6 +101,7 @@ def make_images(folder: Path, n: int = 4, seed: int = 0) -> list[Path]:
         w, h = sizes[i % len(sizes)]
         image = Image.new("RGB", (w, h), tuple(rng.randrange(256) for _ in range(3)))
         pixels = image.load()
+        assert pixels is not None
         for x in range(0, w, 3):
             for y in range(0, h, 3):
                 pixels[x, y] = tuple(rng.randrange(256) for _ in range(3))
@@ -175,16 +178,17 @@ def check_backbone(
         if not torch.isfinite(raw).all():
             raise AssertionError(f"backbone '{name}' produces non-finite features (NaN or inf)")
 
-        first = extract(model, paths, pre, batch_size=len(paths), workers=0)
+        pipeline = ImagePipeline(ImageSettings(), pre)
+        first = extract(model, paths, pipeline, batch_size=len(paths), workers=0)
         if first.bad:
             raise AssertionError(f"backbone '{name}': generated images failed to decode: {first.bad[0][1]}")
-        again = extract(model, paths, pre, batch_size=len(paths), workers=0)
+        again = extract(model, paths, pipeline, batch_size=len(paths), workers=0)
         if not _close(first.features, again.features):
             raise AssertionError(
                 f"backbone '{name}' gives different features for the same images on a second pass "
                 f"(max difference {_max_diff(first.features, again.features):.3g}); in eval mode it must be deterministic"
             )
-        alone = extract(model, paths, pre, batch_size=1, workers=0)
+        alone = extract(model, paths, pipeline, batch_size=1, workers=0)
         scale = max(1.0, float(first.features.abs().max()))
         if not _close(first.features, alone.features, atol=1e-4 * scale):
             raise AssertionError(
