@@ -231,13 +231,13 @@ def _write_run(run_dir: RunDirectory, recipe: Recipe, backbone: BuiltBackbone, p
     run_dir.write_json("metrics.json", metrics)
     run_dir.write_json("classes.json", classes)
     run_dir.write_tensors("head.safetensors", head.state_dict(), metadata={"head": recipe.head.name})
-    if backbone.weights_id == "random":  # random weights cannot be found again: keep them with the run
+    if backbone.saved_with_run:  # weights a rebuild would not give back (random ones): keep them with the run
         run_dir.write_tensors("backbone.safetensors", backbone.model.state_dict(), metadata={"backbone": recipe.backbone.name})
     run_dir.write_json(
         "model.json",
         {
             "backbone": recipe.backbone.name,
-            "backbone_weights": recipe.weights,
+            "backbone_weights": recipe.weights.to_value(),
             "backbone_weights_file": str(backbone.weights_path.resolve()) if backbone.weights_path else None,
             "backbone_options": recipe.to_dict()["backbone"],
             "weights_sha256": backbone.weights_id,
