@@ -28,7 +28,7 @@ from tlkit.pipeline import ImagePipeline, ImageSettings
 from tlkit.plugins import Plugins
 from tlkit.preprocessing import Preprocessing
 from tlkit.recipe import validate_options
-from tlkit.weights import load_into, sha256_file
+from tlkit.weights import WeightsRequest, load_into, sha256_file
 
 
 class Classifier(torch.nn.Module):
@@ -107,7 +107,7 @@ def _backbone(plugins: Plugins, info: dict[str, Any], run_dir: Path) -> torch.nn
     options = _options(spec, info.get("backbone_options") or {}, "backbone", run_dir)
     expected = info["weights_sha256"]
     if expected == "random":
-        built = spec.build("none", options)
+        built = spec.build(WeightsRequest.random(), options)
         saved = run_dir / "backbone.safetensors"
         if not saved.is_file():
             raise WeightsError(f"run {run_dir} used random backbone weights but {saved.name} is missing; run the recipe again")
@@ -120,7 +120,7 @@ def _backbone(plugins: Plugins, info: dict[str, Any], run_dir: Path) -> torch.nn
         if not path.is_file():
             raise WeightsError(f"backbone weights file {path} of run {run_dir} is missing; put it back (sha256 {expected[:16]}...)")
         _check_sha(sha256_file(path), expected, path, run_dir)
-    built = spec.build(weights, options)
+    built = spec.build(WeightsRequest.parse(weights), options)
     _check_sha(built.weights_id, expected, built.weights_path or Path(str(weights)), run_dir)
     return built.model.eval()
 

@@ -22,6 +22,7 @@ from tlkit.pipeline import ImageSettings
 from tlkit.plugins import Plugins
 from tlkit.registry import Registry
 from tlkit.specs import BackboneSpec, DatasetSpec, HeadSpec
+from tlkit.weights import WeightsRequest
 
 MAX_DEPTH = 8
 
@@ -62,7 +63,7 @@ class Recipe:
     seed: int
     dataset: Choice
     backbone: Choice
-    weights: str | None
+    weights: WeightsRequest
     extract: ExtractSettings
     head: Choice
     source: Path | None = None
@@ -75,7 +76,7 @@ class Recipe:
             "seed": self.seed,
             "dataset": {"name": self.dataset.name, **dataclasses.asdict(self.dataset.options)},
             "images": self.images.to_dict(),
-            "backbone": {"name": self.backbone.name, "weights": self.weights, **dataclasses.asdict(self.backbone.options)},
+            "backbone": {"name": self.backbone.name, "weights": self.weights.to_value(), **dataclasses.asdict(self.backbone.options)},
             "extract": dataclasses.asdict(self.extract),
             "head": {"name": self.head.name, **dataclasses.asdict(self.head.options)},
         }
@@ -253,9 +254,7 @@ def resolve(data: Mapping[str, Any], plugins: Plugins, *, default_name: str = "r
     images = _image_settings(_section(data, "images"))
     backbone_spec, backbone_data = _choose(plugins, "backbone", _section(data, "backbone"))
     head_spec, head_data = _choose(plugins, "head", _section(data, "head"))
-    weights = backbone_data.pop("weights", None)
-    if weights is not None and (not isinstance(weights, str) or not weights.strip()):
-        raise RecipeError(f"'backbone.weights' must be a file path or 'none' (got {_describe(weights)})")
+    weights = WeightsRequest.parse(backbone_data.pop("weights", None))
     assert isinstance(dataset_spec, DatasetSpec) and isinstance(backbone_spec, BackboneSpec) and isinstance(head_spec, HeadSpec)
     return Recipe(
         name=name,

@@ -43,8 +43,7 @@ def write(run_dir: RunDirectory, prepared: Prepared, features: SplitFeatures, tr
 
 def backbone_saved_with_run(prepared: Prepared) -> bool:
     """True when the plugin cannot rebuild these exact weights (random today; fine-tuned ones later)."""
-    saved = getattr(prepared.backbone, "saved_with_run", None)
-    return bool(saved) if saved is not None else prepared.backbone.weights_id == "random"
+    return bool(prepared.backbone.saved_with_run)
 
 
 def model_info(prepared: Prepared, feature_dim: int) -> dict[str, Any]:
@@ -54,7 +53,8 @@ def model_info(prepared: Prepared, feature_dim: int) -> dict[str, Any]:
     weights_path = prepared.backbone.weights_path
     return {
         "backbone": recipe.backbone.name,
-        "backbone_weights": recipe.weights,
+        "backbone_weights": recipe.weights.to_value(),
+        "backbone_in_run": backbone_saved_with_run(prepared),
         "backbone_weights_file": str(Path(weights_path).resolve()) if weights_path else None,
         "backbone_options": resolved["backbone"],
         "weights_sha256": prepared.backbone.weights_id,

@@ -40,6 +40,7 @@ from tlkit.preprocessing import Preprocessing
 from tlkit.recipe import validate_options
 from tlkit.registry import Registry
 from tlkit.specs import BackboneSpec, BuiltBackbone, DatasetSpec, Features, FitContext, HeadSpec, LoadedDataset, Sample, TrainedHead
+from tlkit.weights import WeightsRequest
 
 __all__ = ["BackboneReport", "HeadReport", "check_backbone", "check_dataset", "check_head", "load_plugin", "make_images", "make_features"]
 
@@ -138,15 +139,21 @@ def _check_preprocessing(spec: BackboneSpec, image: Path) -> Preprocessing:
 
 
 def check_backbone(
-    name: str, options: Mapping[str, Any] | Any = None, *, weights: str | None = "none", plugins: Plugins | None = None, images: int = 4
+    name: str,
+    options: Mapping[str, Any] | Any = None,
+    *,
+    weights: str | WeightsRequest | None = "none",
+    plugins: Plugins | None = None,
+    images: int = 4,
 ) -> BackboneReport:
     """Build backbone ``name`` and run generated images through it exactly as ``tlkit run`` does.
 
     Checks: its preprocessing is a valid :class:`~tlkit.Preprocessing`; ``build(weights, options)``
     returns a :class:`~tlkit.BuiltBackbone`; the model maps a batch to finite ``(N, D)`` features;
     ``D`` equals the declared ``feature_dim``; in eval mode the features are the same on a second
-    pass and do not depend on the other images in the batch. ``weights="none"`` (the default) asks
-    for random weights; ``weights=None`` for the default pretrained weights.
+    pass and do not depend on the other images in the batch. ``weights`` is what a recipe's
+    ``backbone.weights`` may say (or a :class:`~tlkit.WeightsRequest`): ``"none"`` (the default)
+    asks for random weights, ``None`` for the default pretrained weights, else a file path.
     """
     spec: BackboneSpec = _spec(plugins, "backbone", name)
     opts = _options(spec, "backbone", options)
@@ -154,7 +161,7 @@ def check_backbone(
         paths = make_images(Path(tmp), images)
         pre = _check_preprocessing(spec, paths[0])
         try:
-            built = spec.build(weights, opts)
+            built = spec.build(WeightsRequest.parse(weights), opts)
         except Exception as exc:
             raise AssertionError(f"backbone '{name}' failed to build with weights={weights!r} ({type(exc).__name__}: {exc})") from exc
         if not isinstance(built, BuiltBackbone):
