@@ -79,6 +79,15 @@ class RunDirectory:
         except OSError as exc:
             raise OutputError(f"cannot write the run directory in {final.parent} ({exc.strerror or exc}); choose another --out") from None
 
+    @classmethod
+    def adopt(cls, staging: Path, final: Path) -> RunDirectory:
+        """Continue in an existing staging folder (an interrupted fine-tuning run being resumed)."""
+        if final.is_dir() and any(final.iterdir()) and not (final / MARKER).is_file():
+            raise OutputError(f"{final} is a non-empty folder that is not a tlkit run; move it away to resume into it")
+        run_dir = cls.__new__(cls)
+        run_dir.final, run_dir.unique, run_dir._made_parent, run_dir.path = final, False, False, staging
+        return run_dir
+
     def write_json(self, name: str, data: Any) -> Path:
         return self._write_text(name, json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n")
 

@@ -48,14 +48,17 @@ def run(
         Optional[list[str]], typer.Option("--set", help="Override a recipe value: dotted.key=value (repeatable).")
     ] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Run directory (default runs/<recipe>-<timestamp>/).")] = None,
+    resume: Annotated[
+        Optional[Path], typer.Option("--resume", help="Continue an interrupted fine-tuning run: its --out or .partial-* folder.")
+    ] = None,
 ) -> None:
-    """Run a recipe: extract features with the backbone, train the head, evaluate, save the run."""
+    """Run a recipe: extract features with the backbone (or fine-tune it), train the head, evaluate, save the run."""
     from tlkit.engine import run as run_recipe
     from tlkit.recipe import load_recipe
 
     recipe_obj = load_recipe(recipe, _plugins(), set_ or [])
     try:
-        result = run_recipe(recipe_obj, out, console.ConsoleObserver())
+        result = run_recipe(recipe_obj, out, console.ConsoleObserver(), resume=resume)
     except KeyboardInterrupt as exc:
         # typer turns Ctrl-C into a silent exit 130; say what stopped and what was kept first.
         console.print_error(str(exc) or "interrupted; nothing was written")
@@ -64,13 +67,14 @@ def run(
     rows = [
         ("recipe", recipe_obj.name),
         ("backbone", recipe_obj.backbone.name),
-        ("head", recipe_obj.head.name),
+        ("head", recipe_obj.head.name if recipe_obj.finetune is None else f"linear, fine-tuned with the backbone ({recipe_obj.finetune.strategy})"),
         ("images", f"train {m.counts['train']}, test {m.counts['test']}, skipped {m.skipped_images}"),
         ("train accuracy", console.percent(m.train_accuracy)),
         ("test accuracy", console.percent(m.test_accuracy)),
         ("test balanced accuracy", console.percent(m.test_balanced_accuracy)),
         ("test errors", f"{m.test_errors} (errors.csv, confusion_matrix.png)"),
-        ("time", f"{m.timings_s['total']:.1f} s (extraction {m.timings_s['extract']:.1f} s)"),
+        ("time", f"{m.timings_s['total']:.1f} s (extraction {m.timings_s['extract']:.1f} s"
+         + (f", fine-tuning {m.timings_s['finetune']:.1f} s)" if "finetune" in m.timings_s else ")")),
         ("saved to", str(result.out_dir)),
     ]
     console.print_evaluation(m.test.to_dict(), m.classes)

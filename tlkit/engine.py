@@ -13,6 +13,7 @@ stops the DataLoader workers, removes the unfinished staging folder and raises
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -21,11 +22,14 @@ from pathlib import Path
 
 from tlkit import __version__, stages
 from tlkit.artifacts import RunDirectory, default_out_dir
-from tlkit.errors import RunInterrupted
+from tlkit.errors import RecipeError, RunInterrupted
 from tlkit.evaluate import RunMetrics
+from tlkit.finetune.interrupts import TrainingStopped
+from tlkit.finetune.resume import CHECKPOINTS
 from tlkit.observer import Observer
 from tlkit.recipe import Recipe
 from tlkit.run_files import write
+from tlkit.specs import TrainedHead
 from tlkit.stages import BadFile, seed_everything
 
 __all__ = ["RunResult", "run", "seed_everything"]
@@ -71,29 +75,70 @@ class _Progress(Observer):
         self.timings[key] = time.perf_counter() - start
 
 
-def run(recipe: Recipe, out_dir: Path | None = None, observer: Observer | None = None) -> RunResult:
-    """Extract features, train the head, evaluate, and write the run directory; returns where and what."""
+def run(recipe: Recipe, out_dir: Path | None = None, observer: Observer | None = None, *, resume: Path | None = None) -> RunResult:
+    """Extract features (or fine-tune, ``mode: finetune``), train the head, evaluate, write the run directory.
+
+    ``resume`` (fine-tuning only) continues the interrupted run at that ``--out`` or ``.partial-*`` folder.
+    """
     progress = _Progress(observer or Observer())
-    run_dir = RunDirectory(out_dir or default_out_dir(recipe.name), unique=out_dir is None)
+    run_dir = _run_directory(recipe, out_dir, resume)
     try:
         with progress.timed("prepare"):
             prepared = stages.prepare(recipe, progress)
+        if recipe.finetune is not None:
+            with progress.timed("finetune"):
+                prepared, trained = _finetune(prepared, run_dir, progress, resume=resume is not None)
         with progress.timed("extract"):
             features = stages.extract(prepared, progress)
-        with progress.timed("train_head"):
-            trained = stages.fit(prepared, features, progress)
+        if recipe.finetune is None:
+            with progress.timed("train_head"):
+                trained = stages.fit(prepared, features, progress)
         progress.timings["total"] = time.perf_counter() - progress.started
         evaluation = stages.evaluate(prepared, features, trained, progress.timings)
         progress.stage("writing the run directory")
         write(run_dir, prepared, features, trained, evaluation)
+        shutil.rmtree(run_dir.file(CHECKPOINTS), ignore_errors=True)  # a finished run keeps its trained weights, not its checkpoints
         final = run_dir.commit({"tlkit": __version__, "recipe": recipe.name, "complete": True})
         return RunResult(out_dir=final, metrics=evaluation.metrics, bad_images=features.bad)
+    except TrainingStopped as stop:
+        if not stop.epoch:
+            run_dir.discard()
+        raise _stopped(stop, recipe, run_dir) from None
     except KeyboardInterrupt:
         run_dir.discard()
         raise _interrupted(progress.current, run_dir, cached=recipe.extract.cache) from None
     except BaseException:
         run_dir.discard()
         raise
+
+
+def _run_directory(recipe: Recipe, out_dir: Path | None, resume: Path | None) -> RunDirectory:
+    if resume is None:
+        return RunDirectory(out_dir or default_out_dir(recipe.name), unique=out_dir is None)
+    if recipe.finetune is None:
+        raise RecipeError("--resume continues a fine-tuning run (mode: finetune); this recipe is in extract mode, which a rerun resumes from the feature cache")
+    from tlkit.finetune.resume import find_resume_point
+
+    point = find_resume_point(resume)
+    return RunDirectory.adopt(point.partial, out_dir or point.final)
+
+
+def _finetune(prepared: stages.Prepared, run_dir: RunDirectory, progress: _Progress, *, resume: bool) -> tuple[stages.Prepared, TrainedHead]:
+    from tlkit.finetune.stage import finetune
+
+    assert prepared.recipe.finetune is not None
+    tuned, head, _ = finetune(prepared, prepared.recipe.finetune, run_dir.path, progress, resume=resume)
+    return tuned, head
+
+
+def _stopped(stop: TrainingStopped, recipe: Recipe, run_dir: RunDirectory) -> RunInterrupted:
+    if not stop.epoch:
+        return RunInterrupted(f"{stop}: stopped before the first checkpoint; nothing was kept (run the recipe again to start over)")
+    source = recipe.source or "RECIPE"
+    return RunInterrupted(
+        f"{stop}: stopped; the checkpoint after epoch {stop.epoch} is kept in {run_dir.path}; "
+        f"continue with: tlkit run {source} --resume {run_dir.path} (and the same --set values)"
+    )
 
 
 def _interrupted(stage: str, run_dir: RunDirectory, *, cached: bool) -> RunInterrupted:

@@ -18,6 +18,7 @@ from annotated_types import Ge, Gt, Le
 from pydantic import TypeAdapter, ValidationError
 
 from tlkit.errors import RecipeError, TlkitError, did_you_mean
+from tlkit.finetune.settings import AugmentSettings, FinetuneSettings
 from tlkit.pipeline import ImageSettings
 from tlkit.plugins import Plugins
 from tlkit.registry import Registry
@@ -68,6 +69,8 @@ class Recipe:
     head: Choice
     source: Path | None = None
     images: ImageSettings = ImageSettings()
+    mode: str = "extract"
+    finetune: FinetuneSettings | None = None  # set when mode is "finetune"
 
     def to_dict(self) -> dict[str, Any]:
         """The fully resolved recipe as plain data (saved in the run directory)."""
@@ -79,10 +82,11 @@ class Recipe:
             "backbone": {"name": self.backbone.name, "weights": self.weights.to_value(), **dataclasses.asdict(self.backbone.options)},
             "extract": dataclasses.asdict(self.extract),
             "head": {"name": self.head.name, **dataclasses.asdict(self.head.options)},
+            **({"mode": self.mode, "finetune": _lists(dataclasses.asdict(self.finetune))} if self.finetune is not None else {}),
         }
 
 
-_TOP_KEYS = ("name", "seed", "dataset", "images", "backbone", "extract", "head")
+_TOP_KEYS = ("name", "seed", "mode", "dataset", "images", "backbone", "extract", "head", "finetune")
 _DEFAULT_PLUGIN = {"dataset": "imagefolder", "backbone": "resnet18", "head": "linear"}
 _ADAPTERS: dict[type, TypeAdapter[Any]] = {}
 
@@ -256,6 +260,7 @@ def resolve(data: Mapping[str, Any], plugins: Plugins, *, default_name: str = "r
     head_spec, head_data = _choose(plugins, "head", _section(data, "head"))
     weights = WeightsRequest.parse(backbone_data.pop("weights", None))
     assert isinstance(dataset_spec, DatasetSpec) and isinstance(backbone_spec, BackboneSpec) and isinstance(head_spec, HeadSpec)
+    mode, finetune = finetune_section(data, head_spec.name)
     return Recipe(
         name=name,
         seed=seed,
@@ -266,7 +271,36 @@ def resolve(data: Mapping[str, Any], plugins: Plugins, *, default_name: str = "r
         head=Choice(head_spec, validate_options(head_spec.options, head_data, "head")),
         source=source,
         images=images,
+        mode=mode,
+        finetune=finetune,
     )
+
+
+def _lists(value: Any) -> Any:
+    """Tuples as lists, so the resolved recipe is plain YAML/JSON data."""
+    if isinstance(value, dict):
+        return {k: _lists(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_lists(v) for v in value]
+    return value
+
+
+def finetune_section(data: Mapping[str, Any], head: str) -> tuple[str, FinetuneSettings | None]:
+    """``mode`` and, in finetune mode, the validated ``finetune:`` section (its ``augment`` part checked key by key)."""
+    mode = data.get("mode", "extract")
+    if mode not in ("extract", "finetune"):
+        raise RecipeError(f"'mode' must be extract or finetune (got {_describe(mode)}){did_you_mean(str(mode), ('extract', 'finetune'))}")
+    section = _section(data, "finetune")
+    if mode == "extract":
+        if section:
+            raise RecipeError("'finetune' settings are used only with 'mode: finetune'; add it or remove the finetune section")
+        return mode, None
+    if head != "linear":
+        raise RecipeError(f"'head.name': mode: finetune trains its own linear classifier, not '{head}'; remove head.name or set it to linear")
+    augment = validate_options(AugmentSettings, _section(section, "augment"), "finetune.augment")
+    section.pop("augment", None)
+    settings = validate_options(FinetuneSettings, section, "finetune", also_valid=("augment",))
+    return mode, dataclasses.replace(settings, augment=augment)
 
 
 def _plain_name(name: Any) -> bool:
