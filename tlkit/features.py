@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from tlkit.cache import FeatureStore, hash_files
 from tlkit.images import BACKGROUND, BadImage, open_rgb
-from tlkit.pipeline import ImagePipeline
+from tlkit.pipeline import ImagePipeline, as_pipeline
 from tlkit.preprocessing import Preprocessing
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -164,7 +164,7 @@ def _forward(model: torch.nn.Module, batch: torch.Tensor, device: torch.device, 
 def extract(
     model: torch.nn.Module,
     paths: Sequence[Path],
-    pipeline: ImagePipeline,
+    pipeline: ImagePipeline | Preprocessing,
     *,
     batch_size: int = 32,
     workers: int | None = None,
@@ -179,9 +179,11 @@ def extract(
     raise to stop the extraction (the ``on_bad_image: error`` policy). ``on_features(indices,
     features)`` sees each batch's features as soon as they exist (the cache writes them in chunks
     from there). Features never depend on the batch size or on the number of workers: decoding is
-    deterministic and each image is computed independently.
+    deterministic and each image is computed independently. A bare :class:`Preprocessing` means the
+    default decoding (white background) at fp32.
     """
     start = time.perf_counter()
+    pipeline = as_pipeline(pipeline)
     device = device or torch.device("cpu")
     dataset = ImageFiles(paths, pipeline.preprocessing, pipeline.background)
     chunks: list[torch.Tensor] = []
@@ -217,7 +219,7 @@ def _no_task(total: int) -> Iterator[Callable[[int], None]]:
 def extract_cached(
     model: torch.nn.Module,
     paths: Sequence[Path],
-    pipeline: ImagePipeline,
+    pipeline: ImagePipeline | Preprocessing,
     store: FeatureStore | None,
     *,
     batch_size: int = 32,

@@ -106,7 +106,9 @@ def _backbone(plugins: Plugins, info: dict[str, Any], run_dir: Path) -> torch.nn
         raise RunError(f"run {run_dir} needs backbone '{name}': {exc}") from None
     options = _options(spec, info.get("backbone_options") or {}, "backbone", run_dir)
     expected = info["weights_sha256"]
-    if expected == "random" or info.get("backbone_in_run"):  # random or fine-tuned weights: only the run has them
+    if info.get("backbone_in_run", expected == "random"):
+        # Weights no plugin can rebuild (random, fine-tuned) travel in the run: the architecture comes
+        # from a random build, every tensor from the run's own file.
         built = spec.build(WeightsRequest.random(), options)
         saved = run_dir / "backbone.safetensors"
         if not saved.is_file():

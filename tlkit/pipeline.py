@@ -71,3 +71,8 @@ class ImagePipeline:
             preprocessing=Preprocessing.from_dict(data["preprocessing"]),
             precision=str(data["precision"]),
         )
+
+
+def as_pipeline(value: ImagePipeline | Preprocessing) -> ImagePipeline:
+    """A pipeline as given, or a bare preprocessing with the default decoding and fp32 (for Python callers)."""
+    return value if isinstance(value, ImagePipeline) else ImagePipeline(ImageSettings(), value)
