@@ -72,6 +72,10 @@ class FinetuneSettings:
     )
     eval_test: bool = field(default=True, metadata={"help": "report test accuracy after every epoch (progress only, never a choice)"})
     workers: Annotated[int, Ge(0), Le(64)] | None = field(default=None, metadata={"help": "decoding worker processes (null = chosen for this machine)"})
+    threads: Annotated[int, Ge(1), Le(256)] | None = field(
+        default=None,
+        metadata={"help": "intra-op threads while training (null = torch's default); 1 is much faster on a machine whose cores are busy"},
+    )
     deterministic: bool = field(default=True, metadata={"help": "deterministic kernels: a resumed run ends with bitwise the same weights on CPU"})
     augment: AugmentSettings = field(default_factory=AugmentSettings, metadata={"help": "training augmentation"})
 

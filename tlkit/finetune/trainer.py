@@ -24,7 +24,7 @@ from tlkit.features import extract
 from tlkit.finetune import checkpoint as ckpt
 from tlkit.finetune.augment import train_transform
 from tlkit.finetune.data import TrainImages, epoch_loader, steps_per_epoch
-from tlkit.finetune.devices import Precision, training_device, training_precision
+from tlkit.finetune.devices import Precision, intra_op_threads, training_device, training_precision
 from tlkit.finetune.interrupts import TrainingStopped, sigterm_as_interrupt
 from tlkit.finetune.optim import build_optimizer, build_scheduler
 from tlkit.finetune.parts import FinetuneNet, apply_phase, phase_for
@@ -119,7 +119,8 @@ class Trainer:
         if resumed_from:
             self.observer.note(f"resuming after epoch {resumed_from} from {self.job.checkpoints}")
         total = self.job.settings.epochs
-        with sigterm_as_interrupt() as seen, deterministic(self.job.settings.deterministic):
+        settings = self.job.settings
+        with sigterm_as_interrupt() as seen, deterministic(settings.deterministic), intra_op_threads(settings.threads):
             with self.observer.task("fine-tuning", total=total, unit="epoch") as advance:
                 advance(state.epoch)
                 try:
