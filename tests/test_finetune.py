@@ -265,3 +265,4 @@ def test_predict_and_export_reproduce_a_finetuned_run(bn_plugins: Plugins, data:
     exported = export(model, "onnx", tmp_path / "model.onnx")
     assert exported.path.is_file() and exported.max_difference < 1e-4
     assert result.metrics.history and "test_accuracy" in result.metrics.history[-1]
+

@@ -26,11 +26,11 @@ def train_transform(preprocessing: Preprocessing, augment: AugmentSettings) -> C
     return create_transform(  # type: ignore[no-any-return]
         preprocessing.crop_size,
         is_training=True,
-        scale=tuple(augment.scale),
-        ratio=tuple(augment.ratio),
+        scale=(float(augment.scale[0]), float(augment.scale[1])),
+        ratio=(float(augment.ratio[0]), float(augment.ratio[1])),
         hflip=augment.hflip,
         vflip=augment.vflip,
-        color_jitter=augment.color_jitter or None,  # timm adds no jitter transform for None
+        color_jitter=augment.color_jitter or None,  # type: ignore[arg-type]  # timm adds no jitter transform for None
         auto_augment=augment.auto_augment,
         interpolation=preprocessing.interpolation,
         mean=tuple(preprocessing.mean),
