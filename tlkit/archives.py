@@ -64,6 +64,7 @@ class Limits:
     deadline_s: float = 3600.0
     max_unpacked_bytes: int = 64 * 2**30
     max_ratio: float = 100.0
+    ratio_floor_bytes: int = RATIO_FLOOR_BYTES
 
     @classmethod
     def from_env(cls) -> Limits:
@@ -150,7 +151,7 @@ class _Budget:
                 f"{refuse}: it unpacks to more than {_human(self.limits.max_unpacked_bytes)} (at member '{name}'); "
                 "raise TLKIT_MAX_UNPACKED_BYTES if that is expected"
             )
-        if self.total > RATIO_FLOOR_BYTES and self.total > self.limits.max_ratio * self.packed:
+        if self.total > self.limits.ratio_floor_bytes and self.total > self.limits.max_ratio * self.packed:
             raise DataError(
                 f"{refuse}: {_human(self.packed)} expand to more than {_human(self.total)} (over {self.limits.max_ratio:g}x, "
                 f"at member '{name}'; a zip bomb?); raise TLKIT_MAX_COMPRESSION_RATIO if that is expected"

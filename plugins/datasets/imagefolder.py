@@ -61,6 +61,8 @@ def _image_files(class_dir: Path) -> tuple[list[Path], list[Path]]:
 
 def load_imagefolder(options: ImageFolderOptions) -> tlkit.LoadedDataset:
     root = Path(options.root).expanduser()
+    if root.exists() and not root.is_dir():  # say what it is, not that it is missing
+        raise DataError(f"data folder {root} is a file, not a folder; set dataset.root to the folder holding '{options.train}' and '{options.test}'")
     if not root.is_dir():
         if options.download:
             fetch(options.download, root, sha256=options.sha256)
