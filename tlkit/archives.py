@@ -31,6 +31,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from tlkit.artifacts import current_umask
 from tlkit.errors import DataError
 from tlkit.weights import offline, sha256_file
 
@@ -230,19 +231,6 @@ def unpack(archive: Path, root: Path, *, label: str | None = None, limits: Limit
 def _honour_umask(folder: Path) -> None:
     """``mkdtemp`` makes folders 0700; the unpacked data set gets the mode any folder gets here (umask)."""
     folder.chmod(0o777 & ~current_umask())
-
-
-def current_umask() -> int:
-    """The process umask, read without changing it where Linux allows (``os.umask`` must set one to read it)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def fetch(url: str, root: Path, *, sha256: str | None = None, limits: Limits | None = None) -> None:

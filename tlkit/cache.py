@@ -267,6 +267,7 @@ class FeatureStore:
         self.feature_dim = feature_dim
         self.read_only = False
         self.damaged: list[tuple[Path, str]] = []
+        self.index_notes: list[str] = []  # damage found in the file-hash index (filled by hash_files)
         self.unsaved = 0
         try:
             self.path.mkdir(parents=True, exist_ok=True)
@@ -375,8 +376,8 @@ class FeatureStore:
         return found
 
     def notes(self) -> list[str]:
-        """One line about damaged chunks dropped and features not saved (empty when all was well)."""
-        lines = []
+        """A line each about damage found (chunks, hash index) and features not saved; empty when all was well."""
+        lines = list(dict.fromkeys(self.index_notes))
         if self.damaged:
             first, reason = self.damaged[0]
             more = f" and {len(self.damaged) - 1} more" if len(self.damaged) > 1 else ""

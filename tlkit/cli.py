@@ -59,7 +59,7 @@ def run(
     except KeyboardInterrupt as exc:
         # typer turns Ctrl-C into a silent exit 130; say what stopped and what was kept first.
         console.print_error(str(exc) or "interrupted; nothing was written")
-        raise typer.Exit(130) from None
+        raise typer.Exit(getattr(exc, "exit_code", 130)) from None  # 143 after SIGTERM (tlkit.signals)
     m = result.metrics
     rows = [
         ("recipe", recipe_obj.name),

@@ -240,7 +240,7 @@ def extract_cached(
     if store is None:
         with task(len(paths)) as advance:
             return extract(model, paths, pipeline, on_batch=advance, **options)
-    hashes = hash_files(paths, store.root)
+    hashes = hash_files(paths, store.root, notes=store.index_notes)
     found = store.lookup(h for h in hashes if h is not None)
     missing = [i for i, h in enumerate(hashes) if h is None or h not in found]
     extracted: dict[int, torch.Tensor] = {}

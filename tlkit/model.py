@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file
 
 from tlkit import files
-from tlkit.artifacts import MARKER
+from tlkit.artifacts import MARKER, verify_files
 from tlkit.errors import DataError, RunError, TlkitError, WeightsError
 from tlkit.features import extract, prepare_model, resolve_device
 from tlkit.pipeline import ImagePipeline, ImageSettings
@@ -142,6 +142,7 @@ def load_model(run_dir: Path | str, plugins: Plugins) -> SavedModel:
         raise RunError(f"run directory {run_dir} does not exist")
     if not (run_dir / MARKER).is_file():
         raise RunError(f"{run_dir} is not a finished tlkit run (no {MARKER}); give the --out folder of a completed 'tlkit run'")
+    verify_files(run_dir)  # every file read below is the one the run wrote, or the run is refused
     info = _read_json(run_dir / "model.json")
     classes = [str(c) for c in _read_json(run_dir / "classes.json")]
     head_name = info["head"]

@@ -36,8 +36,10 @@ def write(run_dir: RunDirectory, prepared: Prepared, features: SplitFeatures, tr
         run_dir.write_tensors("backbone.safetensors", prepared.backbone.model.state_dict(), metadata={"backbone": recipe.backbone.name})
     run_dir.write_json("model.json", model_info(prepared, features.feature_dim))
     write_predictions(run_dir, evaluation.test_rows, evaluation.errors)
-    plots.confusion_matrix_png(evaluation.metrics.test.confusion_matrix, prepared.classes, run_dir.file("confusion_matrix.png"))
-    plots.training_curve_png(evaluation.metrics.history, run_dir.file("training_curve.png"))
+    with run_dir.writing("confusion_matrix.png") as path:  # a full disk here is one line, like every other write
+        plots.confusion_matrix_png(evaluation.metrics.test.confusion_matrix, prepared.classes, path)
+    with run_dir.writing("training_curve.png") as path:
+        plots.training_curve_png(evaluation.metrics.history, path)
     write_bad_images(run_dir.file("bad_images.csv"), features.bad)
 
 

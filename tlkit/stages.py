@@ -128,6 +128,8 @@ def prepare(recipe: Recipe, observer: Observer | None = None) -> Prepared:
     for split in SPLITS:
         observer.note(f"{split}: {len(dataset.splits[split])} x 3 x {crop} x {crop}")
     observer.note(f"classes: {', '.join(dataset.classes)}")
+    if len(dataset.classes) == 1:
+        observer.note(f"warning: the data set has one class ('{dataset.classes[0]}'): every image is predicted as it, so accuracy is 100% and means nothing")
     for line in dataset.notes:
         observer.note(line)
     device = resolve_device(recipe.extract.device)
@@ -151,6 +153,7 @@ def feature_store(prepared: Prepared) -> FeatureStore | None:
         seed=recipe.seed,
         options=recipe.backbone.options,
         background=prepared.pipeline.background,
+        feature_dim=recipe.backbone.spec.feature_dim,  # chunks of vectors of another length are refused
     )
 
 
@@ -176,6 +179,8 @@ def extract(prepared: Prepared, observer: Observer | None = None, *, shard: Shar
         cache=store.path if store else None,
     )
     observer.note(f"features: {features.cached} cached, {features.extracted} extracted" + ("" if store else " (cache off)"))
+    for line in store.notes() if store else ():
+        observer.note(line)  # damaged cache files dropped (and re-extracted), features a read-only cache could not keep
     for item in bad:
         observer.note(f"skipped {item.split} image {item.path}: {item.reason}")
     return features
