@@ -274,3 +274,79 @@ def test_a_data_root_that_is_a_file_is_called_a_file(tmp_path: Path) -> None:
         spec.load(spec.options(root=str(root)))
     message = _one_line(info.value)
     assert "is a file, not a folder" in message and str(root) in message
+
+
+# --- decoders that never return ---
+
+
+class _HangOn:
+    """A transform step that never returns for images of one width (as a crafted file would make a decoder)."""
+
+    def __init__(self, width: int, block_signals: bool = False) -> None:
+        self.width = width
+        self.block_signals = block_signals
+
+    def __call__(self, image: Any) -> Any:
+        if image.size[0] == self.width:
+            if self.block_signals:  # as if stuck in C code, where no Python signal handler ever runs
+                import signal
+
+                signal.signal(signal.SIGALRM, signal.SIG_IGN)
+            while True:
+                time.sleep(0.05)
+        return image
+
+
+def _hanging_preprocessing(width: int, block_signals: bool = False) -> Any:
+    import dataclasses
+
+    from feature_helpers import TINY_PRE
+    from torchvision import transforms
+
+    @dataclasses.dataclass(frozen=True)
+    class Hanging(type(TINY_PRE)):  # type: ignore[misc]
+        def transform(self) -> Any:
+            return transforms.Compose([_HangOn(width, block_signals), super().transform()])
+
+    return Hanging(**dataclasses.asdict(TINY_PRE))
+
+
+def _images(tmp_path: Path) -> list[Path]:
+    from conftest import make_image
+
+    paths = [make_image(tmp_path / f"ok_{i}.jpg", (200, 40, 40), seed=i) for i in range(5)]
+    paths.insert(2, make_image(tmp_path / "hangs.jpg", (40, 200, 40), size=(47, 40)))
+    return paths
+
+
+def test_a_file_whose_decoding_hangs_is_skipped_and_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from feature_helpers import TinyCNN
+
+    from tlkit.features import extract, prepare_model
+
+    monkeypatch.setenv("TLKIT_DECODE_TIMEOUT_S", "1")
+    paths = _images(tmp_path)
+    model = prepare_model(TinyCNN(), torch.device("cpu"))
+    started = time.perf_counter()
+    result = extract(model, paths, _hanging_preprocessing(47), batch_size=2, workers=1)
+    assert time.perf_counter() - started < 30
+    assert [p.name for p, _ in result.bad] == ["hangs.jpg"] and "took longer than 1 s to decode" in result.bad[0][1]
+    assert result.kept == [0, 1, 3, 4, 5]
+    plain = extract(model, [p for p in paths if p.name != "hangs.jpg"], _hanging_preprocessing(0), batch_size=2, workers=1)
+    assert torch.equal(result.features, plain.features)  # the others are unaffected
+
+
+def test_a_decoder_stuck_beyond_signals_ends_the_wait_naming_the_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from feature_helpers import TinyCNN
+
+    from tlkit.features import batch_timeout, extract, prepare_model
+
+    monkeypatch.setenv("TLKIT_DECODE_TIMEOUT_S", "1")
+    paths = _images(tmp_path)
+    started = time.perf_counter()
+    with pytest.raises(DataError) as info:
+        extract(prepare_model(TinyCNN(), torch.device("cpu")), paths, _hanging_preprocessing(47, block_signals=True), batch_size=2, workers=1)
+    took = time.perf_counter() - started
+    assert batch_timeout(1, 2) <= took < batch_timeout(1, 2) + 30  # the per-file alarm could not fire: the backstop did
+    message = _one_line(info.value)
+    assert "hangs the decoder" in message and str(paths[2]) in message
