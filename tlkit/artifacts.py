@@ -38,7 +38,7 @@ from safetensors.torch import save
 
 from tlkit.atomic import write_atomic
 from tlkit.errors import OutputError, RunError
-from tlkit.weights import file_sha256
+from tlkit.hashing import file_sha256
 
 MARKER = "run.json"
 INCOMPLETE = "INCOMPLETE"
