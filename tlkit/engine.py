@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import random
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,15 +24,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from tlkit import __version__, plots
+from tlkit import __version__, report
 from tlkit.artifacts import RunDirectory, default_out_dir
 from tlkit.cache import FeatureStore, open_store
 from tlkit.errors import DataError, OutputError, RunInterrupted
 from tlkit.evaluate import PREDICTION_COLUMNS, classification_metrics, misclassified, prediction_rows
 from tlkit.features import Extraction, extract_cached, prepare_model, resolve_device, slow_precision_note
+from tlkit.head_files import head_metadata
 from tlkit.observer import Observer
 from tlkit.recipe import Recipe
-from tlkit.specs import BuiltBackbone, Features, FitContext, LoadedDataset, Sample
+from tlkit.specs import BuiltBackbone, Features, FitContext, LoadedDataset, Sample, TrainedHead
+from tlkit.splits import write_split
 
 
 @dataclass(frozen=True)
@@ -146,11 +149,16 @@ def run(recipe: Recipe, out_dir: Path | None = None, observer: Observer | None =
         t0 = time.perf_counter()
         head_options = recipe.head.options
         epochs = getattr(head_options, "epochs", None)
-        with observer.task(f"training {recipe.head.name}", total=epochs, unit="epoch") as advance:
+        # The progress line opens at the first reported epoch: a head that does not train by epochs
+        # (knn, centroid) shows none rather than "0/0 epoch".
+        with ExitStack() as progress:
+            advance: Any = None
             done = 0
 
             def report(epoch: int, values: Any) -> None:
-                nonlocal done
+                nonlocal done, advance
+                if advance is None:
+                    advance = progress.enter_context(observer.task(f"training {recipe.head.name}", total=epochs, unit="epoch"))
                 advance(epoch - done)
                 done = epoch
                 observer.point(f"epoch {epoch}", values)
@@ -158,6 +166,8 @@ def run(recipe: Recipe, out_dir: Path | None = None, observer: Observer | None =
             ctx = FitContext(num_classes=len(classes), seed=recipe.seed, monitor=features["test"], report=report)
             seed_everything(recipe.seed)
             trained = recipe.head.spec.fit(features["train"], head_options, ctx)
+        for line in trained.notes:
+            observer.note(f"{recipe.head.name}: {line}")
         timings["train_head"] = time.perf_counter() - t0
 
         head = trained.module.eval()
@@ -185,9 +195,12 @@ def run(recipe: Recipe, out_dir: Path | None = None, observer: Observer | None =
         stage = "writing the run directory"
         test_rows = prediction_rows([s.path for s in kept["test"]], features["test"].y, test_probabilities, classes)
         metrics["test_errors"] = len(misclassified(test_rows))
-        _write_run(run_dir, recipe, backbone, preprocessing, classes, head, metrics)
-        _write_evaluation(run_dir, classes, test_rows, metrics)
+        metrics["head_choices"] = dict(trained.choices)
+        metrics["head_notes"] = list(trained.notes)
+        _write_run(run_dir, recipe, backbone, preprocessing, classes, trained, metrics)
+        _write_evaluation(run_dir, recipe, test_rows, metrics)
         write_bad_images(run_dir.file("bad_images.csv"), bad)
+        write_split(run_dir.file("split.csv"), classes, dataset.splits)
         final = run_dir.commit({"tlkit": __version__, "recipe": recipe.name, "complete": True})
         return RunResult(out_dir=final, metrics=metrics, bad_images=tuple(bad))
     except KeyboardInterrupt:
@@ -215,22 +228,21 @@ def write_bad_images(path: Path, bad: list[tuple[str, Path, str]]) -> None:
         raise OutputError(f"cannot write {path} ({exc.strerror or exc}); free some space or choose another --out") from None
 
 
-def _write_evaluation(run_dir: RunDirectory, classes: list[str], test_rows: list[dict[str, Any]], metrics: dict[str, Any]) -> None:
+def _write_evaluation(run_dir: RunDirectory, recipe: Recipe, test_rows: list[dict[str, Any]], metrics: dict[str, Any]) -> None:
     """The files a person reads: every test prediction, the mistakes, and the plots."""
     for name, rows in (("predictions.csv", test_rows), ("errors.csv", misclassified(test_rows))):
         with run_dir.file(name).open("w", newline="", encoding="utf-8") as fh:
             writer = csv.DictWriter(fh, fieldnames=PREDICTION_COLUMNS)
             writer.writeheader()
             writer.writerows(rows)
-    plots.confusion_matrix_png(metrics["test"]["confusion_matrix"], classes, run_dir.file("confusion_matrix.png"))
-    plots.training_curve_png(metrics["history"], run_dir.file("training_curve.png"))
+    report.write_visuals(run_dir.path, recipe=recipe.to_dict(), metrics=metrics, test_rows=test_rows, notes=metrics["head_notes"])
 
 
-def _write_run(run_dir: RunDirectory, recipe: Recipe, backbone: BuiltBackbone, preprocessing: Any, classes: list[str], head: torch.nn.Module, metrics: dict[str, Any]) -> None:
+def _write_run(run_dir: RunDirectory, recipe: Recipe, backbone: BuiltBackbone, preprocessing: Any, classes: list[str], trained: TrainedHead, metrics: dict[str, Any]) -> None:
     run_dir.write_yaml("recipe.yaml", recipe.to_dict())
     run_dir.write_json("metrics.json", metrics)
     run_dir.write_json("classes.json", classes)
-    run_dir.write_tensors("head.safetensors", head.state_dict(), metadata={"head": recipe.head.name})
+    run_dir.write_tensors("head.safetensors", trained.module.state_dict(), metadata=head_metadata(recipe.head.name, trained))
     if backbone.weights_id == "random":  # random weights cannot be found again: keep them with the run
         run_dir.write_tensors("backbone.safetensors", backbone.model.state_dict(), metadata={"backbone": recipe.backbone.name})
     run_dir.write_json(
@@ -246,6 +258,7 @@ def _write_run(run_dir: RunDirectory, recipe: Recipe, backbone: BuiltBackbone, p
             "feature_dim": metrics["feature_dim"],
             "head": recipe.head.name,
             "head_options": recipe.to_dict()["head"],
+            "head_choices": dict(trained.choices),
             "classes": classes,
             "tlkit_version": __version__,
         },

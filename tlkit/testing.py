@@ -304,7 +304,9 @@ def check_head(
     the test features); and ``load()`` of its ``state_dict``, saved and read back as safetensors as
     the run directory does, gives the same logits.
     """
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
+
+    from tlkit.head_files import build_head, head_metadata, head_tensors, read_head_file
 
     spec: HeadSpec = _spec(plugins, "head", name)
     opts = _options(spec, "head", options)
@@ -336,14 +338,14 @@ def check_head(
     with tempfile.TemporaryDirectory(prefix="tlkit-check-") as tmp:
         target = Path(tmp) / "head.safetensors"
         try:
-            save_file({k: v.detach().contiguous().cpu() for k, v in trained.module.state_dict().items()}, str(target))
+            save_file(head_tensors(trained.module), str(target), metadata=head_metadata(name, trained))
         except Exception as exc:
-            raise AssertionError(f"head '{name}': its state_dict cannot be saved as safetensors ({type(exc).__name__}: {exc})") from exc
-        tensors = load_file(str(target))
-    try:
-        loaded = spec.load(tensors, opts)
-    except Exception as exc:
-        raise AssertionError(f"head '{name}': load() fails on its own saved state_dict ({type(exc).__name__}: {exc})") from exc
+            raise AssertionError(f"head '{name}': its state_dict or config cannot be saved as safetensors ({type(exc).__name__}: {exc})") from exc
+        tensors, metadata = read_head_file(target)
+        try:
+            loaded = build_head(spec, tensors, metadata, opts, target)
+        except Exception as exc:
+            raise AssertionError(f"head '{name}': build()/load() fails on its own saved head ({type(exc).__name__}: {exc})") from exc
     if not isinstance(loaded, torch.nn.Module):
         raise AssertionError(f"head '{name}': load() returned a {type(loaded).__name__}, expected a torch.nn.Module")
     reloaded = _logits(loaded, test.x)
