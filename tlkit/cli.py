@@ -65,11 +65,12 @@ def run(
         ("recipe", recipe_obj.name),
         ("backbone", recipe_obj.backbone.name),
         ("head", recipe_obj.head.name),
+        *((f"{recipe_obj.head.name} chose", note) for note in m.get("head_notes", [])),
         ("images", f"train {m['counts']['train']}, test {m['counts']['test']}, skipped {m['skipped_images']}"),
         ("train accuracy", console.percent(m["train_accuracy"])),
         ("test accuracy", console.percent(m["test_accuracy"])),
         ("test balanced accuracy", console.percent(m["test_balanced_accuracy"])),
-        ("test errors", f"{m['test_errors']} (errors.csv, confusion_matrix.png)"),
+        ("test errors", f"{m['test_errors']} (errors.csv, errors.png; everything in report.html)"),
         ("time", f"{m['timings_s']['total']:.1f} s (extraction {m['timings_s']['extract']:.1f} s)"),
         ("saved to", str(result.out_dir)),
     ]

@@ -66,7 +66,7 @@ def _accuracy_limits(values: Sequence[float]) -> tuple[float, float]:
     """The accuracy axis zoomed to the data, with a margin, never past [0, 1]."""
     low, high = min(values), max(values)
     margin = max(0.02, 0.1 * (high - low))
-    return max(-0.01, low - margin), min(1.01, high + margin)  # a curve at 0 or 1 stays visible
+    return max(0.0, low - margin), min(1.0, high + margin)
 
 
 def training_curve_png(history: Sequence[Mapping[str, float]], path: Path, title: str = "", kept_epoch: int | None = None) -> Path | None:
@@ -89,7 +89,7 @@ def training_curve_png(history: Sequence[Mapping[str, float]], path: Path, title
         if all(key in p for p in points):
             values = [p[key] for p in points]
             accuracies.extend(values)
-            acc_ax.plot(epochs, values, style, label=label)
+            acc_ax.plot(epochs, values, style, label=label, clip_on=False)  # a curve at 1.0 stays whole
     acc_ax.set_ylabel("accuracy")
     if accuracies:
         acc_ax.set_ylim(*_accuracy_limits(accuracies))
@@ -113,7 +113,7 @@ def l2_sweep_png(sweep: Sequence[Mapping[str, float]], chosen: float, path: Path
     l2 = [p["l2"] for p in points]
     figure = Figure(figsize=(7, 4.2))
     ax = figure.add_subplot()
-    ax.semilogx(l2, [p["val_accuracy"] for p in points], "o-", label="held-out accuracy")
+    ax.semilogx(l2, [p["val_accuracy"] for p in points], "o-", label="held-out accuracy", clip_on=False)
     ax.set_xlabel("L2 strength (log scale)")
     ax.set_ylabel("held-out accuracy")
     ax.set_ylim(*_accuracy_limits([p["val_accuracy"] for p in points]))
@@ -126,7 +126,7 @@ def l2_sweep_png(sweep: Sequence[Mapping[str, float]], chosen: float, path: Path
         loss_ax.set_ylabel("held-out log-loss")
         more_lines, more_labels = loss_ax.get_legend_handles_labels()
         lines, labels = lines + more_lines, labels + more_labels
-    ax.legend(lines, labels, fontsize=8, loc="lower left")
+    ax.legend(lines, labels, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, frameon=False)
     ax.set_title(f"{title}\nlogreg L2 sweep on a part held out from train" if title else "logreg L2 sweep on a part held out from train")
     return _save(figure, path)
 
