@@ -13,6 +13,7 @@ decode a large JPEG file at a reduced scale first, so the two can differ in the 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,8 +140,8 @@ def _name(item: Source, index: int) -> str:
     return str(item) if isinstance(item, (str, Path)) else f"<image {index}>"
 
 
-def load(run_dir: str | Path, *, device: str = "cpu") -> Model:
+def load(run_dir: str | os.PathLike[str], *, device: str = "cpu") -> Model:
     """A finished run directory as a :class:`Model` (the backbone's weights checked by sha256)."""
     from tlkit.plugins import get_plugins
 
-    return Model(load_model(run_dir, get_plugins()), device=device)
+    return Model(load_model(Path(run_dir), get_plugins()), device=device)
