@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 import tlkit
-from tiny_runs import make_data, make_run, make_weights
+from tiny_runs import ARCH, make_data, make_weights
 from tlkit.cli import main
 from tlkit.errors import DataError
 
@@ -32,7 +32,15 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     base = tmp_path_factory.mktemp("api")
     root = make_data(base / "data")
     weights = make_weights(base / "weights.pth")
-    return root, make_run(load_plugins(entry_points=False), root, base / "run", str(weights))
+    from tlkit.engine import run
+    from tlkit.recipe import resolve
+
+    recipe = resolve(
+        {"name": "api", "dataset": {"root": str(root)}, "backbone": {"name": f"timm:{ARCH}", "weights": str(weights)},
+         "extract": {"workers": 0, "batch_size": 8}, "head": {"name": "logreg"}},
+        load_plugins(entry_points=False),
+    )
+    return root, run(recipe, base / "run").out_dir
 
 
 def recorded(run_dir: Path) -> dict[str, tuple[str, float]]:
@@ -77,7 +85,7 @@ def test_pil_images_and_single_inputs_work_too(plugins, tiny_run: tuple[Path, Pa
 def test_features_command_writes_the_runs_features_as_npz_and_parquet(plugins, tiny_run: tuple[Path, Path], tmp_path: Path, capsys) -> None:
     _, run_dir = tiny_run
     assert cli(["features", str(run_dir), "--out", str(tmp_path / "f.npz")]) == 0
-    assert "from the cache" in capsys.readouterr().out
+    assert re.search(r"test \d+ images x \d+ features \((\d+) from the cache\)", capsys.readouterr().out).group(1) == str(18 + len(recorded(run_dir)))
     data = np.load(tmp_path / "f.npz")
     model = tlkit.load(run_dir)
     assert list(data["classes"]) == model.classes

@@ -17,6 +17,7 @@ from tlkit.specs import (
     Sample,
     TrainedHead,
 )
+from tlkit.weights import WeightsRequest
 
 if TYPE_CHECKING:
     from tlkit.api import Model
@@ -43,6 +44,7 @@ __all__ = [
     "Preprocessing",
     "Sample",
     "TrainedHead",
+    "WeightsRequest",
     "__version__",
     "hookimpl",
     "load",

@@ -96,8 +96,8 @@ class Model:
 
         device = resolve_device(self.device)
         result = extract(
-            prepare_model(self.saved.backbone, device), paths, self.saved.preprocessing,
-            batch_size=self.saved.batch_size, workers=0, precision=self.saved.precision, device=device,
+            prepare_model(self.saved.backbone, device), paths, self.saved.pipeline,
+            batch_size=self.saved.batch_size, workers=0, device=device,
         )
         if result.bad:
             path, reason = result.bad[0]
@@ -108,14 +108,14 @@ class Model:
         from PIL import Image, ImageOps
 
         from tlkit.features import autocast_context, prepare_model, resolve_device
-        from tlkit.images import BACKGROUND, _to_rgb
+        from tlkit.images import _to_rgb
 
         transform = self.saved.preprocessing.transform()
         tensors = []
         for i, image in enumerate(images):
             if not isinstance(image, Image.Image):
                 raise DataError(f"item {i} is a {type(image).__name__}; give file paths or PIL images")
-            tensors.append(transform(_to_rgb(ImageOps.exif_transpose(image), BACKGROUND)))
+            tensors.append(transform(_to_rgb(ImageOps.exif_transpose(image), self.saved.pipeline.background)))
         device = resolve_device(self.device)
         backbone = prepare_model(self.saved.backbone, device)
         rows = []

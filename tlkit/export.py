@@ -22,8 +22,6 @@ another size, and it must reproduce tlkit's own probabilities within ``TOLERANCE
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +29,7 @@ from typing import Literal
 
 import torch
 
+from tlkit.atomic import atomic_path
 from tlkit.errors import ExportError
 from tlkit.model import SavedModel
 
@@ -50,6 +49,9 @@ class ExportResult:
 class NormalisedClassifier(torch.nn.Module):
     """Images in [0, 1] -> ``(x - mean) / std`` -> backbone -> head -> softmax: the exported graph."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, classifier: torch.nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         super().__init__()
         self.classifier = classifier
@@ -66,6 +68,7 @@ def metadata(model: SavedModel) -> dict[str, str]:
     return {
         "classes": json.dumps(model.classes),
         "preprocessing": json.dumps({**pre, "normalisation": "inside the model: give it images scaled to [0, 1]"}),
+        "pipeline": json.dumps(model.pipeline.to_dict()),
         "backbone": str(model.info.get("backbone")),
         "head": str(model.info.get("head")),
         "input": "images: float32 (N, 3, H, W) in [0, 1]: resized (shorter side to resize_size), centre-cropped to crop_size, divided by 255",
@@ -152,16 +155,13 @@ def export(model: SavedModel, fmt: Format, out: Path | None = None) -> ExportRes
         raise ExportError(f"--out {target} is a folder; give a file name such as {target / ('model' + SUFFIXES[fmt])}")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-        os.close(fd)
     except OSError as exc:
         raise ExportError(f"cannot write {target} ({exc.strerror})") from None
-    tmp = Path(tmp_name)
     pre = model.preprocessing
     backbone_and_head = model.classifier().cpu().float().to(memory_format=torch.contiguous_format)
     classifier = NormalisedClassifier(backbone_and_head, pre.mean, pre.std).eval()
     example = _check_batch(model, 2)
-    try:
+    with atomic_path(target) as tmp:
         writer = {"onnx": _write_onnx, "pt2": _write_pt2, "torchscript": _write_torchscript}[fmt]
         exported = writer(classifier, example, tmp, metadata(model))
         with torch.no_grad():
@@ -169,7 +169,4 @@ def export(model: SavedModel, fmt: Format, out: Path | None = None) -> ExportRes
         difference = float((exported - expected).abs().max())
         if not difference <= TOLERANCE:
             raise ExportError(f"the {fmt} export differs from tlkit's probabilities by {difference:.2e} (> {TOLERANCE:g}); not written")
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
     return ExportResult(path=target, format=fmt, max_difference=difference)

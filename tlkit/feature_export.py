@@ -44,31 +44,22 @@ class FeatureExport:
     skipped: int
 
 
-def _recipe(model: SavedModel) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load((model.run_dir / "recipe.yaml").read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise RunError(f"{model.run_dir / 'recipe.yaml'} cannot be read ({exc}); run the recipe again") from None
-    return data if isinstance(data, dict) else {}
-
-
-def _background(recipe: dict[str, Any]) -> tuple[int, int, int]:
-    from tlkit.images import BACKGROUND
-
-    colour = recipe.get("dataset", {}).get("background") or BACKGROUND
-    return (int(colour[0]), int(colour[1]), int(colour[2]))
-
-
-def _store(model: SavedModel, recipe: dict[str, Any]) -> Any:
-    """The run's feature-cache entry (same identity as when it ran), or None when its cache was off."""
+def _store(model: SavedModel) -> Any:
+    """The run's feature-cache entry (the identity the run's extraction used), or None when its cache was off."""
     from tlkit.cache import open_store
 
-    if not recipe.get("extract", {}).get("cache", True):
+    path = model.run_dir / "recipe.yaml"
+    try:
+        recipe = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise RunError(f"{path} cannot be read ({exc}); run the recipe again") from None
+    if not isinstance(recipe, dict) or not (recipe.get("extract") or {}).get("cache", True):
         return None
     options = {k: v for k, v in (model.info.get("backbone_options") or {}).items() if k not in ("name", "weights")}
+    pipeline = model.pipeline
     return open_store(
-        model.info["backbone"], model.info["weights_sha256"], model.preprocessing, model.precision,
-        seed=int(recipe.get("seed", 0)), options=options, background=_background(recipe),
+        model.info["backbone"], model.info["weights_sha256"], pipeline.preprocessing, pipeline.precision,
+        seed=int(recipe.get("seed", 0)), options=options, background=pipeline.background,
     )
 
 
@@ -80,17 +71,15 @@ def split_arrays(
 
     listed = read_split(model.run_dir / "split.csv")
     index = {name: i for i, name in enumerate(model.classes)}
-    recipe = _recipe(model)
-    store = _store(model, recipe)
+    store = _store(model)
     device = resolve_device("auto")
     backbone = prepare_model(model.backbone, device)
-    background = _background(recipe)
     result: dict[str, SplitArrays] = {}
     cached = skipped = 0
     for split, rows in listed.items():
         paths = [path for path, _ in rows]
         extra: dict[str, Any] = {"task": task} if task is not None else {}
-        got = extract_cached(backbone, paths, model.preprocessing, store, batch_size=model.batch_size, precision=model.precision, device=device, background=background, **extra)
+        got = extract_cached(backbone, paths, model.pipeline, store, batch_size=model.batch_size, device=device, **extra)
         cached += got.cached
         skipped += len(paths) - len(got.kept)
         result[split] = SplitArrays(

@@ -29,6 +29,9 @@ class CentroidOptions:
 class NearestCentroid(torch.nn.Module):
     """Features (N, D) -> ``scale * cos(x - mean, class centroid)`` (N, C)."""
 
+    centroids: torch.Tensor
+    scale: torch.Tensor
+
     def __init__(self, center: torch.Tensor, centroids: torch.Tensor, scale: float | torch.Tensor) -> None:
         super().__init__()
         self.center = Standardize(center, torch.ones_like(center))

@@ -35,6 +35,10 @@ class KNNOptions:
 class CosineKNN(torch.nn.Module):
     """Features (N, D) -> log vote fractions (N, C) among the ``k`` most cosine-similar training rows."""
 
+    bank: torch.Tensor
+    onehot: torch.Tensor
+    k: torch.Tensor
+
     def __init__(self, center: torch.Tensor, bank: torch.Tensor, onehot: torch.Tensor, k: int) -> None:
         super().__init__()
         self.scale = Standardize(center, torch.ones_like(center))

@@ -42,6 +42,8 @@ class LogisticRegression(torch.nn.Module):
     The buffer ``l2`` records the penalty the weights were fitted with (chosen or given).
     """
 
+    l2: torch.Tensor
+
     def __init__(self, dim: int, num_classes: int) -> None:
         super().__init__()
         self.scale = Standardize.identity(dim)
