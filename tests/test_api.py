@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import csv
 import json
+import os
 import re
 import subprocess
 import sys
@@ -22,11 +23,12 @@ from tlkit.cli import main
 from tlkit.errors import DataError
 
 README = Path(__file__).resolve().parent.parent / "README.md"
+RUN_CACHE: list[str] = []  # the feature-cache folder the module's run used
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(data root, run directory) of one logreg run with the feature cache on."""
+    """(data root, run directory) of one logreg run with the feature cache on (the session's cache folder)."""
     from tlkit.plugins import load_plugins
 
     base = tmp_path_factory.mktemp("api")
@@ -40,6 +42,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
          "extract": {"workers": 0, "batch_size": 8}, "head": {"name": "logreg"}},
         load_plugins(entry_points=False),
     )
+    RUN_CACHE.append(os.environ["TLKIT_CACHE_DIR"])
     return root, run(recipe, base / "run").out_dir
 
 
@@ -82,8 +85,9 @@ def test_pil_images_and_single_inputs_work_too(plugins, tiny_run: tuple[Path, Pa
         model.predict([42])
 
 
-def test_features_command_writes_the_runs_features_as_npz_and_parquet(plugins, tiny_run: tuple[Path, Path], tmp_path: Path, capsys) -> None:
+def test_features_command_writes_the_runs_features_as_npz_and_parquet(plugins, tiny_run: tuple[Path, Path], tmp_path: Path, capsys, monkeypatch) -> None:
     _, run_dir = tiny_run
+    monkeypatch.setenv("TLKIT_CACHE_DIR", RUN_CACHE[-1])  # the cache the run filled (each test has its own otherwise)
     assert cli(["features", str(run_dir), "--out", str(tmp_path / "f.npz")]) == 0
     assert re.search(r"test \d+ images x \d+ features \((\d+) from the cache\)", capsys.readouterr().out).group(1) == str(18 + len(recorded(run_dir)))
     data = np.load(tmp_path / "f.npz")
