@@ -129,16 +129,9 @@ def cli_output(args: list[str]) -> str:
     import contextlib
     import io
 
-    from tlkit import console
-
     buffer = io.StringIO()
-    old = console.out.file
-    console.out.file = buffer
-    try:
-        with pytest.raises(SystemExit) as exit_info, contextlib.redirect_stdout(buffer):
-            main(args)
-    finally:
-        console.out.file = old
+    with pytest.raises(SystemExit) as exit_info, contextlib.redirect_stdout(buffer):  # the console writes to sys.stdout of the moment
+        main(args)
     assert exit_info.value.code == 0, buffer.getvalue()
     return buffer.getvalue()
 
