@@ -72,9 +72,9 @@ def _number(value: Any) -> str:
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]], numeric: Sequence[bool] | None = None) -> str:
     """An HTML table; cells are already-escaped HTML."""
     numeric = numeric or [False] * len(header)
-    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    head = "".join(f"<th>{_e(h)}</th>" for h in header) if any(header) else ""  # no empty header row
     body = "".join("<tr>" + "".join(f'<td class="n">{c}</td>' if n else f"<td>{c}</td>" for c, n in zip(row, numeric)) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+    return f"<table>{f'<tr>{head}</tr>' if head else ''}{body}</table>"
 
 
 def _per_class(metrics: Mapping[str, Any], classes: Sequence[str]) -> str:
