@@ -70,7 +70,7 @@ def test_load_predict_reproduces_predictions_csv(plugins, tiny_run: tuple[Path, 
     assert model.features(list(saved)[:2]).shape == (2, json.loads((run_dir / "metrics.json").read_text())["feature_dim"])
 
 
-def test_pil_images_and_single_inputs_work_too(plugins, tiny_run: tuple[Path, Path]) -> None:
+def test_pil_images_and_single_inputs_work_too(plugins, tiny_run: tuple[Path, Path], tmp_path: Path) -> None:
     _, run_dir = tiny_run
     saved = recorded(run_dir)
     model = tlkit.load(run_dir)
@@ -81,8 +81,12 @@ def test_pil_images_and_single_inputs_work_too(plugins, tiny_run: tuple[Path, Pa
     assert from_pil.label == saved[path][0] and from_pil.source == "<image 0>"
     mixed = model.probabilities([path, image])
     assert mixed.shape == (2, len(model.classes)) and np.allclose(mixed[0], mixed[1], atol=1e-5)
-    with pytest.raises(DataError, match="give file paths or PIL images"):
+    with pytest.raises(DataError, match="cannot classify a int; give file paths or PIL images"):
         model.predict([42])
+    assert model.predict([]) == [] and model.probabilities([]).shape == (0, len(model.classes))
+    with pytest.raises(DataError, match="not an image file"):
+        (tmp_path / "notes.jpg").write_text("no picture")
+        model.predict([tmp_path / "notes.jpg"])
 
 
 def test_features_command_writes_the_runs_features_as_npz_and_parquet(plugins, tiny_run: tuple[Path, Path], tmp_path: Path, capsys, monkeypatch) -> None:

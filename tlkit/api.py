@@ -60,6 +60,8 @@ class Model:
     def probabilities(self, images: Source | Iterable[Source]) -> np.ndarray:
         """Class probabilities ``(N, C)``, columns in the order of :attr:`classes`."""
         feats, _ = self._features(_as_list(images))
+        if not len(feats):
+            return np.zeros((0, len(self.classes)), dtype=np.float32)
         with torch.no_grad():
             return self.saved.head(feats).softmax(1).numpy()
 
@@ -112,9 +114,9 @@ class Model:
 
         transform = self.saved.preprocessing.transform()
         tensors = []
-        for i, image in enumerate(images):
+        for image in images:
             if not isinstance(image, Image.Image):
-                raise DataError(f"item {i} is a {type(image).__name__}; give file paths or PIL images")
+                raise DataError(f"cannot classify a {type(image).__name__}; give file paths or PIL images")
             tensors.append(transform(_to_rgb(ImageOps.exif_transpose(image), self.saved.pipeline.background)))
         device = resolve_device(self.device)
         backbone = prepare_model(self.saved.backbone, device)
