@@ -69,7 +69,9 @@ def _accuracy_limits(values: Sequence[float]) -> tuple[float, float]:
     return max(0.0, low - margin), min(1.0, high + margin)
 
 
-def training_curve_png(history: Sequence[Mapping[str, float]], path: Path, title: str = "", kept_epoch: int | None = None) -> Path | None:
+def training_curve_png(
+    history: Sequence[Mapping[str, float]], path: Path, title: str = "", kept_epoch: int | None = None, x_label: str = "epoch"
+) -> Path | None:
     """Loss (left) and accuracies (right) against the epoch, from 0; ``None`` when there is no curve.
 
     ``kept_epoch`` (an early-stopped head's choice) is marked on both panels.
@@ -94,12 +96,12 @@ def training_curve_png(history: Sequence[Mapping[str, float]], path: Path, title
     if accuracies:
         acc_ax.set_ylim(*_accuracy_limits(accuracies))
     for ax in (loss_ax, acc_ax):
-        ax.set_xlabel("epoch")
+        ax.set_xlabel(x_label)
         ax.set_xlim(0, max(epochs))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         if kept_epoch is not None:
-            ax.axvline(kept_epoch, color="black", linestyle="--", linewidth=1, label=f"kept: epoch {kept_epoch}")
+            ax.axvline(kept_epoch, color="black", linestyle="--", linewidth=1, label=f"kept: {x_label} {kept_epoch}")
         ax.legend(fontsize=8)
     figure.suptitle(f"{title}\ntraining curve" if title else "training curve")
     return _save(figure, path)

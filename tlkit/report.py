@@ -193,7 +193,8 @@ def write_visuals(
         plots.errors_png(errors, folder / "errors.png", title),
     ]
     kept = choices.get("epoch")  # a head that keeps an earlier epoch says which
-    curve = plots.training_curve_png(metrics.get("history", []), folder / "training_curve.png", title, kept_epoch=kept)
+    x_label = "L-BFGS iteration" if "l2" in choices else "epoch"  # logreg reports one point per iteration
+    curve = plots.training_curve_png(metrics.get("history", []), folder / "training_curve.png", title, kept_epoch=kept, x_label=x_label)
     sweep = plots.l2_sweep_png(choices.get("l2_sweep", []), choices["l2"], folder / "l2_sweep.png", title) if "l2" in choices else None
     written.extend(p for p in (curve, sweep) if p is not None)
     headings = {"confusion matrix": "confusion_matrix.png", "training curve": "training_curve.png", "L2 sweep": "l2_sweep.png", "errors grid": "errors.png"}
