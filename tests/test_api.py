@@ -67,6 +67,7 @@ def test_load_predict_reproduces_predictions_csv(plugins, tiny_run: tuple[Path, 
         label, confidence = saved[p.source]
         assert p.label == label and p.probability == pytest.approx(confidence, abs=1e-6)
         assert set(p.probabilities) == set(model.classes) and sum(p.probabilities.values()) == pytest.approx(1.0)
+    assert model.split_of(next(iter(saved))) == "test" and model.split_of("/elsewhere.jpg") is None
     assert model.features(list(saved)[:2]).shape == (2, json.loads((run_dir / "metrics.json").read_text())["feature_dim"])
 
 

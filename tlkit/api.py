@@ -44,6 +44,7 @@ class Model:
     def __init__(self, saved: SavedModel, device: str = "cpu") -> None:
         self.saved = saved
         self.device = device
+        self._splits: dict[str, str] | None = None
 
     @property
     def classes(self) -> list[str]:
@@ -52,6 +53,16 @@ class Model:
     @property
     def run_dir(self) -> Path:
         return self.saved.run_dir
+
+    def split_of(self, path: str | Path) -> str | None:
+        """Which split of the run ``path`` was in (``"train"``, ``"test"``), from its ``split.csv``;
+        None for a file the run never saw. Answers "was this image trained on?" for a split data set."""
+        if self._splits is None:
+            from tlkit.splits import read_split
+
+            listed = read_split(self.run_dir / "split.csv")
+            self._splits = {str(p): split for split, rows in listed.items() for p, _ in rows}
+        return self._splits.get(str(Path(path)))
 
     def features(self, images: Source | Iterable[Source]) -> np.ndarray:
         """Backbone feature vectors ``(N, D)`` float32, in input order; an unusable image is a DataError."""
