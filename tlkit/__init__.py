@@ -1,5 +1,11 @@
-"""tlkit: transfer learning on small image data sets, with plugins for backbones, data sets and heads."""
+"""tlkit: transfer learning on small image data sets, with plugins for backbones, data sets and heads.
 
+The names in ``__all__`` (and the modules ``tlkit.backbones``, ``tlkit.errors``, ``tlkit.testing``)
+are the public API plugins may rely on; everything else, and all of ``tlkit_plugins``, may change.
+"""
+
+from tlkit import backbones, errors
+from tlkit.errors import DataError, RecipeError, TlkitError, WeightsError
 from tlkit.hookspecs import hookimpl
 from tlkit.preprocessing import Preprocessing
 from tlkit.specs import (
@@ -21,6 +27,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BackboneSpec",
     "BuiltBackbone",
+    "DataError",
     "DatasetSpec",
     "Features",
     "FitContext",
@@ -28,9 +35,14 @@ __all__ = [
     "LoadedDataset",
     "NoOptions",
     "Preprocessing",
+    "RecipeError",
     "Sample",
+    "TlkitError",
     "TrainedHead",
+    "WeightsError",
     "WeightsRequest",
     "__version__",
+    "backbones",
+    "errors",
     "hookimpl",
 ]
