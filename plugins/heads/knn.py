@@ -27,7 +27,7 @@ FLOOR = 1e-6  # log(0) would make exported softmaxes NaN-prone; 1e-6 keeps them 
 
 @dataclass(frozen=True)
 class KNNOptions:
-    k: Annotated[int, Gt(0)] | None = field(default=None, metadata={"help": "neighbours that vote; null = chosen on a held-out part of train"})
+    k: Annotated[int, Gt(0), Le(1_000_000)] | None = field(default=None, metadata={"help": "neighbours that vote; null = chosen on a held-out part of train"})
     holdout: Annotated[float, Ge(0), Le(0.5)] = field(default=0.2, metadata={"help": "fraction of each train class held out to choose k"})
     center: bool = field(default=True, metadata={"help": "subtract the training mean before normalising"})
 

@@ -15,7 +15,7 @@ import torch
 from annotated_types import Ge, Gt, Le
 
 import tlkit
-from tlkit.fitting import accuracy, one_thread
+from tlkit.fitting import accuracy, check_loss, one_thread
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,7 @@ def _train(
         optimizer.step()
         if epoch % options.eval_every == 0 or epoch == options.epochs:
             point = {"epoch": float(epoch), "loss": loss.item(), "train_accuracy": accuracy(logits.detach(), train.y)}
+            check_loss("linear", point["loss"], epoch, {"lr": options.lr, "momentum": options.momentum, "weight_decay": options.weight_decay})
             if ctx.monitor is not None:
                 with torch.no_grad():
                     point["test_accuracy"] = accuracy(layer(ctx.monitor.x), ctx.monitor.y)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from annotated_types import Ge, Gt, Le
 
 import tlkit
-from tlkit.fitting import Standardize, accuracy, one_thread, stratified_holdout
+from tlkit.fitting import Standardize, accuracy, check_loss, one_thread, stratified_holdout
 
 COARSE = tuple(10.0**e for e in range(2, -7, -1))  # 1e2 .. 1e-6, strong to weak (warm starts)
 REFINE_STEPS = 4  # refined grid: best * 10**(i/4) for i in -3..3
@@ -28,11 +28,11 @@ REFINE_STEPS = 4  # refined grid: best * 10**(i/4) for i in -3..3
 
 @dataclass(frozen=True)
 class LogRegOptions:
-    l2: Annotated[float, Gt(0)] | None = field(
+    l2: Annotated[float, Gt(0), Le(1e6)] | None = field(
         default=None, metadata={"help": "L2 strength on the weights; null = chosen by a sweep on a held-out part of train"}
     )
     holdout: Annotated[float, Ge(0), Le(0.5)] = field(default=0.2, metadata={"help": "fraction of each train class held out for the sweep"})
-    max_iter: Annotated[int, Gt(0)] = field(default=500, metadata={"help": "L-BFGS iterations per fit"})
+    max_iter: Annotated[int, Gt(0), Le(1_000_000)] = field(default=500, metadata={"help": "L-BFGS iterations per fit"})
     standardize: bool = field(default=True, metadata={"help": "scale features to zero mean, unit variance (train statistics)"})
 
 
@@ -174,6 +174,8 @@ def _fit_logreg(train: tlkit.Features, options: LogRegOptions, ctx: tlkit.FitCon
         ctx.report(iteration, point)
 
     w, b = fit_lbfgs(x, y, ctx.num_classes, l2, options.max_iter, on_iteration=record)
+    final = float(_objective(x, y, w, b, l2))
+    check_loss("logreg", final if bool(torch.isfinite(w).all() and torch.isfinite(b).all()) else math.nan, len(history), {"l2": l2})
     with torch.no_grad():
         module.l2.fill_(l2)
         module.linear.weight.copy_(w.T.float())

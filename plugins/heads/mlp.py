@@ -19,18 +19,20 @@ import torch.nn.functional as F
 from annotated_types import Ge, Gt, Le, Lt
 
 import tlkit
-from tlkit.fitting import Standardize, accuracy, one_thread, stratified_holdout
+from tlkit.fitting import Standardize, accuracy, check_loss, one_thread, stratified_holdout
 
 
 @dataclass(frozen=True)
 class MLPOptions:
-    hidden: Annotated[int, Gt(0)] = field(default=512, metadata={"help": "units in the hidden layer"})
+    hidden: Annotated[int, Gt(0), Le(65_536)] = field(default=512, metadata={"help": "units in the hidden layer"})
     dropout: Annotated[float, Ge(0), Lt(1)] = field(default=0.2, metadata={"help": "dropout before the output layer"})
-    lr: Annotated[float, Gt(0)] = field(default=1e-3, metadata={"help": "AdamW learning rate"})
-    weight_decay: Annotated[float, Ge(0)] = field(default=1e-2, metadata={"help": "AdamW decoupled weight decay"})
-    batch_size: Annotated[int, Gt(0)] = field(default=64, metadata={"help": "examples per step"})
-    epochs: Annotated[int, Gt(0)] = field(default=200, metadata={"help": "most epochs"})
-    patience: Annotated[int, Gt(0)] = field(default=20, metadata={"help": "stop after this many epochs without a better held-out loss"})
+    lr: Annotated[float, Gt(0), Le(10)] = field(default=1e-3, metadata={"help": "AdamW learning rate"})
+    weight_decay: Annotated[float, Ge(0), Le(100)] = field(default=1e-2, metadata={"help": "AdamW decoupled weight decay"})
+    batch_size: Annotated[int, Gt(0), Le(10_000_000)] = field(default=64, metadata={"help": "examples per step"})
+    epochs: Annotated[int, Gt(0), Le(10_000_000)] = field(default=200, metadata={"help": "most epochs"})
+    patience: Annotated[int, Gt(0), Le(10_000_000)] = field(
+        default=20, metadata={"help": "stop after this many epochs without a better held-out loss"}
+    )
     holdout: Annotated[float, Ge(0), Le(0.5)] = field(default=0.2, metadata={"help": "fraction of each train class held out for early stopping"})
 
 
@@ -71,6 +73,7 @@ def _fit_mlp(train: tlkit.Features, options: MLPOptions, ctx: tlkit.FitContext) 
             loss.backward()
             optimizer.step()
             total += loss.item() * len(batch)
+        check_loss("mlp", total, epoch, {"lr": options.lr, "weight_decay": options.weight_decay})
         model.eval()
         with torch.no_grad():
             point = {"epoch": float(epoch), "loss": total / len(order), "train_accuracy": accuracy(model(x_fit), y_fit)}
