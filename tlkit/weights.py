@@ -24,6 +24,7 @@ import torch
 
 from tlkit.errors import RecipeError, WeightsError
 from tlkit.hashing import sha256_of
+from tlkit.script_archive import is_script_archive, read_named_tensors
 
 WeightsKind = Literal["pretrained", "random", "file"]
 
@@ -110,7 +111,9 @@ def hub_checkpoint_dir() -> Path:
 def load_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
     """Read a weights file into a flat ``name -> tensor`` dict, refusing anything unsafe.
 
-    Accepts a plain state dict or one wrapped under ``state_dict``/``model``/``state_dict_ema``.
+    Accepts a plain state dict or one wrapped under ``state_dict``/``model``/``state_dict_ema``, a
+    ``.safetensors`` file, and a TorchScript-format archive (libtorch ``OutputArchive``, tch-rs
+    ``.ot``, ``torch.jit.save``), whose tensors are read without running its code.
     """
     path = Path(path)
     if not path.exists():
@@ -119,6 +122,8 @@ def load_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
         raise WeightsError(f"weights file {path} is not a file (a folder?); set backbone.weights to the file itself")
     if path.stat().st_size == 0:
         raise WeightsError(f"weights file {path} is empty; download it again")
+    if is_script_archive(path):  # libtorch OutputArchive / tch-rs .ot, torch.jit.save: read, never run
+        return read_named_tensors(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -159,8 +164,13 @@ def _examples(names: list[str], n: int = 3) -> str:
 
 
 def load_into(model: torch.nn.Module, state: Mapping[str, torch.Tensor], path: Path | str, *, what: str = "this backbone") -> None:
-    """Load ``state`` into ``model`` strictly; on mismatch, say how the file differs."""
+    """Load ``state`` into ``model`` strictly; on mismatch, say how the file differs.
+
+    Only BatchNorm's ``num_batches_tracked`` counters may be absent (tch-rs and other exporters do
+    not save them; evaluation never reads them): the model keeps its own.
+    """
     expected = model.state_dict()
+    state = {**{k: v for k, v in expected.items() if k.endswith("num_batches_tracked") and k not in state}, **state}
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
