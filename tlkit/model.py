@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -181,11 +181,18 @@ def image_files(inputs: Sequence[Path | str]) -> list[Path]:
     return found
 
 
-def predict(model: SavedModel, paths: Sequence[Path], *, device: str = "auto", workers: int | None = None) -> Predictions:
-    """Class probabilities for image files, through the same decoding and extraction as ``tlkit run``."""
+def predict(
+    model: SavedModel, paths: Sequence[Path], *, device: str = "auto", workers: int | None = None, on_batch: Callable[[int], None] = lambda n: None
+) -> Predictions:
+    """Class probabilities for image files, through the same decoding and extraction as ``tlkit run``.
+
+    ``on_batch(n)`` is called after every batch of ``n`` files (the CLI's progress bar).
+    """
     target = resolve_device(device)
     backbone = prepare_model(model.backbone, target)
-    result = extract(backbone, list(paths), model.preprocessing, batch_size=model.batch_size, workers=workers, precision=model.precision, device=target)
+    result = extract(
+        backbone, list(paths), model.preprocessing, batch_size=model.batch_size, workers=workers, precision=model.precision, device=target, on_batch=on_batch
+    )
     kept = [paths[i] for i in result.kept]
     if not kept:
         return Predictions(paths=[], probabilities=torch.empty(0, len(model.classes)), bad=result.bad)
