@@ -83,9 +83,9 @@ def run(
         console.print_error(str(exc) or "interrupted; nothing was written")
         raise typer.Exit(130) from None
     except TlkitError as exc:
-        hint = console.offline_hint(exc, plugins)
-        if hint:
-            raise type(exc)(f"{exc}{hint}") from exc
+        from tlkit.catalog import offline_hint
+
+        exc.args = (f"{exc}{offline_hint(exc, plugins)}", *exc.args[1:])
         raise
     console.print_run_summary(recipe_obj, result)
 

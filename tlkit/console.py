@@ -224,15 +224,15 @@ def print_run_summary(recipe: Any, result: Any) -> None:
         ("recipe", recipe.name),
         ("backbone", recipe.backbone.name),
         ("head", recipe.head.name),
-        ("images", f"train {m['counts']['train']}, test {m['counts']['test']}, skipped {m['skipped_images']}"),
-        ("train accuracy", percent(m["train_accuracy"])),
-        ("test accuracy", percent(m["test_accuracy"])),
-        ("test balanced accuracy", percent(m["test_balanced_accuracy"])),
-        ("test errors", f"{m['test_errors']} (errors.csv, confusion_matrix.png)"),
-        ("time", f"{m['timings_s']['total']:.1f} s (extraction {m['timings_s']['extract']:.1f} s)"),
+        ("images", f"train {m.counts['train']}, test {m.counts['test']}, skipped {m.skipped_images}"),
+        ("train accuracy", percent(m.train_accuracy)),
+        ("test accuracy", percent(m.test_accuracy)),
+        ("test balanced accuracy", percent(m.test_balanced_accuracy)),
+        ("test errors", f"{m.test_errors} (errors.csv, confusion_matrix.png)"),
+        ("time", f"{m.timings_s['total']:.1f} s (extraction {m.timings_s['extract']:.1f} s)"),
         ("saved to", str(result.out_dir)),
     ]
-    print_evaluation(m["test"], m["classes"])
+    print_evaluation(m.test.to_dict(), m.classes)
     table("summary", None, rows)
     bad = result.bad_images
     if bad:
@@ -240,7 +240,7 @@ def print_run_summary(recipe: Any, result: Any) -> None:
         table(
             f"skipped {len(bad)} file{'s' if len(bad) != 1 else ''} that could not be used (all in bad_images.csv)",
             ["split", "file", "reason"],
-            [(split, str(path), reason) for split, path, reason in bad[:shown]],
+            [(b.split, str(b.path), b.reason) for b in bad[:shown]],
         )
         if len(bad) > shown:
             say(f"and {len(bad) - shown} more: see {result.out_dir / 'bad_images.csv'}")
