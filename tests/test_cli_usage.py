@@ -218,3 +218,18 @@ def test_predict_csv_holds_every_file_and_matches_json(plugins, tiny_run: tuple[
     assert all(len(r["top_k"].split("; ")) == 2 for r, _ in good)
     (bad,) = [r for r in rows if r["error"]]
     assert bad["path"] == str(broken) and bad["class"] == ""
+
+
+def test_quick_start_offline_names_the_offline_way_and_leaves_no_data_folder(plugins, tmp_path: Path, monkeypatch, capsys) -> None:
+    """The README's first command on a machine without network: one line that says how to run offline."""
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "hymenoptera.yaml"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TLKIT_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # no ResNet-18 weights cached here
+    assert cli("run", str(recipe)) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "resnet18" in line and "--set backbone.name=efficientnet_lite0 --set dataset.root=DIR" in line
+    assert cli("run", str(recipe), "--set", "backbone.name=efficientnet_lite0") == 2
+    line = [x for x in capsys.readouterr().err.splitlines() if x.startswith("error:")][0]
+    assert "hymenoptera_data.zip could not be fetched" in line and "--set dataset.root=DIR" in line
+    assert not (tmp_path / "data").exists() and not (tmp_path / "runs").exists()

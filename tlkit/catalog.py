@@ -56,12 +56,13 @@ def matching(registry: Any, pattern: str | None) -> list[str]:
     return names
 
 
-def offline_hint(exc: BaseException, plugins: Plugins) -> str:
-    """For an error caused by a failed download: how to run offline, naming backbones whose weights are here.
+def offline_hint(exc: BaseException, plugins: Plugins, backbone: str | None = None) -> str:
+    """For an error caused by a failed download: how to run offline, naming a backbone whose weights are here.
 
     ``""`` when ``exc`` was not caused by a network failure (an ``OSError`` as its cause).
+    ``backbone`` is the one the run asked for; it is not suggested again when its weights are here.
     """
-    if not isinstance(exc.__cause__, OSError) or "offline" in str(exc):
+    if not isinstance(exc.__cause__, OSError) or "--set dataset.root=" in str(exc):
         return ""
     ready = []
     for name in plugins.backbones.names():
@@ -71,8 +72,8 @@ def offline_hint(exc: BaseException, plugins: Plugins) -> str:
                 ready.append(name)
         except Exception:  # noqa: BLE001 - a listing helper; an odd plugin must not hide the real error
             continue
-    backbone = f" --set backbone.name={ready[0]}" if ready else ""
-    return f"; offline, use local data and installed weights:{backbone} --set dataset.root=DIR (a folder with train/ and test/ class folders)"
+    switch = f" --set backbone.name={ready[0]}" if ready and backbone not in ready else ""
+    return f"; to run offline, use installed weights and local data:{switch} --set dataset.root=DIR"
 
 
 def describe(spec: Any) -> str:

@@ -85,7 +85,7 @@ def run(
     except TlkitError as exc:
         from tlkit.catalog import offline_hint
 
-        exc.args = (f"{exc}{offline_hint(exc, plugins)}", *exc.args[1:])
+        exc.args = (f"{exc}{offline_hint(exc, plugins, recipe_obj.backbone.name)}", *exc.args[1:])
         raise
     console.print_run_summary(recipe_obj, result)
 
