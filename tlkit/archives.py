@@ -234,12 +234,18 @@ def _honour_umask(folder: Path) -> None:
 
 
 def fetch(url: str, root: Path, *, sha256: str | None = None, limits: Limits | None = None) -> None:
-    """Download ``url`` and unpack it into ``root``; raise :class:`DataError` saying what to do on failure."""
+    """Download ``url`` and unpack it into ``root``; raise :class:`DataError` saying what to do on failure.
+
+    Folders made on the way to ``root`` (``data/`` of the quick start) are removed again when the
+    fetch fails, so a failed download leaves nothing behind.
+    """
     limits = limits or Limits.from_env()
+    made = _missing_parents(root)
     root.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=root.parent, prefix=f".{root.name}.", suffix=".download")  # one per run: runs may fetch at once
     os.close(fd)
     archive = Path(name)
+    done = False
     try:
         try:
             download(url, archive, limits)
@@ -251,5 +257,22 @@ def fetch(url: str, root: Path, *, sha256: str | None = None, limits: Limits | N
         if sha256 and sha256_file(archive) != sha256.strip().lower():
             raise DataError(f"download of {url} does not match dataset.sha256 {sha256[:12]}...; nothing was unpacked")
         unpack(archive, root, label=url, limits=limits)
+        done = True
     finally:
         archive.unlink(missing_ok=True)
+        if not done:
+            for folder in made:  # deepest first; one another run is using is not empty and stays
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+
+
+def _missing_parents(root: Path) -> list[Path]:
+    """The folders above ``root`` that do not exist yet, deepest first."""
+    missing = []
+    for parent in root.absolute().parents:
+        if parent.exists():
+            break
+        missing.append(parent)
+    return missing

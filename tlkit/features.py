@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from tlkit.cache import FeatureStore, hash_files
-from tlkit.errors import DataError
+from tlkit.errors import DataError, DeviceError
 from tlkit.images import BACKGROUND, BadImage, open_rgb
 from tlkit.pipeline import ImagePipeline, as_pipeline
 from tlkit.preprocessing import Preprocessing
@@ -144,9 +144,21 @@ def default_workers() -> int:
 
 
 def resolve_device(setting: str) -> torch.device:
+    """``auto`` -> the GPU when there is one, else the CPU; asking for a GPU that is not there is a :class:`DeviceError`."""
     if setting == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(setting)
+    try:
+        device = torch.device(setting)
+    except (RuntimeError, ValueError):
+        raise DeviceError(f"device '{setting}' is not cpu, cuda or auto") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(
+            f"device '{setting}' was asked for, but this machine has no CUDA GPU (or torch was built without CUDA); "
+            "use cpu or auto (--device cpu for predict, --set extract.device=cpu for run)"
+        )
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise DeviceError(f"device '{setting}' does not exist: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    return device
 
 
 def autocast_context(device: torch.device, precision: str) -> Any:

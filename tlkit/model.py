@@ -12,7 +12,7 @@ images get exactly the probabilities the run recorded.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -187,11 +187,16 @@ def image_files(inputs: Sequence[Path | str]) -> list[Path]:
     return found
 
 
-def predict(model: SavedModel, paths: Sequence[Path], *, device: str = "auto", workers: int | None = None) -> Predictions:
-    """Class probabilities for image files, through the same decoding and extraction as ``tlkit run``."""
+def predict(
+    model: SavedModel, paths: Sequence[Path], *, device: str = "auto", workers: int | None = None, on_batch: Callable[[int], None] = lambda n: None
+) -> Predictions:
+    """Class probabilities for image files, through the same decoding and extraction as ``tlkit run``.
+
+    ``on_batch(n)`` is called after every batch of ``n`` files (the CLI's progress bar).
+    """
     target = resolve_device(device)
     backbone = prepare_model(model.backbone, target)
-    result = extract(backbone, list(paths), model.pipeline, batch_size=model.batch_size, workers=workers, device=target)
+    result = extract(backbone, list(paths), model.pipeline, batch_size=model.batch_size, workers=workers, device=target, on_batch=on_batch)
     kept = [paths[i] for i in result.kept]
     if not kept:
         return Predictions(paths=[], probabilities=torch.empty(0, len(model.classes)), bad=result.bad)

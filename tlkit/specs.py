@@ -66,6 +66,10 @@ class BackboneSpec:
     weights_available: Callable[[], bool] | None = None
     hidden: bool = False
     plugin: str = ""
+    # What people choose a model by, known without building it (``tlkit backbones`` shows it): a
+    # zero-argument callable returning any of ``input_size`` (pixels), ``num_params``,
+    # ``pretrained_tag`` and ``license``; called only when listing.
+    card: Callable[[], Mapping[str, Any]] | None = None
 
     def resolve_preprocessing(self) -> Preprocessing:
         """The preprocessing record, computing it if the plugin registered a callable."""

@@ -118,6 +118,7 @@ class Evaluation:
 def prepare(recipe: Recipe, observer: Observer | None = None) -> Prepared:
     """Build the backbone (seeded: random weights follow ``recipe.seed``) and list the data set's files."""
     observer = observer or Observer()
+    device = resolve_device(recipe.extract.device)  # first: no GPU is one line before any slow work
     observer.stage("building the backbone")
     seed_everything(recipe.seed)
     backbone = recipe.backbone.spec.build(recipe.weights, recipe.backbone.options)
@@ -133,7 +134,6 @@ def prepare(recipe: Recipe, observer: Observer | None = None) -> Prepared:
         observer.note(f"warning: the data set has one class ('{dataset.classes[0]}'): every image is predicted as it, so accuracy is 100% and means nothing")
     for line in dataset.notes:
         observer.note(line)
-    device = resolve_device(recipe.extract.device)
     note = slow_precision_note(device, recipe.extract.precision)
     if note:
         observer.note(f"warning: {note}")

@@ -21,6 +21,22 @@ from tlkit.backbones import timm_backbone, timm_preprocessing, timm_weights_avai
 PREFIX = "timm:"
 
 
+def _pretrained_cfg(arch: str) -> Any:
+    try:
+        return timm.models.get_pretrained_cfg(arch)
+    except (RuntimeError, ValueError):
+        return None
+
+
+def _card(arch: str) -> dict[str, Any]:
+    """Input size, default pretrained tag and licence from timm's pretrained config (nothing is built)."""
+    cfg = _pretrained_cfg(arch)
+    if cfg is None:
+        return {}
+    size = getattr(cfg, "input_size", None)
+    return {"input_size": size[-1] if size else None, "pretrained_tag": getattr(cfg, "tag", None), "license": getattr(cfg, "license", None)}
+
+
 def timm_spec(name: str, arch: str, **fields: Any) -> tlkit.BackboneSpec:
     """A spec for timm ``arch`` (or ``arch.tag``): timm's preprocessing and weights resolution (fields override)."""
     defaults: dict[str, Any] = {
@@ -28,6 +44,7 @@ def timm_spec(name: str, arch: str, **fields: Any) -> tlkit.BackboneSpec:
         "preprocessing": lambda: timm_preprocessing(arch),
         "description": f"timm {arch}",
         "weights_available": lambda: timm_weights_available(arch),
+        "card": lambda: _card(arch),
     }
     defaults.update(fields)
     return tlkit.BackboneSpec(name=name, **defaults)

@@ -72,7 +72,14 @@ def _spec(registered_name: str, model_name: str, entry: str = "DEFAULT", *, feat
         description=f"torchvision {model_name} ({weights.name}, {top1}% ImageNet top-1)",
         weights_available=lambda: _weights_available(weights),
         hidden=hidden,
+        card=lambda: _card(weights),
     )
+
+
+def _card(weights: Any) -> dict[str, Any]:
+    """Input size, parameter count and tag from the weights enum's own metadata (nothing is built)."""
+    crop = getattr(weights.transforms(), "crop_size", None)
+    return {"input_size": crop[0] if crop else None, "num_params": weights.meta.get("num_params"), "pretrained_tag": weights.name}
 
 
 def _supported(name: str) -> bool:
