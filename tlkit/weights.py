@@ -12,8 +12,6 @@ import hashlib
 import os
 import pickle
 import re
-import tempfile
-import urllib.request
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -198,28 +196,3 @@ def load_into(model: torch.nn.Module, state: Mapping[str, torch.Tensor], path: P
     if wrong:
         raise WeightsError(f"weights file {path} does not fit {what}: {len(wrong)} tensors have the wrong shape ({_examples(wrong)})")
     model.load_state_dict(state, strict=True)
-
-
-def download(url: str, dest: Path, *, sha256_prefix: str | None = None, timeout: float = 15.0) -> Path:
-    """Fetch ``url`` to ``dest`` atomically (a partial download never sits at ``dest``).
-
-    Raises ``OSError`` when the network is unreachable and :class:`WeightsError` on a hash mismatch.
-    """
-    if offline():
-        raise OSError("offline (TLKIT_OFFLINE is set)")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    tmp = Path(tmp_name)
-    try:
-        digest = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - URLs come from recipes/weights enums
-            while block := response.read(1 << 20):
-                digest.update(block)
-                out.write(block)
-        if sha256_prefix and not digest.hexdigest().startswith(sha256_prefix):
-            raise WeightsError(f"download of {url} has sha256 {digest.hexdigest()[:16]}..., expected {sha256_prefix}...; try again")
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return dest
-
