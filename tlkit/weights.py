@@ -8,7 +8,6 @@ the architecture is reported with the counts of missing and unexpected keys and 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import re
@@ -21,6 +20,7 @@ from typing import Any, Literal
 import torch
 
 from tlkit.errors import RecipeError, WeightsError
+from tlkit.hashing import sha256_of
 from tlkit.script_archive import is_script_archive, read_named_tensors
 
 WeightsKind = Literal["pretrained", "random", "file"]
@@ -90,31 +90,14 @@ class WeightsRequest:
     def __str__(self) -> str:
         return {"pretrained": "pretrained (default)", "random": "random"}.get(self.kind, str(self.path))
 
-_SHA_CACHE: dict[tuple[str, int, int], str] = {}
-
-
 def offline() -> bool:
     """True when ``TLKIT_OFFLINE`` (or ``HF_HUB_OFFLINE``) asks tlkit not to try the network."""
     return any(os.environ.get(v, "") not in ("", "0") for v in ("TLKIT_OFFLINE", "HF_HUB_OFFLINE"))
 
 
-def file_sha256(path: Path) -> str:
-    """The hex sha256 of a file's bytes, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def sha256_file(path: Path) -> str:
-    """:func:`file_sha256`, remembered per (path, size, mtime) within the process (weights files are large)."""
-    path = Path(path)
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if key not in _SHA_CACHE:
-        _SHA_CACHE[key] = file_sha256(path)
-    return _SHA_CACHE[key]
+    """The sha256 of a weights file, read once per process and stamp (:mod:`tlkit.hashing`)."""
+    return sha256_of(path)
 
 
 def hub_checkpoint_dir() -> Path:
