@@ -127,3 +127,10 @@ def test_reachable_probes_quickly() -> None:
     started = time.perf_counter()
     assert reachable("http://127.0.0.1:9/x") is False
     assert time.perf_counter() - started < 1
+
+
+def test_a_non_square_timm_model_is_a_clear_error(plugins) -> None:
+    from tlkit.errors import RegistryError
+
+    with pytest.raises(RegistryError, match=r"timm 'vit_base_patch16_sapiens2.fb' cannot be used by tlkit: tlkit crops square images"):
+        plugins.backbones.get("timm:vit_base_patch16_sapiens2.fb").resolve_preprocessing()

@@ -1,6 +1,6 @@
 """tlkit: transfer learning on small image data sets, with plugins for backbones, data sets and heads.
 
-The names in ``__all__`` (and the modules ``tlkit.backbones``, ``tlkit.errors``, ``tlkit.testing``)
+The names in ``__all__`` (and the modules ``tlkit.backbones``, ``tlkit.errors``, ``tlkit.fitting``, ``tlkit.testing``)
 are the public API plugins may rely on; everything else, and all of ``tlkit_plugins``, may change.
 
 The public names are imported on first use (PEP 562), so ``import tlkit`` (and so ``tlkit --help``)

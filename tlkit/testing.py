@@ -42,7 +42,7 @@ from tlkit.registry import Registry
 from tlkit.specs import BackboneSpec, BuiltBackbone, DatasetSpec, Features, FitContext, HeadSpec, LoadedDataset, Sample, TrainedHead
 from tlkit.weights import WeightsRequest
 
-__all__ = ["BackboneReport", "HeadReport", "check_backbone", "check_dataset", "check_head", "load_plugin", "make_images", "make_features"]
+__all__ = ["BackboneReport", "HeadReport", "Plugins", "check_backbone", "check_dataset", "check_head", "load_plugin", "make_images", "make_features"]
 
 
 def load_plugin(plugin: object, *, builtins: bool = True) -> Plugins:
