@@ -191,8 +191,8 @@ class RunDirectory:
         target = self.path / name
         try:
             yield target
-        except OSError as exc:
-            raise _os_error(str(target), exc) from None
+        except OSError as exc:  # the file that failed, when the writer says (several plots), else ``name``
+            raise _os_error(str(exc.filename or target), exc) from None
 
     def recorded_files(self) -> dict[str, str]:
         """sha256 of every file written so far (what ``run.json`` records)."""

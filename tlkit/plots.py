@@ -30,7 +30,10 @@ def run_title(backbone: str, head: str, test_accuracy: float | None) -> str:
 
 def _save(figure: Figure, path: Path) -> Path:
     FigureCanvasAgg(figure)
-    figure.savefig(path, dpi=120, bbox_inches="tight")
+    try:
+        figure.savefig(path, dpi=120, bbox_inches="tight")
+    except OSError as exc:  # name the file: matplotlib's own error (a full disk) does not
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
     return path
 
 
