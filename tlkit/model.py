@@ -1,7 +1,7 @@
 """A finished run directory as a model you can use: backbone + head -> class probabilities.
 
 ``model.json`` names the backbone, its options and the sha256 of its weights; the head is rebuilt
-from ``head.safetensors`` by the head plugin's ``load``. The backbone is rebuilt with the very
+from ``head.safetensors`` and the constructor settings in its metadata (:mod:`tlkit.head_files`). The backbone is rebuilt with the very
 weights the head was trained on, checked by sha256: a weights file that is missing or has changed
 is an error, never a silent source of different features. Random weights (``weights: none``) are
 kept in the run as ``backbone.safetensors``. Prediction decodes and preprocesses images through

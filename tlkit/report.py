@@ -11,7 +11,8 @@ from __future__ import annotations
 import base64
 import html
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -168,6 +169,11 @@ def _choice(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+@contextmanager
+def _plain(folder: Path, name: str) -> Iterator[Path]:
+    yield folder / name
+
+
 def write_visuals(
     folder: Path,
     *,
@@ -175,28 +181,36 @@ def write_visuals(
     metrics: Mapping[str, Any],
     test_rows: Sequence[Mapping[str, Any]],
     notes: Sequence[str] = (),
+    opener: Callable[[str], AbstractContextManager[Path]] | None = None,
 ) -> list[Path]:
     """Every picture of a run, then ``report.html`` embedding them; returns the files written.
 
     Plain inputs: the resolved recipe (``recipe.yaml`` data), ``metrics.json`` data (with
     ``classes``, ``test``, ``history`` and ``head_choices``) and the test prediction rows.
+    ``opener(name)`` gives each file's path inside ``folder`` (the run directory passes its
+    ``writing``, which turns a full disk into an error naming that very file).
     """
     from tlkit import plots
+
+    def at(name: str) -> AbstractContextManager[Path]:
+        return opener(name) if opener is not None else _plain(folder, name)
 
     backbone, head = str(recipe["backbone"]["name"]), str(recipe["head"]["name"])
     title = plots.run_title(backbone, head, metrics.get("test_accuracy"))
     classes = list(metrics["classes"])
     choices = metrics.get("head_choices", {})
     errors = sorted((r for r in test_rows if r["predicted_class"] != r["true_class"]), key=lambda r: -float(r["confidence"]))
-    written = [
-        plots.confusion_matrix_png(metrics["test"]["confusion_matrix"], classes, folder / "confusion_matrix.png", title),
-        plots.errors_png(errors, folder / "errors.png", title),
-    ]
-    kept = choices.get("epoch")  # a head that keeps an earlier epoch says which
+    written: list[Path | None] = []
+    with at("confusion_matrix.png") as path:
+        written.append(plots.confusion_matrix_png(metrics["test"]["confusion_matrix"], classes, path, title))
+    with at("errors.png") as path:
+        written.append(plots.errors_png(errors, path, title))
     x_label = "L-BFGS iteration" if "l2" in choices else "epoch"  # logreg reports one point per iteration
-    curve = plots.training_curve_png(metrics.get("history", []), folder / "training_curve.png", title, kept_epoch=kept, x_label=x_label)
-    sweep = plots.l2_sweep_png(choices.get("l2_sweep", []), choices["l2"], folder / "l2_sweep.png", title) if "l2" in choices else None
-    written.extend(p for p in (curve, sweep) if p is not None)
+    with at("training_curve.png") as path:  # a head that keeps an earlier epoch says which
+        written.append(plots.training_curve_png(metrics.get("history", []), path, title, kept_epoch=choices.get("epoch"), x_label=x_label))
+    if "l2" in choices:
+        with at("l2_sweep.png") as path:
+            written.append(plots.l2_sweep_png(choices.get("l2_sweep", []), choices["l2"], path, title))
     headings = {"confusion matrix": "confusion_matrix.png", "training curve": "training_curve.png", "L2 sweep": "l2_sweep.png", "errors grid": "errors.png"}
     inputs = ReportInputs(
         title=title,
@@ -208,5 +222,6 @@ def write_visuals(
         plots={heading: folder / name for heading, name in headings.items()},
         notes=notes,
     )
-    written.append(write_report(folder / "report.html", inputs))
-    return written
+    with at("report.html") as path:
+        written.append(write_report(path, inputs))
+    return [p for p in written if p is not None]

@@ -41,8 +41,8 @@ def write(run_dir: RunDirectory, prepared: Prepared, features: SplitFeatures, tr
     write_bad_images(run_dir.file("bad_images.csv"), features.bad)
     write_split(run_dir.file("split.csv"), prepared.classes, prepared.dataset.splits)
     metrics = evaluation.metrics.to_dict()
-    with run_dir.writing("report.html"):  # the plots and the report: a full disk here is one line, like every other write
-        report.write_visuals(run_dir.path, recipe=recipe.to_dict(), metrics=metrics, test_rows=evaluation.test_rows, notes=metrics["head_notes"])
+    # the plots and the report, each through run_dir.writing: a full disk there is one line naming the file
+    report.write_visuals(run_dir.path, recipe=recipe.to_dict(), metrics=metrics, test_rows=evaluation.test_rows, notes=metrics["head_notes"], opener=run_dir.writing)
 
 
 def backbone_saved_with_run(prepared: Prepared) -> bool:
