@@ -224,11 +224,12 @@ def print_run_summary(recipe: Any, result: Any) -> None:
         ("recipe", recipe.name),
         ("backbone", recipe.backbone.name),
         ("head", recipe.head.name),
+        *((f"{recipe.head.name} chose", note) for note in m.head_notes),
         ("images", f"train {m.counts['train']}, test {m.counts['test']}, skipped {m.skipped_images}"),
         ("train accuracy", percent(m.train_accuracy)),
         ("test accuracy", percent(m.test_accuracy)),
         ("test balanced accuracy", percent(m.test_balanced_accuracy)),
-        ("test errors", f"{m.test_errors} (errors.csv, confusion_matrix.png)"),
+        ("test errors", f"{m.test_errors} (errors.csv, errors.png; everything in report.html)"),
         ("time", f"{m.timings_s['total']:.1f} s (extraction {m.timings_s['extract']:.1f} s)"),
         ("saved to", str(result.out_dir)),
     ]
