@@ -233,3 +233,24 @@ def test_quick_start_offline_names_the_offline_way_and_leaves_no_data_folder(plu
     line = [x for x in capsys.readouterr().err.splitlines() if x.startswith("error:")][0]
     assert "hymenoptera_data.zip could not be fetched" in line and "--set dataset.root=DIR" in line
     assert not (tmp_path / "data").exists() and not (tmp_path / "runs").exists()
+
+
+def test_summary_and_cache_tables_have_no_empty_header_and_wide_shows_the_full_hash(tiny_plugins, image_folder: Path, tmp_path: Path, capsys) -> None:
+    import re
+
+    from conftest import write_recipe
+    from tlkit import cache
+
+    recipe = write_recipe(tmp_path / "r.yaml", image_folder)
+    assert cli("run", str(recipe), "--out", str(tmp_path / "o")) == 0
+    assert cli("cache", "info") == 0
+    text = capsys.readouterr().out
+    assert "summary" in text and "test accuracy" in text and "entries" in text
+    assert not re.search(r"^\s*┃(\s*┃)+\s*$", text, re.M), text  # a header row of empty cells
+    (entry,) = cache.list_entries()  # keys and weights hashes are cut the same way; the key is long here
+    assert len(entry.key) > 12
+    assert cli("cache", "list") == 0
+    short = capsys.readouterr().out
+    assert entry.key[:12] in short and entry.key not in short
+    assert cli("cache", "list", "--wide") == 0
+    assert entry.key in capsys.readouterr().out

@@ -316,13 +316,6 @@ def _cli(argv: list[str]) -> tuple[int, str]:
     return (0 if code is None else code), out.getvalue() + err.getvalue()
 
 
-CLI_REASON = (
-    "usage errors exit 2 in one line only once helper 14a's CLI work (issue 13's CLI items: typer's bundled click "
-    "exceptions, -h, --version) is merged; the lead removes this xfail then"
-)
-
-
-@pytest.mark.xfail(reason=CLI_REASON, strict=False)
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(argv=argv_lists)
 def test_random_command_lines_exit_0_or_2_without_a_traceback(argv: list[str]) -> None:

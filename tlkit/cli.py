@@ -37,7 +37,7 @@ _JSON_HELP = "Print JSON instead of a table."
 
 def _print_version(value: bool) -> None:
     if value:
-        console.out.print(f"tlkit {__version__}", highlight=False)
+        sys.stdout.write(f"tlkit {__version__}\n")  # plain: rich is not needed (nor imported) for this
         raise typer.Exit()
 
 
@@ -124,10 +124,10 @@ def predict(
 @app.command(cls=Command)
 def export(
     run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A finished run directory (the --out of tlkit run).")],
-    format_: Annotated[str, typer.Option("--format", metavar="onnx|pt2|torchscript", help="Model format: onnx, pt2 (torch.export) or torchscript (deprecated upstream).")] = "onnx",
-    out: Annotated[
-        Optional[Path], typer.Option("--out", metavar="FILE", help="File to write (default RUN_DIR/model.onnx, .pt2 or .pt).")
-    ] = None,
+    format_: Annotated[
+        str, typer.Option("--format", metavar="onnx|pt2|torchscript", help="onnx, pt2 (torch.export) or torchscript (deprecated upstream).")
+    ] = "onnx",
+    out: Annotated[Optional[Path], typer.Option("--out", metavar="FILE", help="File to write (default RUN_DIR/model.onnx, .pt2 or .pt).")] = None,
 ) -> None:
     """Export normalisation + backbone + head as one model: images in [0, 1] in, class probabilities out."""
     from tlkit.export import export as export_model
@@ -137,7 +137,7 @@ def export(
         raise typer.BadParameter(f"'{format_}' is not onnx, pt2 or torchscript", param_hint="--format")
     model = load_model(run_dir, _plugins())
     result = export_model(model, format_, out)  # type: ignore[arg-type]
-    console.out.print(f"wrote {result.path} ({result.format}; verified: max probability difference {result.max_difference:.1e})", highlight=False)
+    console.say(f"wrote {result.path} ({result.format}; verified: max probability difference {result.max_difference:.1e})")
 
 
 @app.command(cls=Command)
@@ -150,7 +150,7 @@ def features(
 
     result = write_features(run_dir, out, _plugins(), task=lambda total: console.ConsoleObserver().task("extracting", total=total, unit="img"))
     counts = ", ".join(f"{split} {n}" for split, n in result.counts.items())
-    console.out.print(f"wrote {result.path}: {counts} images x {result.feature_dim} features ({result.cached} from the cache)", highlight=False)
+    console.say(f"wrote {result.path}: {counts} images x {result.feature_dim} features ({result.cached} from the cache)")
 
 
 @app.command(cls=Command)
@@ -169,7 +169,7 @@ def backbones(
     console.print_backbones(rows)
     hidden = plugins.backbones.hidden_count() if pattern is None else 0
     if hidden:
-        console.out.print(f"and {hidden} more from large catalogues: list them with a pattern, e.g. tlkit backbones 'timm:*'")
+        console.say(f"and {hidden} more from large catalogues: list them with a pattern, e.g. tlkit backbones 'timm:*'")
 
 
 @app.command(cls=Command)
@@ -215,7 +215,7 @@ def plugins(
         console.print_json(rows)
         return
     if not rows:
-        console.out.print("no third-party plugins installed (tlkit plugins --all shows the built-ins)")
+        console.say("no third-party plugins installed (tlkit plugins --all shows the built-ins)")
         return
     console.print_plugins(rows)
 
@@ -239,7 +239,7 @@ def cache_list(
         console.print_json([e.to_dict() for e in entries])
         return
     if not entries:
-        console.out.print(f"the feature cache in {cache.cache_root()} is empty")
+        console.say(f"the feature cache in {cache.cache_root()} is empty")
         return
     console.print_cache_entries(entries, wide=wide)
 
@@ -272,7 +272,7 @@ def cache_clear(
         raise TlkitError(f"--older-than: {exc}") from None
     removed = cache.clear(older_than_s=seconds)
     freed = cache.human_bytes(sum(e.bytes for e in removed))
-    console.out.print(f"removed {len(removed)} cache entr{'y' if len(removed) == 1 else 'ies'} ({freed})")
+    console.say(f"removed {len(removed)} cache entr{'y' if len(removed) == 1 else 'ies'} ({freed})")
 
 
 def _show_warning(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:

@@ -53,7 +53,9 @@ def fetch_url(url: str, what: str, *, dest_dir: Path | None = None) -> Path:
         return dest
     where = f"download {url} and save it as {dest} (or set backbone.weights: PATH; weights: none for random weights)"
     if not reachable(url):
-        raise WeightsError(f"no pretrained weights for {what} on this machine and {urllib.parse.urlsplit(url).hostname} is unreachable: {where}")
+        host = urllib.parse.urlsplit(url).hostname
+        # The cause says "network": the CLI then adds how to run offline (tlkit.catalog.offline_hint).
+        raise WeightsError(f"no pretrained weights for {what} on this machine and {host} is unreachable: {where}") from ConnectionError(f"{host} is unreachable")
     stem = filename.rsplit(".", 1)[0]
     prefix = stem.rsplit("-", 1)[-1] if "-" in stem else ""
     folder.mkdir(parents=True, exist_ok=True)
@@ -128,7 +130,7 @@ def timm_weights_file(name: str) -> Path:
     url = f"https://huggingface.co/{cfg.hf_hub_id}/resolve/main/{HF_WEIGHT_FILES[0]}"
     where = f"download {url} and save it as {timm_local_file(full)} (or set backbone.weights: PATH; weights: none for random weights)"
     if not reachable(url):
-        raise WeightsError(f"no pretrained weights for {what} on this machine and huggingface.co is unreachable: {where}")
+        raise WeightsError(f"no pretrained weights for {what} on this machine and huggingface.co is unreachable: {where}") from ConnectionError("huggingface.co is unreachable")
     from huggingface_hub import hf_hub_download
 
     problems = []

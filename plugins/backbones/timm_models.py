@@ -30,7 +30,7 @@ def _pretrained_cfg(arch: str) -> Any:
 
 def _card(arch: str) -> dict[str, Any]:
     """Input size, default pretrained tag and licence from timm's pretrained config (nothing is built)."""
-    cfg = _pretrained_cfg(arch)
+    cfg = timm.models.get_pretrained_cfg(arch)
     if cfg is None:
         return {}
     size = getattr(cfg, "input_size", None)
