@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Iterator
+import traceback
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
+from typing import Any
 
 EXIT_CODE = 128 + int(signal.SIGTERM)
 
@@ -29,6 +31,24 @@ def _raise(signum: int, frame: FrameType | None) -> None:
     raise Terminated()
 
 
+def _quiet_sharer(previous: Callable[[threading.ExceptHookArgs], Any]) -> Callable[[threading.ExceptHookArgs], Any]:
+    """An excepthook that drops one known, harmless message of a stopped extraction.
+
+    DataLoader workers hand tensors over through ``multiprocessing.resource_sharer``; when the
+    workers are stopped mid hand-over (an interrupt), that background thread sees the connection
+    reset and would print a traceback of its own after tlkit's one line. Nothing is lost: the batch
+    it carried was being abandoned anyway.
+    """
+
+    def hook(args: threading.ExceptHookArgs) -> Any:
+        frames = traceback.extract_tb(args.exc_traceback) if args.exc_traceback else []
+        if isinstance(args.exc_value, (ConnectionError, EOFError)) and any(f.filename.endswith("resource_sharer.py") for f in frames):
+            return None
+        return previous(args)
+
+    return hook
+
+
 @contextmanager
 def terminate_as_interrupt() -> Iterator[None]:
     """Within the block, SIGTERM raises :class:`Terminated` (only in the main thread, where handlers can be set)."""
@@ -36,6 +56,10 @@ def terminate_as_interrupt() -> Iterator[None]:
         yield
         return
     previous = signal.signal(signal.SIGTERM, _raise)
+    if not getattr(threading.excepthook, "_tlkit_quiet", False):
+        # Left installed: the sharer thread may report after the run has already ended.
+        threading.excepthook = _quiet_sharer(threading.excepthook)
+        threading.excepthook._tlkit_quiet = True  # type: ignore[attr-defined]
     try:
         yield
     finally:
