@@ -11,11 +11,12 @@ reports for a terminated process.
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from types import FrameType
+from types import FrameType, TracebackType
 from typing import Any
 
 EXIT_CODE = 128 + int(signal.SIGTERM)
@@ -31,21 +32,22 @@ def _raise(signum: int, frame: FrameType | None) -> None:
     raise Terminated()
 
 
-def _quiet_sharer(previous: Callable[[threading.ExceptHookArgs], Any]) -> Callable[[threading.ExceptHookArgs], Any]:
-    """An excepthook that drops one known, harmless message of a stopped extraction.
+def _quiet_sharer(previous: Callable[..., Any]) -> Callable[..., Any]:
+    """A ``sys.excepthook`` that drops one known, harmless report of a stopped extraction.
 
-    DataLoader workers hand tensors over through ``multiprocessing.resource_sharer``; when the
-    workers are stopped mid hand-over (an interrupt), that background thread sees the connection
-    reset and would print a traceback of its own after tlkit's one line. Nothing is lost: the batch
-    it carried was being abandoned anyway.
+    DataLoader workers hand tensors over through ``multiprocessing.resource_sharer``, whose
+    background thread reports its errors through ``sys.excepthook``; when the workers are stopped
+    mid hand-over (an interrupt) it sees the connection reset and would print a traceback after
+    tlkit's one line. Nothing is lost: the batch it carried was being abandoned anyway.
     """
 
-    def hook(args: threading.ExceptHookArgs) -> Any:
-        frames = traceback.extract_tb(args.exc_traceback) if args.exc_traceback else []
-        if isinstance(args.exc_value, (ConnectionError, EOFError)) and any(f.filename.endswith("resource_sharer.py") for f in frames):
+    def hook(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> Any:
+        frames = traceback.extract_tb(tb) if tb else []
+        if isinstance(value, (ConnectionError, EOFError)) and any(f.filename.endswith("resource_sharer.py") for f in frames):
             return None
-        return previous(args)
+        return previous(kind, value, tb)
 
+    hook._tlkit_quiet = True  # type: ignore[attr-defined]
     return hook
 
 
@@ -56,10 +58,8 @@ def terminate_as_interrupt() -> Iterator[None]:
         yield
         return
     previous = signal.signal(signal.SIGTERM, _raise)
-    if not getattr(threading.excepthook, "_tlkit_quiet", False):
-        # Left installed: the sharer thread may report after the run has already ended.
-        threading.excepthook = _quiet_sharer(threading.excepthook)
-        threading.excepthook._tlkit_quiet = True  # type: ignore[attr-defined]
+    if not getattr(sys.excepthook, "_tlkit_quiet", False):
+        sys.excepthook = _quiet_sharer(sys.excepthook)  # left installed: the thread may report after the run ended
     try:
         yield
     finally:
