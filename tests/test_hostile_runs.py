@@ -28,7 +28,7 @@ from tlkit.model import load_model
 from tlkit.observer import Observer
 from tlkit.plugins import Plugins, load_plugins, set_plugins
 from tlkit.recipe import load_recipe
-from tlkit.weights import file_sha256
+from tlkit.hashing import file_sha256
 
 TESTS = Path(__file__).resolve().parent
 

@@ -38,7 +38,7 @@ from safetensors.torch import save
 
 from tlkit.atomic import write_atomic
 from tlkit.errors import OutputError, RunError
-from tlkit.weights import file_sha256
+from tlkit.hashing import file_sha256
 
 MARKER = "run.json"
 INCOMPLETE = "INCOMPLETE"
@@ -191,8 +191,8 @@ class RunDirectory:
         target = self.path / name
         try:
             yield target
-        except OSError as exc:
-            raise _os_error(str(target), exc) from None
+        except OSError as exc:  # the file that failed, when the writer says (several plots), else ``name``
+            raise _os_error(str(exc.filename or target), exc) from None
 
     def recorded_files(self) -> dict[str, str]:
         """sha256 of every file written so far (what ``run.json`` records)."""

@@ -35,9 +35,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
+from tlkit.atomic import write_atomic
 from tlkit.errors import OutputError
+from tlkit.hashing import sha256_of, stamp
 from tlkit.preprocessing import Preprocessing
-from tlkit.weights import file_sha256
 
 CACHE_ENV = "TLKIT_CACHE_DIR"
 FORMAT = 2  # 2: chunks and hash-index files carry checksums
@@ -91,23 +92,6 @@ def identity_key(identity: Mapping[str, Any]) -> str:
     """A short stable digest of an extractor identity: the entry's folder name."""
     text = json.dumps(identity, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:32]
-
-
-def _atomic_write_bytes(target: Path, data: bytes) -> None:
-    """Write ``data`` to a dot-named temporary beside ``target``, then rename it into place.
-
-    Files are created with :func:`open`, so they honour the umask (a team's shared cache stays
-    readable by the team); a failed write (disk full) leaves ``target`` as it was.
-    """
-    tmp = target.with_name(f".tmp-{uuid.uuid4().hex}-{target.name}")
-    try:
-        with tmp.open("wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _space_hint(exc: OSError) -> str:
@@ -199,18 +183,18 @@ class FileHashes:
     def sha256(self, path: Path) -> str | None:
         """The file's content hash, or ``None`` when it cannot be read (the decoder will say why)."""
         try:
-            resolved = str(path.resolve())
-            stat = os.stat(resolved)
+            file_stamp = stamp(path)
         except OSError:
             return None
+        resolved, size, mtime_ns, ctime_ns = file_stamp
         known = self.entries.get(resolved)
-        if known is not None and known[:3] == [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns]:
+        if known is not None and known[:3] == [size, mtime_ns, ctime_ns]:
             return str(known[3])
         try:
-            digest = file_sha256(Path(resolved))
+            digest = sha256_of(resolved, file_stamp)
         except OSError:
             return None
-        self.entries[resolved] = self.new[resolved] = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, digest]
+        self.entries[resolved] = self.new[resolved] = [size, mtime_ns, ctime_ns, digest]
         return digest
 
     def save(self) -> None:
@@ -222,7 +206,7 @@ class FileHashes:
         body = {"format": FORMAT, "sha256": _digest(_canonical(entries)), "entries": entries}
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
-            _atomic_write_bytes(self.dir / f"w-{uuid.uuid4().hex}.json", json.dumps(body, separators=(",", ":")).encode())
+            write_atomic(self.dir / f"w-{uuid.uuid4().hex}.json", json.dumps(body, separators=(",", ":")).encode())
         except OSError:
             return  # only a speed-up: next run hashes again
         self.new = {}
@@ -273,7 +257,7 @@ class FeatureStore:
             self.path.mkdir(parents=True, exist_ok=True)
             meta = self.path / META
             if not meta.is_file():
-                _atomic_write_bytes(meta, json.dumps({"identity": self.identity, "created": time.time()}, indent=2).encode())
+                write_atomic(meta, json.dumps({"identity": self.identity, "created": time.time()}, indent=2).encode())
             os.utime(meta)  # "last used", for `tlkit cache clear --older-than`
         except OSError as exc:
             if not (self.path / META).is_file() or not os.access(self.path, os.R_OK | os.X_OK):
@@ -408,7 +392,7 @@ class FeatureStore:
         chunk = self.path / f"chunk-{hashlib.sha256(''.join(names).encode()).hexdigest()[:32]}.safetensors"
         try:
             # Serialised in memory and written by Python: a full disk is an OSError like every other write.
-            _atomic_write_bytes(chunk, save(tensors, metadata=meta))
+            write_atomic(chunk, save(tensors, metadata=meta))
         except OSError as exc:
             raise OutputError(
                 f"cannot write the feature cache in {self.path} ({exc.strerror or exc}); {_space_hint(exc)}, "

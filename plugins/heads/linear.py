@@ -38,7 +38,8 @@ def fit_linear(train: tlkit.Features, options: LinearOptions, ctx: tlkit.FitCont
     history: list[dict[str, float]] = []
     with one_thread():
         _train(layer, optimizer, train, options, ctx, history)
-    return tlkit.TrainedHead(module=layer.eval(), history=history)
+    config = {"in_features": int(train.x.shape[1]), "out_features": ctx.num_classes}
+    return tlkit.TrainedHead(module=layer.eval(), history=history, config=config)
 
 
 def _train(
@@ -66,11 +67,9 @@ def _train(
             ctx.report(epoch, point)
 
 
-def load_linear(tensors: Mapping[str, torch.Tensor], options: LinearOptions) -> torch.nn.Module:
-    weight = tensors["weight"]
-    layer = torch.nn.Linear(weight.shape[1], weight.shape[0])
-    layer.load_state_dict(dict(tensors))
-    return layer.eval()
+def build_linear(config: Mapping[str, Any]) -> torch.nn.Module:
+    """The untrained layer of a saved head, from its saved ``config``."""
+    return torch.nn.Linear(int(config["in_features"]), int(config["out_features"]))
 
 
 @tlkit.hookimpl
@@ -79,7 +78,7 @@ def register_heads(register: Any) -> None:
         tlkit.HeadSpec(
             name="linear",
             fit=fit_linear,
-            load=load_linear,
+            build=build_linear,
             description="linear layer, full-batch SGD with cross-entropy (the PyTorch tutorial reference)",
             options=LinearOptions,
         )
