@@ -24,11 +24,11 @@ from safetensors.torch import load_file
 from tlkit.artifacts import MARKER, RunDirectory
 from tlkit.engine import run
 from tlkit.errors import OutputError, RunError
+from tlkit.hashing import file_sha256
 from tlkit.model import load_model
 from tlkit.observer import Observer
 from tlkit.plugins import Plugins, load_plugins, set_plugins
 from tlkit.recipe import load_recipe
-from tlkit.hashing import file_sha256
 
 TESTS = Path(__file__).resolve().parent
 
