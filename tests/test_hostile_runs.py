@@ -24,11 +24,11 @@ from safetensors.torch import load_file
 from tlkit.artifacts import MARKER, RunDirectory
 from tlkit.engine import run
 from tlkit.errors import OutputError, RunError
+from tlkit.hashing import file_sha256
 from tlkit.model import load_model
 from tlkit.observer import Observer
 from tlkit.plugins import Plugins, load_plugins, set_plugins
 from tlkit.recipe import load_recipe
-from tlkit.hashing import file_sha256
 
 TESTS = Path(__file__).resolve().parent
 
@@ -100,6 +100,7 @@ DAMAGE = {
     "classes swapped": ("classes.json", lambda p: _edit_json(p, lambda c: c[::-1])),
     "model.json edited": ("model.json", lambda p: _edit_json(p, lambda m: {**m, "feature_dim": m["feature_dim"] + 1})),
     "model.json cut": ("model.json", lambda p: p.write_bytes(p.read_bytes()[:40])),
+    "recipe.yaml seed": ("recipe.yaml", lambda p: p.write_text(p.read_text().replace("seed: 0", "seed: 1"))),
 }
 
 

@@ -43,7 +43,8 @@ from tlkit.hashing import file_sha256
 MARKER = "run.json"
 INCOMPLETE = "INCOMPLETE"
 MIN_FREE_BYTES = 16 * 2**20  # a run directory is small (a head, some JSON); less than this is a disk about to fill
-READ_BACK = ("model.json", "classes.json", "head.safetensors", "backbone.safetensors")  # what loading a run reads
+# What tlkit reads back from a run (loading it; `tlkit features` reads the seed in recipe.yaml, tlkit.load split.csv).
+READ_BACK = ("model.json", "classes.json", "head.safetensors", "backbone.safetensors", "recipe.yaml", "split.csv")
 TLKIT_EXTRAS = ("model.onnx", "model.pt")  # `tlkit export` writes these into a run by default: replaced with it
 
 
