@@ -79,6 +79,9 @@ def tar_with(path: Path, kind: str) -> Path:
 
 
 def _leftovers(parent: Path, root: Path) -> list[Path]:
+    """What a fetch left beside ``root``; a parent folder the fetch made is removed on failure, leaving nothing."""
+    if not parent.exists():
+        return []
     return [p for p in parent.iterdir() if p.name.startswith(f".{root.name}") or p == root]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 import tlkit
-from tlkit_plugins.heads.linear import LinearOptions, fit_linear, load_linear
+from tlkit_plugins.heads.linear import LinearOptions, build_linear, fit_linear
 
 
 def _blobs(n: int = 60, d: int = 16, classes: int = 3, spread: float = 0.3, seed: int = 0) -> tlkit.Features:
@@ -36,7 +36,8 @@ def test_deterministic_for_a_seed_and_seed_matters():
 
 def test_load_round_trips():
     trained = fit_linear(_blobs(), LinearOptions(epochs=5), tlkit.FitContext(num_classes=3, seed=0))
-    again = load_linear(trained.module.state_dict(), LinearOptions())
+    again = build_linear(trained.config)  # rebuilt from its saved constructor settings, then its tensors
+    again.load_state_dict(trained.module.state_dict())
     x = torch.randn(4, 16)
     assert torch.equal(again(x), trained.module(x))
 

@@ -11,6 +11,7 @@ import types
 import typing
 from typing import Any
 
+from tlkit.errors import RegistryError, did_you_mean
 from tlkit.plugins import Plugins
 from tlkit.recipe import option_fields
 
@@ -20,18 +21,59 @@ def _type_name(annotation: Any) -> str:
     if isinstance(annotation, str):
         return annotation.replace("typing.", "")
     if annotation is type(None):
-        return "None"
+        return "null"
     origin = typing.get_origin(annotation)
     if origin is typing.Annotated:
         return _type_name(typing.get_args(annotation)[0])
     if origin is typing.Literal:
-        return " | ".join(repr(a) for a in typing.get_args(annotation))
+        return " | ".join(_yaml_scalar(a) for a in typing.get_args(annotation))
     if origin in (typing.Union, types.UnionType):
         return " | ".join(_type_name(a) for a in typing.get_args(annotation))
     if origin is not None:
         args = ", ".join(_type_name(a) for a in typing.get_args(annotation))
         return f"{getattr(origin, '__name__', str(origin))}[{args}]"
     return getattr(annotation, "__name__", str(annotation))
+
+
+def _yaml_scalar(value: Any) -> str:
+    """A Literal choice as a recipe spells it: ``fp32``, ``null``, ``true``."""
+    import yaml
+
+    text = yaml.safe_dump(value, default_flow_style=True).strip()
+    return text[: -len("...")].strip() if text.endswith("...") else text
+
+
+def matching(registry: Any, pattern: str | None) -> list[str]:
+    """Names matching ``pattern``; none is an error naming the closest names (exit 2, not an empty table)."""
+    names = registry.names(pattern)
+    if names or pattern is None:
+        return names
+    every = registry.names("*")
+    if any(c in pattern for c in "*?["):
+        hint = did_you_mean(pattern.rstrip("*?"), every, n=3)
+        raise RegistryError(f"no {registry.kind} matches '{pattern}'{hint or f'; run `tlkit {registry.kind}s` to list them'}")
+    registry.get(pattern)  # raises "unknown <kind> 'x'; did you mean ...?"
+    return names
+
+
+def offline_hint(exc: BaseException, plugins: Plugins, backbone: str | None = None) -> str:
+    """For an error caused by a failed download: how to run offline, naming a backbone whose weights are here.
+
+    ``""`` when ``exc`` was not caused by a network failure (an ``OSError`` as its cause).
+    ``backbone`` is the one the run asked for; it is not suggested again when its weights are here.
+    """
+    if not isinstance(exc.__cause__, OSError) or "--set dataset.root=" in str(exc):
+        return ""
+    ready = []
+    for name in plugins.backbones.names():
+        spec = plugins.backbones.get(name)
+        try:
+            if spec.weights_available is not None and spec.weights_available():
+                ready.append(name)
+        except Exception:  # noqa: BLE001 - a listing helper; an odd plugin must not hide the real error
+            continue
+    switch = f" --set backbone.name={ready[0]}" if ready and backbone not in ready else ""
+    return f"; to run offline, use installed weights and local data:{switch} --set dataset.root=DIR"
 
 
 def describe(spec: Any) -> str:
@@ -63,7 +105,7 @@ def describe_options(options_type: type) -> list[dict[str, Any]]:
 
 def backbones(plugins: Plugins, pattern: str | None = None) -> list[dict[str, Any]]:
     rows = []
-    for name in plugins.backbones.names(pattern):
+    for name in matching(plugins.backbones, pattern):
         spec = plugins.backbones.get(name)
         try:
             available = spec.weights_available() if spec.weights_available else None
@@ -73,6 +115,7 @@ def backbones(plugins: Plugins, pattern: str | None = None) -> list[dict[str, An
             {
                 "name": name,
                 "feature_dim": spec.feature_dim,
+                **_card(spec),
                 "plugin": spec.plugin,
                 "weights_offline": available,
                 "description": describe(spec),
@@ -82,17 +125,32 @@ def backbones(plugins: Plugins, pattern: str | None = None) -> list[dict[str, An
     return rows
 
 
+_CARD_FIELDS = ("input_size", "num_params", "pretrained_tag", "license")
+
+
+def _card(spec: Any) -> dict[str, Any]:
+    """The spec's card fields (``None`` where the plugin does not know them or its card fails)."""
+    card: Any = {}
+    maker = getattr(spec, "card", None)
+    if callable(maker):
+        try:
+            card = maker() or {}
+        except Exception:  # noqa: BLE001 - a listing must not fail on one plugin's metadata
+            card = {}
+    return {key: card.get(key) if isinstance(card, dict) else None for key in _CARD_FIELDS}
+
+
 def datasets(plugins: Plugins, pattern: str | None = None) -> list[dict[str, Any]]:
     return [
         {"name": s.name, "plugin": s.plugin, "description": describe(s), "options": describe_options(s.options)}
-        for s in (plugins.datasets.get(n) for n in plugins.datasets.names(pattern))
+        for s in (plugins.datasets.get(n) for n in matching(plugins.datasets, pattern))
     ]
 
 
 def heads(plugins: Plugins, pattern: str | None = None) -> list[dict[str, Any]]:
     return [
         {"name": s.name, "plugin": s.plugin, "description": describe(s), "options": describe_options(s.options)}
-        for s in (plugins.heads.get(n) for n in plugins.heads.names(pattern))
+        for s in (plugins.heads.get(n) for n in matching(plugins.heads, pattern))
     ]
 
 

@@ -1,19 +1,24 @@
-"""The ``tlkit`` command: parse, call the engine, print. Errors become one line and exit code 2."""
+"""The ``tlkit`` command: parse, call the engine, print. Errors become one line and exit code 2.
+
+Only typer and the standard library are imported at start: torch, timm and the plugins load inside
+the commands that need them, so ``tlkit --help`` and ``tlkit --version`` answer at once.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
-import traceback
 import warnings
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
-import click
 import typer
 
-from tlkit import catalog, console
-from tlkit.errors import TlkitError
+from tlkit import __version__, console
+from tlkit.errors import DataError, TlkitError
+from tlkit.usage import Command
+
+_CONTEXT = {"help_option_names": ["-h", "--help"]}
 
 app = typer.Typer(
     name="tlkit",
@@ -21,14 +26,27 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain click help: flags shown as flags, no "<bool>" type column
+    context_settings=_CONTEXT,
 )
 
 _state = {"debug": os.environ.get("TLKIT_DEBUG", "") not in ("", "0")}
+
+_JSON_HELP = "Print JSON instead of a table."
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"tlkit {__version__}\n")  # plain: rich is not needed (nor imported) for this
+        raise typer.Exit()
 
 
 @app.callback()
 def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks for errors.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", is_eager=True, callback=_print_version, help="Print the version and exit.")
+    ] = False,
 ) -> None:
     """tlkit: a strong transfer-learning baseline on your own folder of images, in one command."""
     if debug:
@@ -41,202 +59,181 @@ def _plugins() -> Any:
     return get_plugins()
 
 
-@app.command()
+@app.command(cls=Command)
 def run(
-    recipe: Annotated[Path, typer.Argument(help="YAML recipe, e.g. recipes/hymenoptera.yaml.")],
+    recipe: Annotated[Path, typer.Argument(metavar="RECIPE", help="YAML recipe, e.g. recipes/hymenoptera.yaml.")],
     set_: Annotated[
-        Optional[list[str]], typer.Option("--set", help="Override a recipe value: dotted.key=value (repeatable).")
+        Optional[list[str]],
+        typer.Option("--set", metavar="KEY=VALUE", help="Override a recipe value, e.g. --set head.name=logreg (repeatable)."),
     ] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Run directory (default runs/<recipe>-<timestamp>/).")] = None,
+    out: Annotated[
+        Optional[Path], typer.Option("--out", metavar="DIR", help="Run directory (default runs/<recipe>-<timestamp>/).")
+    ] = None,
     resume: Annotated[
-        Optional[Path], typer.Option("--resume", help="Continue an interrupted fine-tuning run: its --out or .partial-* folder.")
+        Optional[Path], typer.Option("--resume", metavar="RUN_DIR_OR_PARTIAL", help="Continue an interrupted fine-tuning run: its --out or .partial-* folder.")
     ] = None,
 ) -> None:
-    """Run a recipe: extract features with the backbone (or fine-tune it), train the head, evaluate, save the run."""
+    """Run a recipe: extract features with the backbone, train the head, evaluate, save the run."""
     from tlkit.engine import run as run_recipe
     from tlkit.recipe import load_recipe
 
-    recipe_obj = load_recipe(recipe, _plugins(), set_ or [])
+    plugins = _plugins()
+    recipe_obj = load_recipe(recipe, plugins, set_ or [])
     try:
         result = run_recipe(recipe_obj, out, console.ConsoleObserver(), resume=resume)
     except KeyboardInterrupt as exc:
         # typer turns Ctrl-C into a silent exit 130; say what stopped and what was kept first.
         console.print_error(str(exc) or "interrupted; nothing was written")
-        raise typer.Exit(130) from None
-    m = result.metrics
-    rows = [
-        ("recipe", recipe_obj.name),
-        ("backbone", recipe_obj.backbone.name),
-        ("head", recipe_obj.head.name if recipe_obj.finetune is None else f"linear, fine-tuned with the backbone ({recipe_obj.finetune.strategy})"),
-        ("images", f"train {m.counts['train']}, test {m.counts['test']}, skipped {m.skipped_images}"),
-        ("train accuracy", console.percent(m.train_accuracy)),
-        ("test accuracy", console.percent(m.test_accuracy)),
-        ("test balanced accuracy", console.percent(m.test_balanced_accuracy)),
-        ("test errors", f"{m.test_errors} (errors.csv, confusion_matrix.png)"),
-        ("time", f"{m.timings_s['total']:.1f} s (extraction {m.timings_s['extract']:.1f} s"
-         + (f", fine-tuning {m.timings_s['finetune']:.1f} s)" if "finetune" in m.timings_s else ")")),
-        ("saved to", str(result.out_dir)),
-    ]
-    console.print_evaluation(m.test.to_dict(), m.classes)
-    console.table("summary", ["", ""], rows)
-    if result.bad_images:
-        shown = 20
-        console.table(
-            f"skipped {len(result.bad_images)} file{'s' if len(result.bad_images) != 1 else ''} that could not be used (all in bad_images.csv)",
-            ["split", "file", "reason"],
-            [(bad.split, str(bad.path), bad.reason) for bad in result.bad_images[:shown]],
-        )
-        if len(result.bad_images) > shown:
-            console.out.print(f"and {len(result.bad_images) - shown} more: see {result.out_dir / 'bad_images.csv'}")
+        raise typer.Exit(getattr(exc, "exit_code", 130)) from None  # 143 after SIGTERM (tlkit.signals)
+    except TlkitError as exc:
+        from tlkit.catalog import offline_hint
+
+        exc.args = (f"{exc}{offline_hint(exc, plugins, recipe_obj.backbone.name)}", *exc.args[1:])
+        raise
+    console.print_run_summary(recipe_obj, result)
 
 
-@app.command()
+@app.command(cls=Command)
 def predict(
-    run_dir: Annotated[Path, typer.Argument(help="A finished run directory (the --out of tlkit run).")],
-    images: Annotated[list[Path], typer.Argument(help="Image files or folders (searched recursively).")],
-    top_k: Annotated[int, typer.Option("--top-k", min=1, help="Show the K most probable classes of each image.")] = 1,
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A finished run directory (the --out of tlkit run).")],
+    images: Annotated[list[Path], typer.Argument(metavar="IMAGES", help="Image files or folders (searched recursively).")],
+    top_k: Annotated[int, typer.Option("--top-k", metavar="K", min=1, help="Show the K most probable classes of each image.")] = 1,
     json_: Annotated[bool, typer.Option("--json", help="Print one JSON object per line instead of a table.")] = False,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    csv_: Annotated[Optional[Path], typer.Option("--csv", metavar="FILE", help="Also write the predictions to FILE as CSV.")] = None,
+    device: Annotated[str, typer.Option("--device", metavar="auto|cpu|cuda", help="Where the backbone runs.")] = "auto",
 ) -> None:
     """Classify images with a saved run: path, class and probability for each."""
     from tlkit.model import image_files, load_model
     from tlkit.model import predict as predict_files
 
     if device not in ("auto", "cpu", "cuda"):
-        raise click.BadParameter(f"'{device}' is not auto, cpu or cuda", param_hint="--device")
+        raise typer.BadParameter(f"'{device}' is not auto, cpu or cuda", param_hint="--device")
     model = load_model(run_dir, _plugins())
-    result = predict_files(model, image_files(images), device=device)
-    tops = result.top(top_k)
+    files = image_files(images)
+    with console.progress("classifying", len(files), unit="img", quiet=len(files) <= model.batch_size) as advance:
+        result = predict_files(model, files, device=device, on_batch=advance)
+    rows = console.prediction_rows(result, model.classes, top_k)
+    if csv_ is not None:
+        console.write_csv(csv_, rows)
     if json_:
-        for path, top in zip(result.paths, tops):
-            line: dict[str, Any] = {"path": str(path), "class": model.classes[top[0][0]], "probability": top[0][1]}
-            if top_k > 1:
-                line["top_k"] = [{"class": model.classes[i], "probability": p} for i, p in top]
-            console.print_json_line(line)
-        for path, reason in result.bad:
-            console.print_json_line({"path": str(path), "error": reason})
-        return
-    columns = ["path", "class", "probability"] + ([f"top {top_k}"] if top_k > 1 else [])
-    rows = []
-    for path, top in zip(result.paths, tops):
-        row: list[Any] = [str(path), model.classes[top[0][0]], f"{top[0][1]:.4f}"]
-        if top_k > 1:
-            row.append(", ".join(f"{model.classes[i]} {p:.4f}" for i, p in top))
-        rows.append(row)
-    console.table(None, columns, rows)
-    for path, reason in result.bad:
-        console.print_warning(f"skipped {path}: {reason}")
+        for row in rows:
+            console.print_json_line(row)
+    else:
+        console.print_predictions(rows, top_k)
+    if not result.paths:
+        raise DataError(f"none of the {len(files)} image file{'s' if len(files) != 1 else ''} could be classified (reasons above)")
 
 
-@app.command()
+@app.command(cls=Command)
 def export(
-    run_dir: Annotated[Path, typer.Argument(help="A finished run directory (the --out of tlkit run).")],
-    format_: Annotated[str, typer.Option("--format", help="onnx or torchscript.")] = "onnx",
-    out: Annotated[Optional[Path], typer.Option("--out", help="File to write (default RUN_DIR/model.onnx or model.pt).")] = None,
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A finished run directory (the --out of tlkit run).")],
+    format_: Annotated[
+        str, typer.Option("--format", metavar="onnx|pt2|torchscript", help="onnx, pt2 (torch.export) or torchscript (deprecated upstream).")
+    ] = "onnx",
+    out: Annotated[Optional[Path], typer.Option("--out", metavar="FILE", help="File to write (default RUN_DIR/model.onnx, .pt2 or .pt).")] = None,
 ) -> None:
-    """Export backbone + head as one model: normalised image batch in, class probabilities out."""
+    """Export normalisation + backbone + head as one model: images in [0, 1] in, class probabilities out."""
     from tlkit.export import export as export_model
     from tlkit.model import load_model
 
-    if format_ not in ("onnx", "torchscript"):
-        raise click.BadParameter(f"'{format_}' is not onnx or torchscript", param_hint="--format")
+    if format_ not in ("onnx", "pt2", "torchscript"):
+        raise typer.BadParameter(f"'{format_}' is not onnx, pt2 or torchscript", param_hint="--format")
     model = load_model(run_dir, _plugins())
     result = export_model(model, format_, out)  # type: ignore[arg-type]
-    console.out.print(f"wrote {result.path} ({result.format}; verified: max probability difference {result.max_difference:.1e})", highlight=False)
+    console.say(f"wrote {result.path} ({result.format}; verified: max probability difference {result.max_difference:.1e})")
 
 
-def _options_text(options: list[dict[str, Any]]) -> str:
-    """One line per option: ``name: type = default  help`` (``(required)`` when it has no default)."""
-    lines = []
-    for o in options:
-        default = "(required)" if o["default"] == "required" else f"= {o['default']!r}"
-        lines.append(f"{o['name']}: {o['type']} {default}" + (f"  {o['help']}" if o["help"] else ""))
-    return "\n".join(lines) or "-"
-
-
-@app.command()
-def backbones(
-    pattern: Annotated[Optional[str], typer.Argument(help="Shell-style pattern, e.g. 'timm:convnext*'.")] = None,
-    json_: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+@app.command(cls=Command)
+def features(
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A finished run directory (the --out of tlkit run).")],
+    out: Annotated[Path, typer.Option("--out", metavar="FILE", help="FILE.npz (numpy, scikit-learn) or FILE.parquet (pandas).")],
 ) -> None:
-    """List registered backbones: feature dimension, plugin, and whether weights are available offline."""
+    """Write the run's train and test features with labels and paths, for scikit-learn or pandas."""
+    from tlkit.feature_export import write_features
+
+    result = write_features(run_dir, out, _plugins(), task=lambda total: console.ConsoleObserver().task("extracting", total=total, unit="img"))
+    counts = ", ".join(f"{split} {n}" for split, n in result.counts.items())
+    console.say(f"wrote {result.path}: {counts} images x {result.feature_dim} features ({result.cached} from the cache)")
+
+
+@app.command(cls=Command)
+def backbones(
+    pattern: Annotated[Optional[str], typer.Argument(metavar="PATTERN", help="Shell-style pattern, e.g. 'timm:convnext*'.")] = None,
+    json_: Annotated[bool, typer.Option("--json", help=_JSON_HELP)] = False,
+) -> None:
+    """List backbones: feature dimension, input size, parameters, pretrained tag, licence, offline weights."""
+    from tlkit import catalog
+
     plugins = _plugins()
     rows = catalog.backbones(plugins, pattern)
     if json_:
         console.print_json(rows)
         return
-    yes_no = {True: "yes", False: "no", None: "?"}
-    console.table(
-        None,
-        ["name", "dim", "plugin", "offline weights", "description"],
-        [(r["name"], r["feature_dim"], r["plugin"], yes_no[r["weights_offline"]], r["description"]) for r in rows],
-    )
+    console.print_backbones(rows)
     hidden = plugins.backbones.hidden_count() if pattern is None else 0
     if hidden:
-        console.out.print(f"and {hidden} more from large catalogues: list them with a pattern, e.g. tlkit backbones 'timm:*'")
+        console.say(f"and {hidden} more from large catalogues: list them with a pattern, e.g. tlkit backbones 'timm:*'")
 
 
-@app.command()
+@app.command(cls=Command)
 def datasets(
-    pattern: Annotated[Optional[str], typer.Argument(help="Shell-style pattern.")] = None,
-    json_: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    pattern: Annotated[Optional[str], typer.Argument(metavar="PATTERN", help="Shell-style pattern.")] = None,
+    json_: Annotated[bool, typer.Option("--json", help=_JSON_HELP)] = False,
 ) -> None:
     """List registered data set loaders and the options each accepts."""
+    from tlkit import catalog
+
     rows = catalog.datasets(_plugins(), pattern)
     if json_:
         console.print_json(rows)
         return
-    console.table(None, ["name", "plugin", "description", "options"], [(r["name"], r["plugin"], r["description"], _options_text(r["options"])) for r in rows])
+    console.print_entries(rows)
 
 
-@app.command()
+@app.command(cls=Command)
 def heads(
-    pattern: Annotated[Optional[str], typer.Argument(help="Shell-style pattern.")] = None,
-    json_: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    pattern: Annotated[Optional[str], typer.Argument(metavar="PATTERN", help="Shell-style pattern.")] = None,
+    json_: Annotated[bool, typer.Option("--json", help=_JSON_HELP)] = False,
 ) -> None:
     """List registered heads and the options each accepts."""
+    from tlkit import catalog
+
     rows = catalog.heads(_plugins(), pattern)
     if json_:
         console.print_json(rows)
         return
-    console.table(None, ["name", "plugin", "description", "options"], [(r["name"], r["plugin"], r["description"], _options_text(r["options"])) for r in rows])
+    console.print_entries(rows)
 
 
-@app.command()
+@app.command(cls=Command)
 def plugins(
     all_: Annotated[bool, typer.Option("--all", help="Include the built-in plugins.")] = False,
-    json_: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    json_: Annotated[bool, typer.Option("--json", help=_JSON_HELP)] = False,
 ) -> None:
     """List installed plugins: version, hooks, what each registered, and failures."""
+    from tlkit import catalog
+
     rows = catalog.plugin_rows(_plugins(), include_builtin=all_)
     if json_:
         console.print_json(rows)
         return
     if not rows:
-        console.out.print("no third-party plugins installed (tlkit plugins --all shows the built-ins)")
+        console.say("no third-party plugins installed (tlkit plugins --all shows the built-ins)")
         return
-    console.table(
-        None,
-        ["name", "version", "hooks", "registered", "status"],
-        [
-            (
-                r["name"],
-                r["version"],
-                ", ".join(r["hooks"]),
-                "; ".join(f"{k}: {v if isinstance(v, int) else ', '.join(v)}" for k, v in r["registered"].items()),
-                r["status"] + (f": {r['error']}" if r["error"] else ""),
-            )
-            for r in rows
-        ],
-    )
+    console.print_plugins(rows)
 
 
-cache_app = typer.Typer(help="The feature cache: what it holds, where, and clearing it.", no_args_is_help=True)
+cache_app = typer.Typer(
+    help="The feature cache: what it holds, where, and clearing it.", no_args_is_help=True, rich_markup_mode=None, context_settings=_CONTEXT
+)
 app.add_typer(cache_app, name="cache")
 
 
-@cache_app.command("list")
-def cache_list(json_: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False) -> None:
+@cache_app.command("list", cls=Command)
+def cache_list(
+    json_: Annotated[bool, typer.Option("--json", help=_JSON_HELP)] = False,
+    wide: Annotated[bool, typer.Option("--wide", help="Show full keys and weights hashes.")] = False,
+) -> None:
     """List cache entries (one per backbone, weights, preprocessing and precision), most recently used first."""
     from tlkit import cache
 
@@ -245,20 +242,13 @@ def cache_list(json_: Annotated[bool, typer.Option("--json", help="Print JSON in
         console.print_json([e.to_dict() for e in entries])
         return
     if not entries:
-        console.out.print(f"the feature cache in {cache.cache_root()} is empty")
+        console.say(f"the feature cache in {cache.cache_root()} is empty")
         return
-    console.table(
-        None,
-        ["key", "backbone", "weights", "precision", "features", "size", "last used"],
-        [
-            (e.key[:12], e.backbone, e.weights[:19], e.precision, e.features, cache.human_bytes(e.bytes), console.ago(e.last_used))
-            for e in entries
-        ],
-    )
+    console.print_cache_entries(entries, wide=wide)
 
 
-@cache_app.command("info")
-def cache_info(json_: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False) -> None:
+@cache_app.command("info", cls=Command)
+def cache_info(json_: Annotated[bool, typer.Option("--json", help=_JSON_HELP)] = False) -> None:
     """Where the feature cache is (TLKIT_CACHE_DIR) and how much it holds."""
     from tlkit import cache
 
@@ -266,22 +256,14 @@ def cache_info(json_: Annotated[bool, typer.Option("--json", help="Print JSON in
     if json_:
         console.print_json(data)
         return
-    console.table(
-        None,
-        ["", ""],
-        [
-            ("path", f"{data['path']} (set {data['env']} to move it)"),
-            ("entries", data["entries"]),
-            ("features", data["features"]),
-            ("size", cache.human_bytes(data["bytes"])),
-        ],
-    )
+    console.print_cache_summary(data)
 
 
-@cache_app.command("clear")
+@cache_app.command("clear", cls=Command)
 def cache_clear(
     older_than: Annotated[
-        Optional[str], typer.Option("--older-than", help="Only entries unused for this long, e.g. 30d, 12h, 1d12h.")
+        Optional[str],
+        typer.Option("--older-than", metavar="DURATION", help="Only entries unused for this long, e.g. 30d, 12h, 1d12h."),
     ] = None,
 ) -> None:
     """Remove cached features: everything, or the entries not used for --older-than."""
@@ -293,7 +275,7 @@ def cache_clear(
         raise TlkitError(f"--older-than: {exc}") from None
     removed = cache.clear(older_than_s=seconds)
     freed = cache.human_bytes(sum(e.bytes for e in removed))
-    console.out.print(f"removed {len(removed)} cache entr{'y' if len(removed) == 1 else 'ies'} ({freed})")
+    console.say(f"removed {len(removed)} cache entr{'y' if len(removed) == 1 else 'ies'} ({freed})")
 
 
 def _show_warning(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
@@ -304,26 +286,17 @@ def _show_warning(message: Any, category: Any, filename: str, lineno: int, file:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the app, turning tlkit errors into one line on stderr and exit code 2."""
+    """Entry point: run the app; usage and tlkit errors become one line on stderr and exit code 2."""
     warnings.showwarning = _show_warning
-    if not _state["debug"]:
-        warnings.filterwarnings("ignore", category=FutureWarning)
-        warnings.filterwarnings("ignore", category=UserWarning, module="torch")
     if argv is None:
         argv = sys.argv[1:]
     # Decided afresh per call: main() may run many times in one process (tests, embedding).
     _state["debug"] = os.environ.get("TLKIT_DEBUG", "") not in ("", "0") or "--debug" in argv
+    if not _state["debug"]:
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module="torch")
     try:
         code = app(args=argv, prog_name="tlkit", standalone_mode=False)
-    except click.exceptions.ClickException as exc:
-        exc.show()
-        sys.exit(2)
-    except (KeyboardInterrupt, click.exceptions.Abort):
-        console.print_error("interrupted; nothing was written")
-        sys.exit(130)
-    except TlkitError as exc:
-        if _state["debug"]:
-            traceback.print_exc()
-        console.print_error(str(exc))
-        sys.exit(2)
+    except BaseException as exc:  # noqa: BLE001 - sorted into exit codes below; anything else re-raised
+        code = console.exit_code_for(exc, debug=_state["debug"])
     sys.exit(code if isinstance(code, int) else 0)

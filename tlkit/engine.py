@@ -29,6 +29,7 @@ from tlkit.finetune.resume import CHECKPOINTS
 from tlkit.observer import Observer
 from tlkit.recipe import Recipe
 from tlkit.run_files import write
+from tlkit.signals import EXIT_CODE, Terminated, terminate_as_interrupt
 from tlkit.specs import TrainedHead
 from tlkit.stages import BadFile, seed_everything
 
@@ -82,12 +83,17 @@ def run(recipe: Recipe, out_dir: Path | None = None, observer: Observer | None =
     """
     progress = _Progress(observer or Observer())
     run_dir = _run_directory(recipe, out_dir, resume)
+    with terminate_as_interrupt():  # SIGTERM (timeout, docker, schedulers) takes Ctrl-C's clean way out
+        return _run(recipe, run_dir, progress, resume=resume is not None)
+
+
+def _run(recipe: Recipe, run_dir: RunDirectory, progress: _Progress, *, resume: bool = False) -> RunResult:
     try:
         with progress.timed("prepare"):
             prepared = stages.prepare(recipe, progress)
         if recipe.finetune is not None:
             with progress.timed("finetune"):
-                prepared, trained = _finetune(prepared, run_dir, progress, resume=resume is not None)
+                prepared, trained = _finetune(prepared, run_dir, progress, resume=resume)
         with progress.timed("extract"):
             features = stages.extract(prepared, progress)
         if recipe.finetune is None:
@@ -104,9 +110,9 @@ def run(recipe: Recipe, out_dir: Path | None = None, observer: Observer | None =
         if not stop.epoch:
             run_dir.discard()
         raise _stopped(stop, recipe, run_dir) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         run_dir.discard()
-        raise _interrupted(progress.current, run_dir, cached=recipe.extract.cache) from None
+        raise _interrupted(progress.current, run_dir, cached=recipe.extract.cache, terminated=isinstance(exc, Terminated)) from None
     except BaseException:
         run_dir.discard()
         raise
@@ -141,8 +147,11 @@ def _stopped(stop: TrainingStopped, recipe: Recipe, run_dir: RunDirectory) -> Ru
     )
 
 
-def _interrupted(stage: str, run_dir: RunDirectory, *, cached: bool) -> RunInterrupted:
+def _interrupted(stage: str, run_dir: RunDirectory, *, cached: bool, terminated: bool = False) -> RunInterrupted:
     # The staging folder only ever holds a finished run's files, so there is nothing partial worth keeping.
     # Extraction writes its features to the cache as it goes (and on the way out), so a rerun resumes there.
     kept = "; the feature cache keeps every feature extracted so far, and a rerun starts from them" if cached else ""
-    return RunInterrupted(f"interrupted while {stage}; nothing was written to {run_dir.final} (a run directory appears only when complete){kept}")
+    how = "terminated (SIGTERM)" if terminated else "interrupted"
+    error = RunInterrupted(f"{how} while {stage}; nothing was written to {run_dir.final} (a run directory appears only when complete){kept}")
+    error.exit_code = EXIT_CODE if terminated else 130  # type: ignore[attr-defined]
+    return error

@@ -49,6 +49,10 @@ class RunError(TlkitError):
     """A saved run directory is missing, unfinished, or cannot be rebuilt into a model."""
 
 
+class DeviceError(TlkitError):
+    """The device asked for (``cuda``) is not there; says which setting to change."""
+
+
 class ExportError(TlkitError):
     """An export could not be written, or does not reproduce the model's probabilities."""
 

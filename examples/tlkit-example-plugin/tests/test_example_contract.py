@@ -17,11 +17,11 @@ from tlkit_example_plugin.heads import solve_ridge
 
 
 @pytest.fixture(scope="module")
-def plugins() -> tlkit.plugins.Plugins:
+def plugins() -> tlkit.testing.Plugins:
     return tlkit.testing.load_plugin(tlkit_example_plugin)
 
 
-def test_registers_what_it_promises(plugins: tlkit.plugins.Plugins) -> None:
+def test_registers_what_it_promises(plugins: tlkit.testing.Plugins) -> None:
     status = next(s for s in plugins.status.values() if not s.builtin)
     assert status.hooks == ["register_backbones", "register_datasets", "register_heads"]
     assert status.registered == {
@@ -32,12 +32,12 @@ def test_registers_what_it_promises(plugins: tlkit.plugins.Plugins) -> None:
 
 
 @pytest.mark.parametrize("stage", sorted(STAGE_DIMS))
-def test_backbone_contract(plugins: tlkit.plugins.Plugins, stage: int) -> None:
+def test_backbone_contract(plugins: tlkit.testing.Plugins, stage: int) -> None:
     report = tlkit.testing.check_backbone(f"lite0_stage{stage}", plugins=plugins, images=2)
     assert report.feature_dim == STAGE_DIMS[stage]
 
 
-def test_backbone_uses_the_offline_imagenet_weights(plugins: tlkit.plugins.Plugins) -> None:
+def test_backbone_uses_the_offline_imagenet_weights(plugins: tlkit.testing.Plugins) -> None:
     truncated = tlkit.testing.check_backbone("lite0_stage4", plugins=plugins, weights=None, images=2)
     full = plugins.backbones.get("efficientnet_lite0").build(tlkit.WeightsRequest.pretrained(), tlkit.NoOptions())
     assert truncated.weights_id == full.weights_id != "random"
@@ -62,7 +62,7 @@ def _csv_dataset(root: Path) -> dict[str, str]:
     return {"train": str(root / "train.csv"), "test": str(root / "test.csv")}
 
 
-def test_dataset_contract(plugins: tlkit.plugins.Plugins, tmp_path: Path) -> None:
+def test_dataset_contract(plugins: tlkit.testing.Plugins, tmp_path: Path) -> None:
     loaded = tlkit.testing.check_dataset("labelled_csv", _csv_dataset(tmp_path), plugins=plugins)
     assert loaded.classes == ("blue", "red")
     assert [s.path.name for s in loaded.splits["test"]] == ["test-red-0.png", "test-red-1.png", "test-blue-0.png", "test-blue-1.png"]
@@ -79,7 +79,7 @@ def test_dataset_contract(plugins: tlkit.plugins.Plugins, tmp_path: Path) -> Non
         (lambda root: (root / "train.csv").unlink(), "train.csv does not exist"),
     ],
 )
-def test_dataset_errors_name_file_and_line(plugins: tlkit.plugins.Plugins, tmp_path: Path, edit, message: str) -> None:
+def test_dataset_errors_name_file_and_line(plugins: tlkit.testing.Plugins, tmp_path: Path, edit, message: str) -> None:
     options = _csv_dataset(tmp_path)
     edit(tmp_path)
     spec = plugins.datasets.get("labelled_csv")
@@ -87,8 +87,15 @@ def test_dataset_errors_name_file_and_line(plugins: tlkit.plugins.Plugins, tmp_p
         spec.load(spec.options(**options))
 
 
+def test_options_are_checked_before_any_file_is_read(plugins: tlkit.testing.Plugins, tmp_path: Path) -> None:
+    options = {"train": str(tmp_path / "missing.csv"), "test": str(tmp_path / "missing.csv"), "delimiter": ";;"}
+    # the line a recipe with this section gets, before any CSV or image is opened
+    with pytest.raises(AssertionError, match="'dataset': value error, delimiter must be one character, not ';;'"):
+        tlkit.testing.check_dataset("labelled_csv", options, plugins=plugins)
+
+
 @pytest.mark.parametrize("options", [{}, {"alpha": 50.0, "standardize": False}])
-def test_head_contract(plugins: tlkit.plugins.Plugins, options: dict) -> None:
+def test_head_contract(plugins: tlkit.testing.Plugins, options: dict) -> None:
     report = tlkit.testing.check_head("ridge", options, plugins=plugins)
     assert report.test_accuracy >= 0.9
 

@@ -21,7 +21,13 @@ from tlkit.errors import DataError
 class LabelledCsvOptions:
     train: str = field(metadata={"help": "CSV of path,label rows for training (paths relative to the CSV)"})
     test: str = field(metadata={"help": "CSV of path,label rows for testing"})
-    delimiter: str = field(default=",", metadata={"help": "column separator"})
+    delimiter: str = field(default=",", metadata={"help": "column separator (one character)"})
+
+    def __post_init__(self) -> None:
+        # Checked when the recipe is read, before any file is opened: tlkit reports a ValueError
+        # raised here as one line naming the section ("'dataset': value error, ...").
+        if len(self.delimiter) != 1:
+            raise ValueError(f"delimiter must be one character, not {self.delimiter!r}")
 
 
 def read_rows(csv_path: Path, delimiter: str) -> list[tuple[Path, str]]:
