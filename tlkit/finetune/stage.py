@@ -72,5 +72,12 @@ def finetune(
     observer.note(f"kept the weights of epoch {result.best_epoch}" + (" (best held-out accuracy)" if settings.val_fraction > 0 else " (the last)"))
     backbone = prepare_model(result.net.backbone, prepared.device)
     built = dataclasses.replace(prepared.backbone, model=backbone, weights_id=weights_sha256(backbone), saved_with_run=True)
-    head = TrainedHead(module=result.net.classifier.cpu().eval(), history=result.history)
+    classifier = result.net.classifier.cpu().eval()
+    head = TrainedHead(
+        module=classifier,
+        history=result.history,
+        config={"in_features": classifier.in_features, "out_features": classifier.out_features},  # the linear head's settings
+        choices={"epoch": result.best_epoch},
+        notes=(f"fine-tuned ({settings.strategy}); kept epoch {result.best_epoch} of {settings.epochs}",),
+    )
     return dataclasses.replace(prepared, backbone=built), head, result
