@@ -53,9 +53,21 @@ def run(
     from tlkit.engine import run as run_recipe
     from tlkit.recipe import load_recipe
 
+    from tlkit.distributed import detect
+
     recipe_obj = load_recipe(recipe, _plugins(), set_ or [])
+    ranks = detect()  # torchrun / srun: each rank extracts a shard, rank 0 trains and writes (tlkit.distributed_run)
     try:
-        result = run_recipe(recipe_obj, out, console.ConsoleObserver())
+        if ranks.distributed:
+            from tlkit.distributed_run import run_ranks
+
+            outcome = run_ranks(recipe_obj, out, console.ConsoleObserver(), ranks)
+            if outcome.result is None:
+                console.out.print(outcome.summary, highlight=False)
+                return
+            result = outcome.result
+        else:
+            result = run_recipe(recipe_obj, out, console.ConsoleObserver())
     except KeyboardInterrupt as exc:
         # typer turns Ctrl-C into a silent exit 130; say what stopped and what was kept first.
         console.print_error(str(exc) or "interrupted; nothing was written")
@@ -84,6 +96,8 @@ def run(
         )
         if len(result.bad_images) > shown:
             console.out.print(f"and {len(result.bad_images) - shown} more: see {result.out_dir / 'bad_images.csv'}")
+    if ranks.distributed:
+        console.out.print(outcome.summary, highlight=False)
 
 
 @app.command()
