@@ -50,10 +50,9 @@ def run(
     out: Annotated[Optional[Path], typer.Option("--out", help="Run directory (default runs/<recipe>-<timestamp>/).")] = None,
 ) -> None:
     """Run a recipe: extract features with the backbone, train the head, evaluate, save the run."""
+    from tlkit.distributed import detect
     from tlkit.engine import run as run_recipe
     from tlkit.recipe import load_recipe
-
-    from tlkit.distributed import detect
 
     recipe_obj = load_recipe(recipe, _plugins(), set_ or [])
     ranks = detect()  # torchrun / srun: each rank extracts a shard, rank 0 trains and writes (tlkit.distributed_run)
@@ -239,6 +238,59 @@ def plugins(
             for r in rows
         ],
     )
+
+
+shards_app = typer.Typer(help="WebDataset tar shards: write them from an image folder.", no_args_is_help=True)
+app.add_typer(shards_app, name="shards")
+
+
+@shards_app.command("make")
+def shards_make(
+    folder: Annotated[Path, typer.Argument(help="Image folder with train/ and val/ sub-folders, one folder per class.")],
+    out: Annotated[Path, typer.Argument(help="Folder to write <split>-000000.tar ... and classes.txt into.")],
+    shard_size: Annotated[int, typer.Option("--shard-size", min=1, help="Images per shard.")] = 1000,
+    train: Annotated[str, typer.Option("--train", help="Training sub-folder.")] = "train",
+    test: Annotated[str, typer.Option("--test", help="Test sub-folder.")] = "val",
+) -> None:
+    """Write an image folder as WebDataset shards (image bytes unchanged, class in .cls and .json)."""
+    from tlkit.shards import make_from_folder
+
+    written = make_from_folder(_plugins(), folder, out, shard_size, train=train, test=test)
+    console.table(None, ["split", "images", "shards", "pattern"], [(s, written.images[s], len(p), written.pattern(s)) for s, p in written.splits.items()])
+    console.out.print(f"run them with: --set dataset.name=webdataset --set 'dataset.train={written.pattern('train')}' "
+                      f"--set 'dataset.test={written.pattern('test')}'", highlight=False, markup=False)
+
+
+@app.command()
+def compare(
+    recipe: Annotated[Path, typer.Argument(help="YAML recipe giving the data set (and defaults).")],
+    more: Annotated[Optional[list[str]], typer.Argument(help="More backbone patterns after the first --backbones one.", show_default=False)] = None,
+    backbones: Annotated[Optional[list[str]], typer.Option("--backbones", help="Backbone patterns: NAME, NAME@none (random), NAME@PATH; 'timm:resnet1*'.")] = None,
+    heads: Annotated[Optional[str], typer.Option("--heads", help="Comma-separated heads (default: the recipe's).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a recipe value: dotted.key=value (repeatable).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Folder for compare.json/.csv/.png and the runs (default runs/compare-<recipe>-<time>/).")] = None,
+) -> None:
+    """Rank backbones x heads on a recipe's data: test accuracy with bootstrap 95% intervals, ties marked."""
+    from tlkit.artifacts import default_out_dir
+    from tlkit.compare import compare as run_compare
+    from tlkit.recipe import load_recipe
+
+    recipe_obj = load_recipe(recipe, _plugins(), set_ or [])
+    patterns = [*(backbones or []), *(more or [])]
+    if not patterns:
+        raise click.BadParameter("name at least one backbone pattern", param_hint="--backbones")
+    head_names = [h.strip() for h in (heads or recipe_obj.head.name).split(",") if h.strip()]
+    result = run_compare(recipe_obj, patterns, head_names, _plugins(), out or default_out_dir(f"compare-{recipe_obj.name}"), console.ConsoleObserver())
+    console.table(
+        f"{len(result.results)} results, best first (ties: the paired bootstrap cannot separate them)",
+        ["#", "backbone", "head", "test acc", "95% interval", "balanced acc", "dim", "params", "img/s", "ties with"],
+        [(r.rank, r.backbone.label, r.head, console.percent(r.test_accuracy), f"{console.percent(r.ci[0])} - {console.percent(r.ci[1])}",
+          console.percent(r.balanced_accuracy), r.feature_dim, f"{r.parameters / 1e6:.1f} M", "cached" if r.images_per_s is None else f"{r.images_per_s:.1f}",
+          ", ".join(f"#{t}" for t in r.ties_with) or "-") for r in result.results],
+    )
+    for name, reason in result.skipped:
+        console.print_warning(f"skipped {name}: {reason}")
+    console.out.print("wrote " + ", ".join(str(p) for p in result.files.values()), highlight=False)
 
 
 cache_app = typer.Typer(help="The feature cache: what it holds, where, and clearing it.", no_args_is_help=True)

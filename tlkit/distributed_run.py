@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from tlkit.errors import DataError, TlkitError
 from tlkit.features import extract_cached, prepare_model
 from tlkit.observer import Observer
 from tlkit.recipe import Recipe
+from tlkit.shard_features import extract_members_cached
 from tlkit.specs import Sample
 
 SPLITS = ("train", "test")
@@ -67,6 +69,7 @@ class ShardFeatures:
 
     features: dict[str, torch.Tensor]
     log: list[tuple[str, int, str, int, str]]
+    store: FeatureStore | None = None  # this rank's cache entry (not sent to rank 0)
 
 
 def _store(recipe: Recipe, backbone: Any, preprocessing: Any) -> FeatureStore:
@@ -84,16 +87,19 @@ def _store(recipe: Recipe, backbone: Any, preprocessing: Any) -> FeatureStore:
 def _extract_shard(split: str, samples: list[Sample], env: DistEnv, recipe: Recipe, model: torch.nn.Module, preprocessing: Any,
                    store: FeatureStore, device: torch.device, observer: Observer) -> ShardFeatures:
     start, end = Shard(env.rank, env.world_size).bounds(len(samples))
-    paths = [s.path for s in samples[start:end]]
-    hashes = hash_files(paths, store.root)
+    mine = samples[start:end]
+    paths = [s.path for s in mine]
+    members = bool(mine) and mine[0].member is not None  # shard members: hashed when listed, streamed when extracted
+    hashes: list[str | None] = [s.member.sha256 if s.member else None for s in mine] if members else hash_files(paths, store.root)
     already = set(store.lookup(h for h in hashes if h is not None))
 
     def refuse(path: Path, reason: str) -> None:
         if recipe.images.on_bad_image == "error":
             raise DataError(f"{path}: {reason} (dataset.on_bad_image is 'error'; set it to 'skip' to leave such files out)")
 
-    result = extract_cached(
-        model, paths, preprocessing, store,
+    extract_fn: Any = extract_members_cached if members else extract_cached
+    result = extract_fn(
+        model, mine if members else paths, preprocessing, store,
         batch_size=recipe.extract.batch_size, workers=recipe.extract.workers, precision=recipe.extract.precision, device=device,
         task=lambda total: observer.task(f"extracting {split} {start}-{end - 1}", total=total, unit="img"),
         background=recipe.images.rgb(), on_bad=refuse,
@@ -119,7 +125,7 @@ def extract_rank_shards(recipe: Recipe, env: DistEnv, device: torch.device, obse
     dataset = recipe.dataset.spec.load(recipe.dataset.options)
     store = _store(recipe, backbone, preprocessing)
     model = prepare_model(backbone.model, device)
-    combined = ShardFeatures({}, [])
+    combined = ShardFeatures({}, [], store)
     for split in SPLITS:
         part = _extract_shard(split, list(dataset.splits[split]), env, recipe, model, preprocessing, store, device, observer)
         combined.features.update(part.features)
@@ -127,10 +133,8 @@ def extract_rank_shards(recipe: Recipe, env: DistEnv, device: torch.device, obse
     return combined
 
 
-def _merge_on_main(recipe: Recipe, parts: list[ShardFeatures]) -> list[tuple[str, int, str, int, str]]:
+def _merge_on_main(store: FeatureStore, parts: list[ShardFeatures]) -> list[tuple[str, int, str, int, str]]:
     """Put the other ranks' features into rank 0's cache (a cache shared by all already holds them)."""
-    backbone = recipe.backbone.spec.build(recipe.weights, recipe.backbone.options)
-    store = _store(recipe, backbone, recipe.backbone.spec.resolve_preprocessing())
     features = {h: row for part in parts for h, row in part.features.items()}
     present = store.lookup(features)
     missing = {h: row for h, row in features.items() if h not in present}
@@ -167,13 +171,16 @@ def run_ranks(recipe: Recipe, out_dir: Path | None, observer: Observer, env: Dis
     device = device_for(env, recipe.extract.device)
     rank_observer = observer if env.is_main else RankObserver(observer, env)
     with process_group(env, device):
+        observer.note(f"{env.label()}: pid {os.getpid()} on {socket.gethostname()}, {device}, {env.launcher}")
         mine = extract_rank_shards(recipe, env, device, rank_observer)
+        store, mine.store = mine.store, None
         parts = gather_to_main(env, mine, "gathering the extracted features")
         outcome: tuple[str, str] = ("error", "rank 0 stopped before it could report")
         result = None
         try:
             if parts is not None:
-                log = _merge_on_main(recipe, parts)
+                assert store is not None
+                log = _merge_on_main(store, parts)
                 from tlkit.engine import run
 
                 result = run(recipe, out_dir, observer)

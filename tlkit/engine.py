@@ -57,9 +57,15 @@ def _features_for(
         if recipe.images.on_bad_image == "error":
             raise DataError(f"{path}: {reason} (dataset.on_bad_image is 'error'; set it to 'skip' to leave such files out)")
 
-    result = extract_cached(
+    extract_fn: Any = extract_cached
+    items: list[Any] = [s.path for s in samples]
+    if samples and samples[0].member is not None:  # images inside tar shards (the webdataset loader): streamed
+        from tlkit.shard_features import extract_members_cached as extract_fn
+
+        items = samples
+    result = extract_fn(
         model,
-        [s.path for s in samples],
+        items,
         preprocessing,
         store,
         batch_size=settings.batch_size,

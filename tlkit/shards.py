@@ -177,3 +177,13 @@ def _raise(exc: BaseException) -> bool:
     if isinstance(exc, DataError):
         raise exc
     raise DataError(f"cannot read a shard ({type(exc).__name__}: {str(exc)[:160]}); check the path or URL and that it is a tar file") from None
+
+
+def make_from_folder(plugins: Any, folder: Path, out: Path, shard_size: int, *, train: str = "train", test: str = "val",
+                     on_shard: Callable[[Path], None] = lambda path: None) -> WrittenShards:
+    """``tlkit shards make``: the ``imagefolder`` loader's view of ``folder`` (same files, same order) as shards."""
+    from tlkit.recipe import validate_options
+
+    spec = plugins.datasets.get("imagefolder")
+    options = validate_options(spec.options, {"root": str(folder), "train": train, "test": test}, "dataset")
+    return make_shards(spec.load(options), folder, out, shard_size, on_shard=on_shard)
