@@ -30,6 +30,7 @@ import torch
 from tlkit.errors import RecipeError, TlkitError, WeightsError, did_you_mean
 from tlkit.observer import Observer
 from tlkit.recipe import Choice, Recipe, validate_options
+from tlkit.weights import WeightsRequest
 
 BOOTSTRAP_SAMPLES = 2000
 CSV_COLUMNS = ("rank", "backbone", "weights", "head", "test_accuracy", "ci_low", "ci_high", "balanced_accuracy",
@@ -104,36 +105,46 @@ def expand_backbones(patterns: Sequence[str], plugins: Any) -> tuple[list[Candid
     return candidates, skipped
 
 
-def _variant(recipe: Recipe, candidate: Candidate, head: Any, plugins: Any) -> Recipe:
+def _variant(recipe: Recipe, candidate: Candidate, head: str, plugins: Any) -> Recipe:
     spec = plugins.backbones.get(candidate.name)
     options = recipe.backbone.options if spec.name == recipe.backbone.name else validate_options(spec.options, {}, "backbone")
     head_spec = plugins.heads.get(head)
     head_options = recipe.head.options if head == recipe.head.name else validate_options(head_spec.options, {}, "head")
-    return dataclasses.replace(recipe, backbone=Choice(spec, options), weights=candidate.weights, head=Choice(head_spec, head_options))
+    return dataclasses.replace(recipe, backbone=Choice(spec, options), weights=WeightsRequest.parse(candidate.weights), head=Choice(head_spec, head_options))
 
 
-def _parameters(recipe: Recipe) -> int:
-    built = recipe.backbone.spec.build(recipe.weights, recipe.backbone.options)
-    return sum(p.numel() for p in built.model.parameters())
+def _correct(evaluation_rows: Sequence[dict[str, Any]]) -> torch.Tensor:
+    return torch.tensor([row["true_class"] == row["predicted_class"] for row in evaluation_rows], dtype=torch.bool)
 
 
-def _correct(run_dir: Path) -> torch.Tensor:
+def _run_backbone(recipe: Recipe, candidate: Candidate, heads: Sequence[str], plugins: Any, out_dir: Path, observer: Observer) -> list[Result]:
+    """One extraction (``prepare`` + ``extract``), then ``fit``/``evaluate``/``write`` once per head."""
+    from tlkit import stages
+    from tlkit.distributed_run import finish_run
+
+    started = time.perf_counter()
+    prepared = stages.prepare(_variant(recipe, candidate, heads[0], plugins), observer)
+    timings = {"prepare": time.perf_counter() - started}
+    features = stages.extract(prepared, observer)
+    timings["extract"] = features.seconds
+    parameters = sum(p.numel() for p in prepared.backbone.model.parameters())
+    speed = features.extracted / features.seconds if features.extracted and features.seconds > 0 else None
+    results = []
+    for head in heads:
+        for_head = dataclasses.replace(prepared, recipe=_variant(recipe, candidate, head, plugins))
+        run = finish_run(for_head, features, out_dir / "runs" / _folder(candidate, head), observer, timings)
+        rows = _prediction_rows(run.out_dir)
+        m = run.metrics
+        results.append(Result(
+            backbone=candidate, head=head, test_accuracy=float(m.test_accuracy or 0.0), balanced_accuracy=float(m.test_balanced_accuracy or 0.0),
+            feature_dim=m.feature_dim, parameters=parameters, images_per_s=speed, run_dir=run.out_dir, correct=_correct(rows),
+        ))
+    return results
+
+
+def _prediction_rows(run_dir: Path) -> list[dict[str, Any]]:
     with (run_dir / "predictions.csv").open(newline="", encoding="utf-8") as fh:
-        return torch.tensor([row["true_class"] == row["predicted_class"] for row in csv.DictReader(fh)], dtype=torch.bool)
-
-
-def _run_one(recipe: Recipe, candidate: Candidate, head: str, run_dir: Path, observer: Observer) -> Result:
-    from tlkit.engine import run
-
-    result = run(recipe, run_dir, observer)
-    m = result.metrics
-    extracted = m["features"]["extracted"]
-    seconds = m["timings_s"]["extract"]
-    return Result(
-        backbone=candidate, head=head, test_accuracy=m["test_accuracy"], balanced_accuracy=m["test_balanced_accuracy"],
-        feature_dim=m["feature_dim"], parameters=_parameters(recipe),
-        images_per_s=extracted / seconds if extracted and seconds > 0 else None, run_dir=result.out_dir, correct=_correct(result.out_dir),
-    )
+        return list(csv.DictReader(fh))
 
 
 def bootstrap(results: list[Result], samples: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> None:
@@ -167,13 +178,10 @@ def compare(recipe: Recipe, patterns: Sequence[str], heads: Sequence[str], plugi
     results: list[Result] = []
     for number, candidate in enumerate(candidates, 1):
         observer.note(f"[{number}/{len(candidates)}] {candidate.label}")
-        for head in heads:
-            variant = _variant(recipe, candidate, head, plugins)
-            try:
-                results.append(_run_one(variant, candidate, head, out_dir / "runs" / _folder(candidate, head), observer))
-            except WeightsError as exc:
-                skipped.append((candidate.label, str(exc)))
-                break
+        try:
+            results.extend(_run_backbone(recipe, candidate, heads, plugins, out_dir, observer))
+        except WeightsError as exc:
+            skipped.append((candidate.label, str(exc)))
     if not results:
         raise RecipeError("no backbone could be run: " + "; ".join(f"{n}: {why}" for n, why in skipped))
     results.sort(key=lambda r: (-r.test_accuracy, -r.balanced_accuracy, r.backbone.label, r.head))

@@ -6,9 +6,10 @@ the head once and alone writes the run directory. Without a launcher nothing her
 
 Why these choices:
 
-- **Contiguous, unpadded shards.** ``torch.utils.data.DistributedSampler`` pads the last shard with
-  repeated images so every rank gets as many; features must be one per image, so a shard here is a
-  plain contiguous slice: no image twice, none missed, sizes differing by at most one.
+- **Unpadded shards.** ``torch.utils.data.DistributedSampler`` pads the last shard with repeated
+  images so every rank gets as many; features must be one per image, so a shard
+  (:class:`tlkit.stages.Shard`) is every ``world``-th image from ``rank``: no image twice, none
+  missed, sizes differing by at most one.
 - **Backend chosen from the device.** gloo on CPU, nccl when the ranks run on CUDA, each rank on the
   GPU of its ``LOCAL_RANK``.
 - **Every collective has a deadline.** The process group's timeout (``TLKIT_DIST_TIMEOUT`` seconds)
@@ -21,11 +22,11 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 
@@ -33,7 +34,6 @@ from tlkit.errors import TlkitError
 
 TIMEOUT_ENV = "TLKIT_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 1800.0
-T = TypeVar("T")
 
 
 class DistributedError(TlkitError):
@@ -98,26 +98,6 @@ def detect(environ: Mapping[str, str] | None = None) -> DistEnv:
             "export them in the job script (the first node's host name and a free port) or launch through torchrun"
         )
     return DistEnv(rank, world, local, addr, port, launcher)
-
-
-@dataclass(frozen=True)
-class Shard:
-    """Rank ``rank`` of ``world``'s part of a sequence: a contiguous, unpadded slice."""
-
-    rank: int = 0
-    world: int = 1
-
-    def bounds(self, n: int) -> tuple[int, int]:
-        """``[start, end)`` of this rank's items among ``n``; the slices of all ranks tile ``range(n)``."""
-        return n * self.rank // self.world, n * (self.rank + 1) // self.world
-
-    def indices(self, n: int) -> range:
-        start, end = self.bounds(n)
-        return range(start, end)
-
-    def select(self, items: Sequence[T]) -> list[T]:
-        start, end = self.bounds(len(items))
-        return list(items[start:end])
 
 
 def timeout_s(environ: Mapping[str, str] | None = None) -> float:
@@ -234,24 +214,3 @@ def broadcast_from_main(env: DistEnv, value: Any, what: str) -> Any:
     with collective(env, what):
         dist.broadcast_object_list(box, src=0)
     return box[0]
-
-
-def assemble(n: int, world: int, parts: Sequence[tuple[Sequence[int], torch.Tensor]]) -> tuple[list[int], torch.Tensor]:
-    """Rank-ordered ``(kept indices, features)`` pieces back into image order, checking they tile ``range(n)``.
-
-    Each rank's indices are positions in the whole split (its shard's offset added); an index seen
-    twice or outside its rank's shard is a bug, and is refused rather than silently overwritten.
-    """
-    kept: list[int] = []
-    rows: list[torch.Tensor] = []
-    for rank, (indices, feats) in enumerate(parts):
-        start, end = Shard(rank, world).bounds(n)
-        if any(not start <= i < end for i in indices) or len(indices) != len(feats):
-            raise DistributedError(f"rank {rank} returned features outside its shard [{start}, {end}) of {n} images")
-        kept.extend(int(i) for i in indices)
-        if len(indices):
-            rows.append(feats)
-    if sorted(kept) != kept or len(set(kept)) != len(kept):
-        raise DistributedError("ranks returned overlapping features; every image must come from exactly one rank")
-    features = torch.cat(rows) if rows else torch.empty(0, 0)
-    return kept, features

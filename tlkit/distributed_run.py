@@ -1,24 +1,25 @@
 """``torchrun -m tlkit run RECIPE``: every rank extracts its shard, rank 0 trains and writes.
 
-The flow, with every wait bounded (:mod:`tlkit.distributed`):
+The flow, through the stages of :mod:`tlkit.stages`, every wait bounded (:mod:`tlkit.distributed`):
 
-1. each rank builds the backbone, loads the data set and extracts its :class:`~tlkit.distributed.Shard`
-   of each split through the feature cache (so a rerun after a failure resumes);
-2. the ranks' features, keyed by image sha256, are gathered on rank 0, which adds those its own cache
-   lacks (ranks on other machines need not share a cache folder) and writes ``ranks.csv``: which
-   rank extracted which image;
-3. rank 0 runs the ordinary single-process path, which now finds every feature in its cache, so the
-   head, the metrics and the run directory are exactly those of a one-process run;
-4. rank 0 sends its summary (or its error) to every rank; all print the same line and exit alike.
+1. each rank runs ``prepare`` (same seed, so random weights agree) and ``extract(shard=...)``: only its
+   :class:`~tlkit.stages.Shard` of each split is hashed, decoded and pushed through the backbone,
+   filling the feature cache as it goes (a rerun after a failure resumes there);
+2. the ranks' features are gathered on rank 0 and put back in image order (:func:`merge`), so rank 0
+   holds exactly the :class:`~tlkit.stages.SplitFeatures` a one-process run would have;
+3. rank 0 alone runs ``fit``, ``evaluate`` and ``write`` (:func:`finish_run`), plus ``ranks.csv``:
+   which rank extracted which image;
+4. rank 0 sends its summary line (or its error) to every rank; all print it and exit alike.
 """
 
 from __future__ import annotations
 
 import csv
-import io
+import dataclasses
 import os
 import socket
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,17 +27,15 @@ from typing import Any
 
 import torch
 
-from tlkit.cache import FeatureStore, hash_files, open_store
-from tlkit.distributed import DistEnv, DistributedError, Shard, broadcast_from_main, device_for, gather_to_main, process_group
-from tlkit.errors import DataError, TlkitError
-from tlkit.features import extract_cached, prepare_model
+from tlkit import __version__, stages
+from tlkit.artifacts import RunDirectory, default_out_dir
+from tlkit.distributed import DistEnv, DistributedError, broadcast_from_main, device_for, gather_to_main, process_group
 from tlkit.observer import Observer
 from tlkit.recipe import Recipe
-from tlkit.shard_features import extract_members_cached
-from tlkit.specs import Sample
+from tlkit.specs import Features, Sample
+from tlkit.stages import Prepared, Shard, SplitFeatures
 
-SPLITS = ("train", "test")
-LOG_COLUMNS = ["split", "index", "path", "rank", "source"]
+LOG_COLUMNS = ["split", "index", "path", "rank"]
 
 
 @dataclass(frozen=True)
@@ -63,134 +62,148 @@ class RankObserver(Observer):
             yield advance
 
 
-@dataclass
-class ShardFeatures:
-    """One rank's part of one split: features by image hash, and where each image came from."""
+@dataclass(frozen=True)
+class RankPart:
+    """What one rank sends to rank 0: per split, the positions (in the whole split) of the images it kept, and their features."""
 
-    features: dict[str, torch.Tensor]
-    log: list[tuple[str, int, str, int, str]]
-    store: FeatureStore | None = None  # this rank's cache entry (not sent to rank 0)
+    rank: int
+    positions: dict[str, list[int]]
+    features: SplitFeatures
 
 
-def _store(recipe: Recipe, backbone: Any, preprocessing: Any) -> FeatureStore:
-    return open_store(
-        recipe.backbone.name,
-        backbone.weights_id,
-        preprocessing,
-        recipe.extract.precision,
-        seed=recipe.seed,
-        options=recipe.backbone.options,
-        background=recipe.images.rgb(),
+def positions_of(kept: Sequence[Sample], shard_samples: Sequence[Sample], all_positions: Sequence[int]) -> list[int]:
+    """Where each kept sample sits in the whole split (kept is an ordered subsequence of the shard's samples)."""
+    result: list[int] = []
+    j = 0
+    for sample in kept:
+        while shard_samples[j] != sample:
+            j += 1
+        result.append(all_positions[j])
+        j += 1
+    return result
+
+
+def _rank_part(prepared: Prepared, env: DistEnv, features: SplitFeatures) -> RankPart:
+    shard = Shard(env.rank, env.world_size)
+    positions = {}
+    for split in stages.SPLITS:
+        samples = list(prepared.dataset.splits[split])
+        mine = shard.select(samples)
+        positions[split] = positions_of(features.samples[split], mine, shard.select(range(len(samples))))
+    return RankPart(env.rank, positions, features)
+
+
+def merge(parts: Sequence[RankPart], sizes: dict[str, int]) -> tuple[SplitFeatures, list[tuple[str, int, str, int]]]:
+    """The ranks' features in image order, as one :class:`SplitFeatures`; and (split, index, path, rank) per image.
+
+    An image claimed by two ranks, or outside its rank's shard, is a bug and is refused, never overwritten.
+    """
+    merged: dict[str, Features] = {}
+    samples: dict[str, tuple[Sample, ...]] = {}
+    log: list[tuple[str, int, str, int]] = []
+    for split in stages.SPLITS:
+        rows: list[tuple[int, int, Sample, torch.Tensor, torch.Tensor]] = []
+        for part in parts:
+            world = len(parts)
+            feats = part.features.features[split]
+            for k, (position, sample) in enumerate(zip(part.positions[split], part.features.samples[split])):
+                if position % world != part.rank or not 0 <= position < sizes[split]:
+                    raise DistributedError(f"rank {part.rank} returned image {position} of {split}, which is not in its shard")
+                rows.append((position, part.rank, sample, feats.x[k], feats.y[k]))
+        rows.sort(key=lambda r: r[0])
+        if len({r[0] for r in rows}) != len(rows):
+            raise DistributedError(f"two ranks returned the same {split} image; every image must come from exactly one rank")
+        merged[split] = Features(torch.stack([r[3] for r in rows]) if rows else torch.empty(0, 0), torch.stack([r[4] for r in rows]) if rows else torch.empty(0, dtype=torch.long))
+        samples[split] = tuple(r[2] for r in rows)
+        log.extend((split, r[0], str(r[2].path), r[1]) for r in rows)
+    first = parts[0].features
+    features = SplitFeatures(
+        features=merged, samples=samples, bad=tuple(b for p in parts for b in p.features.bad),
+        cached=sum(p.features.cached for p in parts), extracted=sum(p.features.extracted for p in parts),
+        seconds=max(p.features.seconds for p in parts), cache=first.cache,
     )
+    return features, log
 
 
-def _extract_shard(split: str, samples: list[Sample], env: DistEnv, recipe: Recipe, model: torch.nn.Module, preprocessing: Any,
-                   store: FeatureStore, device: torch.device, observer: Observer) -> ShardFeatures:
-    start, end = Shard(env.rank, env.world_size).bounds(len(samples))
-    mine = samples[start:end]
-    paths = [s.path for s in mine]
-    members = bool(mine) and mine[0].member is not None  # shard members: hashed when listed, streamed when extracted
-    hashes: list[str | None] = [s.member.sha256 if s.member else None for s in mine] if members else hash_files(paths, store.root)
-    already = set(store.lookup(h for h in hashes if h is not None))
+def finish_run(prepared: Prepared, features: SplitFeatures, out_dir: Path | None, observer: Observer,
+               timings: dict[str, float], extra: Callable[[RunDirectory], None] = lambda run_dir: None) -> Any:
+    """``fit`` -> ``evaluate`` -> ``write`` into a new run directory, committed whole or removed (as :func:`tlkit.engine.run`)."""
+    from tlkit.engine import RunResult
+    from tlkit.run_files import write
 
-    def refuse(path: Path, reason: str) -> None:
-        if recipe.images.on_bad_image == "error":
-            raise DataError(f"{path}: {reason} (dataset.on_bad_image is 'error'; set it to 'skip' to leave such files out)")
-
-    extract_fn: Any = extract_members_cached if members else extract_cached
-    result = extract_fn(
-        model, mine if members else paths, preprocessing, store,
-        batch_size=recipe.extract.batch_size, workers=recipe.extract.workers, precision=recipe.extract.precision, device=device,
-        task=lambda total: observer.task(f"extracting {split} {start}-{end - 1}", total=total, unit="img"),
-        background=recipe.images.rgb(), on_bad=refuse,
-    )
-    kept = set(result.kept)
-    features = {hashes[i]: row for i, row in zip(result.kept, result.features) if hashes[i] is not None}
-    log = [
-        (split, start + i, str(path), env.rank, "bad" if i not in kept else "cached" if hashes[i] in already else "extracted")
-        for i, path in enumerate(paths)
-    ]
-    extracted = sum(1 for row in log if row[4] == "extracted")
-    observer.note(f"{split}: images {start}-{end - 1} of {len(samples)}: {extracted} extracted, {len(kept) - extracted} cached")
-    return ShardFeatures(features, log)  # type: ignore[arg-type]
+    recipe = prepared.recipe
+    run_dir = RunDirectory(out_dir or default_out_dir(recipe.name), unique=out_dir is None)
+    try:
+        started = time.perf_counter()
+        trained = stages.fit(prepared, features, observer)
+        timings = {**timings, "train_head": time.perf_counter() - started}
+        timings["total"] = sum(timings.values())
+        evaluation = stages.evaluate(prepared, features, trained, timings)
+        observer.stage("writing the run directory")
+        write(run_dir, prepared, features, trained, evaluation)
+        extra(run_dir)
+        final = run_dir.commit({"tlkit": __version__, "recipe": recipe.name, "complete": True})
+        return RunResult(out_dir=final, metrics=evaluation.metrics, bad_images=features.bad)
+    except BaseException:
+        run_dir.discard()
+        raise
 
 
-def extract_rank_shards(recipe: Recipe, env: DistEnv, device: torch.device, observer: Observer) -> ShardFeatures:
-    """This rank's shard of every split, extracted into the feature cache."""
-    from tlkit.engine import seed_everything
+def _write_rank_log(rows: list[tuple[str, int, str, int]]) -> Callable[[RunDirectory], None]:
+    def write(run_dir: RunDirectory) -> None:
+        with run_dir.file("ranks.csv").open("w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(LOG_COLUMNS)
+            writer.writerows(rows)
 
-    seed_everything(recipe.seed)
-    backbone = recipe.backbone.spec.build(recipe.weights, recipe.backbone.options)
-    preprocessing = recipe.backbone.spec.resolve_preprocessing()
-    dataset = recipe.dataset.spec.load(recipe.dataset.options)
-    store = _store(recipe, backbone, preprocessing)
-    model = prepare_model(backbone.model, device)
-    combined = ShardFeatures({}, [], store)
-    for split in SPLITS:
-        part = _extract_shard(split, list(dataset.splits[split]), env, recipe, model, preprocessing, store, device, observer)
-        combined.features.update(part.features)
-        combined.log.extend(part.log)
-    return combined
+    return write
 
 
-def _merge_on_main(store: FeatureStore, parts: list[ShardFeatures]) -> list[tuple[str, int, str, int, str]]:
-    """Put the other ranks' features into rank 0's cache (a cache shared by all already holds them)."""
-    features = {h: row for part in parts for h, row in part.features.items()}
-    present = store.lookup(features)
-    missing = {h: row for h, row in features.items() if h not in present}
-    for offset in range(0, len(missing), 1024):
-        names = sorted(missing)[offset: offset + 1024]
-        store.write({h: missing[h] for h in names})
-    return sorted((row for part in parts for row in part.log), key=lambda r: (SPLITS.index(r[0]), r[1]))
-
-
-def write_rank_log(run_dir: Path, rows: list[tuple[str, int, str, int, str]]) -> Path:
-    """``ranks.csv`` in the finished run directory, written whole or not at all."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(LOG_COLUMNS)
-    writer.writerows(rows)
-    target = run_dir / "ranks.csv"
-    tmp = run_dir / ".ranks.csv.tmp"
-    tmp.write_text(buffer.getvalue(), encoding="utf-8")
-    os.replace(tmp, target)
-    return target
-
-
-def summary_line(env: DistEnv, metrics: dict[str, Any], out_dir: Path) -> str:
+def summary_line(env: DistEnv, metrics: Any, out_dir: Path) -> str:
     return (
-        f"{env.world_size} ranks done: test accuracy {metrics['test_accuracy']:.4f}, "
-        f"{metrics['counts']['train']} train and {metrics['counts']['test']} test images; run directory {out_dir} (written by rank 0)"
+        f"{env.world_size} ranks done: test accuracy {metrics.test_accuracy:.4f}, "
+        f"{metrics.counts['train']} train and {metrics.counts['test']} test images; run directory {out_dir} (written by rank 0)"
     )
+
+
+def _extract_mine(recipe: Recipe, env: DistEnv, observer: Observer, timings: dict[str, float]) -> tuple[Prepared, RankPart]:
+    started = time.perf_counter()
+    prepared = stages.prepare(recipe, observer)
+    timings["prepare"] = time.perf_counter() - started
+    started = time.perf_counter()
+    features = stages.extract(prepared, observer, shard=Shard(env.rank, env.world_size))
+    timings["extract"] = time.perf_counter() - started
+    observer.note(f"extracted its shard: every {env.world_size}th image from {env.rank}: {features.extracted} extracted, {features.cached} cached")
+    return prepared, _rank_part(prepared, env, features)
 
 
 def run_ranks(recipe: Recipe, out_dir: Path | None, observer: Observer, env: DistEnv) -> RankOutcome:
     """This rank's part of a multi-process run; every rank returns (or raises) the same outcome."""
-    if not recipe.extract.cache:
-        raise DistributedError("under torchrun the ranks hand their features to rank 0 through the feature cache; set extract.cache: true")
     device = device_for(env, recipe.extract.device)
+    if device.type == "cuda":
+        recipe = dataclasses.replace(recipe, extract=dataclasses.replace(recipe.extract, device="cuda"))  # cuda = this rank's GPU (set_device)
     rank_observer = observer if env.is_main else RankObserver(observer, env)
+    timings: dict[str, float] = {}
     with process_group(env, device):
-        observer.note(f"{env.label()}: pid {os.getpid()} on {socket.gethostname()}, {device}, {env.launcher}")
-        mine = extract_rank_shards(recipe, env, device, rank_observer)
-        store, mine.store = mine.store, None
+        observer.note(f"{env.label()}: pid {os.getpid()} on {socket.gethostname()}, {device}, launched by {env.launcher}")
+        prepared, mine = _extract_mine(recipe, env, rank_observer, timings)
         parts = gather_to_main(env, mine, "gathering the extracted features")
         outcome: tuple[str, str] = ("error", "rank 0 stopped before it could report")
         result = None
+        failure: Exception | None = None
         try:
             if parts is not None:
-                assert store is not None
-                log = _merge_on_main(store, parts)
-                from tlkit.engine import run
-
-                result = run(recipe, out_dir, observer)
-                write_rank_log(result.out_dir, log)
+                sizes = {split: len(prepared.dataset.splits[split]) for split in stages.SPLITS}
+                features, log = merge(parts, sizes)
+                observer.note(f"features: {features.cached} cached, {features.extracted} extracted by {env.world_size} ranks")
+                result = finish_run(prepared, features, out_dir, observer, timings, _write_rank_log(log))
                 outcome = ("ok", summary_line(env, result.metrics, result.out_dir))
-        except TlkitError as exc:
-            outcome = ("error", f"rank 0 failed: {exc}")
-            raise
-        finally:
-            outcome = broadcast_from_main(env, outcome, "waiting for rank 0 to train the head and write the run")
+        except Exception as exc:  # noqa: BLE001 - told to every rank, then raised here unchanged
+            failure, outcome = exc, ("error", f"rank 0 failed: {exc}")
+        # Not in a finally: after SIGTERM or Ctrl-C the other ranks are going too, and nobody would answer.
+        outcome = broadcast_from_main(env, outcome, "waiting for rank 0 to train the head and write the run")
+        if failure is not None:
+            raise failure
     if outcome[0] != "ok":
         raise DistributedError(outcome[1])
     return RankOutcome(result, outcome[1])

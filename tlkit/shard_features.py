@@ -11,15 +11,19 @@ shard was listed: a shard member and the file it was made from share their cache
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from tlkit.cache import FeatureStore
-from tlkit.features import Extraction, _no_task, _stop_workers, _worker_init, autocast_context, default_workers
+from tlkit.features import Extraction, _ChunkWriter, _forward, _no_task, _stop_workers, _worker_init, default_workers
 from tlkit.images import BACKGROUND, BadImage, open_rgb
+from tlkit.pipeline import ImagePipeline, as_pipeline
 from tlkit.preprocessing import Preprocessing
 from tlkit.shards import stream
 from tlkit.specs import Sample
@@ -57,17 +61,15 @@ class ShardImages(IterableDataset[tuple[torch.Tensor, int, str]]):
 
 
 def extract_members(
-    model: torch.nn.Module, samples: Sequence[Sample], preprocessing: Preprocessing, *, batch_size: int = 32, workers: int | None = None,
-    precision: str = "fp32", device: torch.device | None = None, on_batch: Callable[[int], None] = lambda n: None,
-    background: tuple[int, int, int] = BACKGROUND, on_bad: Callable[[Path, str], None] | None = None,
-    on_features: Callable[[list[int], torch.Tensor], None] | None = None,
+    model: torch.nn.Module, samples: Sequence[Sample], pipeline: ImagePipeline | Preprocessing, *, batch_size: int = 32,
+    workers: int | None = None, device: torch.device | None = None, on_batch: Callable[[int], None] = lambda n: None,
+    on_bad: Callable[[Path, str], None] | None = None, on_features: Callable[[list[int], torch.Tensor], None] | None = None,
 ) -> Extraction:
     """Features (N, D) of shard-member ``samples`` in sample order; the callbacks are those of :func:`tlkit.features.extract`."""
-    import time
-
     start = time.perf_counter()
+    pipeline = as_pipeline(pipeline)
     device = device or torch.device("cpu")
-    dataset = ShardImages(samples, preprocessing, background)
+    dataset = ShardImages(samples, pipeline.preprocessing, pipeline.background)
     num_workers = min(default_workers() if workers is None else workers, len(dataset.shards))
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, worker_init_fn=_worker_init if num_workers else None)
     rows: dict[int, torch.Tensor] = {}
@@ -82,12 +84,7 @@ def extract_members(
                     if on_bad is not None:
                         on_bad(samples[int(indices[i])].path, errors[i])
                 if good:
-                    batch = images[good]
-                    if len(batch) == 1:
-                        batch = batch.expand(2, -1, -1, -1)  # as tlkit.features.extract: a batch of one takes another oneDNN path
-                    batch = batch.to(device).contiguous(memory_format=torch.channels_last)
-                    with autocast_context(device, precision):
-                        feats = model(batch)[: len(good)].float().flatten(1).cpu()
+                    feats = _forward(model, images[good], device, pipeline.precision)
                     batch_kept = [int(indices[i]) for i in good]
                     rows.update(zip(batch_kept, feats))
                     if on_features is not None:
@@ -107,38 +104,34 @@ def extract_members(
 
 
 def extract_members_cached(
-    model: torch.nn.Module, samples: Sequence[Sample], preprocessing: Preprocessing, store: FeatureStore | None, *,
-    task: Callable[[int], object] = _no_task, chunk_images: int = 256, **options: object,
+    model: torch.nn.Module, samples: Sequence[Sample], pipeline: ImagePipeline | Preprocessing, store: FeatureStore | None, *,
+    task: Callable[[int], AbstractContextManager[Callable[[int], None]]] = _no_task, chunk_images: int = 256, **options: Any,
 ) -> Extraction:
     """As :func:`tlkit.features.extract_cached`, for shard members: only members the cache lacks are decoded."""
-    import time
-
     start = time.perf_counter()
-    hashes = [s.member.sha256 for s in samples if s.member is not None]
+    hashes = [s.member.sha256 if s.member is not None else "" for s in samples]
     found = store.lookup(hashes) if store is not None else {}
     missing = [i for i, h in enumerate(hashes) if h not in found]
     extracted: dict[int, torch.Tensor] = {}
-    result = Extraction(torch.empty(0, 0), [])
+    bad: list[tuple[Path, str]] = []
     if missing:
-        pending: dict[str, torch.Tensor] = {}
+        writer = _ChunkWriter(store, chunk_images) if store is not None else None
 
         def keep(indices: list[int], feats: torch.Tensor) -> None:
             for i, row in zip(indices, feats):
                 extracted[missing[i]] = row
-                pending[hashes[missing[i]]] = row.clone()
-            if store is not None and len(pending) >= chunk_images:
-                store.write(pending)
-                pending.clear()
+                if writer is not None:
+                    writer.add(hashes[missing[i]], row)
 
         try:
-            with task(len(missing)) as advance:  # type: ignore[attr-defined]
-                result = extract_members(model, [samples[i] for i in missing], preprocessing, on_batch=advance, on_features=keep, **options)  # type: ignore[arg-type]
+            with task(len(missing)) as advance:
+                bad = extract_members(model, [samples[i] for i in missing], pipeline, on_batch=advance, on_features=keep, **options).bad
         finally:
-            if store is not None:
-                store.write(pending)
+            if writer is not None:
+                writer.flush()
     kept = [i for i, h in enumerate(hashes) if i in extracted or h in found]
     rows = [extracted[i] if i in extracted else found[hashes[i]] for i in kept]
     return Extraction(
-        features=torch.stack(rows) if rows else torch.empty(0, 0), kept=kept, bad=result.bad,
+        features=torch.stack(rows) if rows else torch.empty(0, 0), kept=kept, bad=bad,
         seconds=time.perf_counter() - start, cached=len(kept) - len(extracted), extracted=len(extracted),
     )
