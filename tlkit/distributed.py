@@ -21,6 +21,7 @@ Why these choices:
 from __future__ import annotations
 
 import os
+import re
 import signal
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -131,6 +132,9 @@ def backend_for(device: torch.device) -> str:
     return "nccl" if device.type == "cuda" else "gloo"
 
 
+_group_timeout = [DEFAULT_TIMEOUT_S]  # the running group's deadline, for messages
+
+
 class _Stopped(BaseException):
     """SIGTERM from the launcher (torchrun stops every rank when one fails)."""
 
@@ -151,6 +155,7 @@ def process_group(env: DistEnv, device: torch.device, timeout: float | None = No
     if device.type == "cuda":
         torch.cuda.set_device(device)
     seconds = timeout_s() if timeout is None else timeout
+    _group_timeout[0] = seconds
     try:
         dist.init_process_group(
             backend_for(device),
@@ -178,7 +183,8 @@ def process_group(env: DistEnv, device: torch.device, timeout: float | None = No
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
+    """The backend's message without its C++ source location (``[.../pair.cc:534] Read error ...``)."""
+    text = re.sub(r"^\[[^\]]*\]\s*", "", str(exc).strip())
     return (text.splitlines()[0] if text else type(exc).__name__)[:200]
 
 
@@ -191,7 +197,7 @@ def collective(env: DistEnv, what: str) -> Iterator[None]:
         raise
     except Exception as exc:  # noqa: BLE001 - gloo/nccl raise RuntimeError or DistBackendError
         raise DistributedError(
-            f"{env.label()}: another rank failed or did not answer within {timeout_s():.0f} s while {what} ({_first_line(exc)}); "
+            f"{env.label()}: another rank failed or did not answer within {_group_timeout[0]:.0f} s while {what} ({_first_line(exc)}); "
             f"the features extracted so far are in the feature cache: rerun to resume (raise {TIMEOUT_ENV} for slow ranks)"
         ) from None
 
