@@ -57,12 +57,15 @@ def test_cpu_ranks_use_gloo():
     assert backend_for(torch.device("cuda", 1)) == "nccl"
 
 
-@pytest.mark.parametrize("n, world", [(0, 2), (1, 2), (7, 3), (244, 2), (153, 4), (5, 8)])
-def test_shards_tile_every_split_without_padding(n, world):
+@pytest.mark.parametrize("n, world, block", [(0, 2, 1), (1, 2, 1), (7, 3, 1), (244, 2, 32), (153, 4, 32), (5, 8, 2), (65, 2, 32)])
+def test_shards_tile_every_split_without_padding(n, world, block):
     items = list(range(n))
-    parts = [Shard(rank, world).select(items) for rank in range(world)]
+    parts = [Shard(rank, world, block).select(items) for rank in range(world)]
     assert sorted(i for part in parts for i in part) == items  # none missed, none twice, no padding
-    assert max(map(len, parts)) - min(map(len, parts)) <= 1
+    assert max(map(len, parts)) - min(map(len, parts)) <= block
+    # in batches of `block`, each rank's batches are batches of the whole split
+    one_process = {tuple(items[i:i + block]) for i in range(0, n, block)}
+    assert all(tuple(part[i:i + block]) in one_process for part in parts for i in range(0, len(part), block))
 
 
 def _split_features(samples: list[Sample], dim: int = 3) -> SplitFeatures:
@@ -75,18 +78,18 @@ def test_merge_puts_rank_parts_back_in_image_order_and_refuses_overlaps():
     samples = [Sample(Path(f"{i}.jpg"), i % 2) for i in range(7)]
     parts = []
     for rank in range(2):
-        mine = Shard(rank, 2).select(samples)
+        mine = Shard(rank, 2, 2).select(samples)
         kept = [s for s in mine if s.path.stem != "4"]  # image 4 did not decode on rank 0
-        positions = positions_of(kept, mine, Shard(rank, 2).select(range(7)))
+        positions = positions_of(kept, mine, Shard(rank, 2, 2).select(range(7)))
         parts.append(RankPart(rank, {"train": positions, "test": positions}, _split_features(kept)))
-    merged, log = merge(parts, {"train": 7, "test": 7})
+    merged, log = merge(parts, {"train": 7, "test": 7}, 2)
     expected = [s for s in samples if s.path.stem != "4"]
     assert list(merged.samples["train"]) == expected
     assert torch.equal(merged.features["train"].x, _split_features(expected).features["train"].x)
-    assert [(row[1], row[3]) for row in log if row[0] == "train"] == [(0, 0), (1, 1), (2, 0), (3, 1), (5, 1), (6, 0)]
+    assert [(row[1], row[3]) for row in log if row[0] == "train"] == [(0, 0), (1, 0), (2, 1), (3, 1), (5, 0), (6, 1)]
     wrong = RankPart(1, {"train": [0], "test": [0]}, _split_features(samples[:1]))  # rank 1 claims rank 0's image
     with pytest.raises(DistributedError, match="not in its shard"):
-        merge([parts[0], wrong], {"train": 7, "test": 7})
+        merge([parts[0], wrong], {"train": 7, "test": 7}, 2)
 
 
 def _spawn(fn, world: int, *args) -> None:
@@ -112,7 +115,8 @@ def test_two_ranks_give_the_one_process_run(tmp_path):
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert ranks[0]["has_result"] and not ranks[1]["has_result"]
     assert ranks[0]["summary"] == ranks[1]["summary"] and ranks[0]["summary"].startswith("2 ranks done: test accuracy")
-    assert any("11 extracted, 0 cached" in line for line in ranks[1]["notes"])  # 14 train + 8 test images: 11 each
+    # batches of 4 dealt out in turn: rank 1 has train images 4-7 and 12-13, test images 4-7
+    assert any("extracted its shard" in line and "10 extracted, 0 cached" in line for line in ranks[1]["notes"])
     with (tmp_path / "run" / "ranks.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 22 and len({(r["split"], r["path"]) for r in rows}) == 22
@@ -137,4 +141,4 @@ def test_two_ranks_give_the_one_process_run(tmp_path):
 
     cached = {k: v for chunk in store.glob("chunk-*.safetensors") for k, v in load_file(chunk).items()}
     hashes = hash_files([s.path for s in single.samples["train"]], tmp_path / "cache")
-    assert torch.allclose(torch.stack([cached[h] for h in hashes]), single.features["train"].x, atol=1e-6, rtol=0)
+    assert torch.equal(torch.stack([cached[h] for h in hashes]), single.features["train"].x)  # the one-process run's batches: bit-identical

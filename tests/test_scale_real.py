@@ -77,10 +77,10 @@ def test_torchrun_two_ranks_equal_the_one_process_run(reference, hymenoptera, tm
     assert len(rows) == 397 and len({(r["split"], r["path"]) for r in rows}) == 397
     assert sorted({r["rank"] for r in rows}) == ["0", "1"]
     assert result["features"]["extracted"] == 397
-    # the same features as the one-process run, within 1e-6
+    # the same features as the one-process run: each rank computes whole batches of that run, so bit-identical
     ours, theirs = _cached_features(cache), _cached_features(ref_cache)
     assert ours.keys() == theirs.keys() and len(ours) == 397
-    assert max(float((ours[k] - theirs[k]).abs().max()) for k in ours) <= 1e-6
+    assert max(float((ours[k] - theirs[k]).abs().max()) for k in ours) == 0.0
     # the other rank prints the same summary line and exits 0
     summary = [line for line in done.stdout.splitlines() if line.startswith("2 ranks done:")]
     assert len(summary) == 2 and summary[0] == summary[1]

@@ -8,8 +8,8 @@ Why these choices:
 
 - **Unpadded shards.** ``torch.utils.data.DistributedSampler`` pads the last shard with repeated
   images so every rank gets as many; features must be one per image, so a shard
-  (:class:`tlkit.stages.Shard`) is every ``world``-th image from ``rank``: no image twice, none
-  missed, sizes differing by at most one.
+  (:class:`tlkit.stages.Shard` with ``block`` = batch size) is every ``world``-th batch from
+  ``rank``: no image twice, none missed, and each batch one that a one-process run computes.
 - **Backend chosen from the device.** gloo on CPU, nccl when the ranks run on CUDA, each rank on the
   GPU of its ``LOCAL_RANK``.
 - **Every collective has a deadline.** The process group's timeout (``TLKIT_DIST_TIMEOUT`` seconds)

@@ -83,8 +83,17 @@ def positions_of(kept: Sequence[Sample], shard_samples: Sequence[Sample], all_po
     return result
 
 
+def rank_shard(recipe: Recipe, env: DistEnv) -> Shard:
+    """This rank's images: whole batches dealt out in turn, so every batch is one the one-process run computes.
+
+    oneDNN picks its kernels by batch size, so a batch of other images (or of another size) can differ
+    in the last bits; batches identical to the one-process run's make the features bit-identical.
+    """
+    return Shard(env.rank, env.world_size, block=recipe.extract.batch_size)
+
+
 def _rank_part(prepared: Prepared, env: DistEnv, features: SplitFeatures) -> RankPart:
-    shard = Shard(env.rank, env.world_size)
+    shard = rank_shard(prepared.recipe, env)
     positions = {}
     for split in stages.SPLITS:
         samples = list(prepared.dataset.splits[split])
@@ -93,7 +102,7 @@ def _rank_part(prepared: Prepared, env: DistEnv, features: SplitFeatures) -> Ran
     return RankPart(env.rank, positions, features)
 
 
-def merge(parts: Sequence[RankPart], sizes: dict[str, int]) -> tuple[SplitFeatures, list[tuple[str, int, str, int]]]:
+def merge(parts: Sequence[RankPart], sizes: dict[str, int], block: int = 1) -> tuple[SplitFeatures, list[tuple[str, int, str, int]]]:
     """The ranks' features in image order, as one :class:`SplitFeatures`; and (split, index, path, rank) per image.
 
     An image claimed by two ranks, or outside its rank's shard, is a bug and is refused, never overwritten.
@@ -104,10 +113,10 @@ def merge(parts: Sequence[RankPart], sizes: dict[str, int]) -> tuple[SplitFeatur
     for split in stages.SPLITS:
         rows: list[tuple[int, int, Sample, torch.Tensor, torch.Tensor]] = []
         for part in parts:
-            world = len(parts)
+            shard = Shard(part.rank, len(parts), block)
             feats = part.features.features[split]
             for k, (position, sample) in enumerate(zip(part.positions[split], part.features.samples[split])):
-                if position % world != part.rank or not 0 <= position < sizes[split]:
+                if not shard.owns(position) or not 0 <= position < sizes[split]:
                     raise DistributedError(f"rank {part.rank} returned image {position} of {split}, which is not in its shard")
                 rows.append((position, part.rank, sample, feats.x[k], feats.y[k]))
         rows.sort(key=lambda r: r[0])
@@ -171,9 +180,9 @@ def _extract_mine(recipe: Recipe, env: DistEnv, observer: Observer, timings: dic
     prepared = stages.prepare(recipe, observer)
     timings["prepare"] = time.perf_counter() - started
     started = time.perf_counter()
-    features = stages.extract(prepared, observer, shard=Shard(env.rank, env.world_size))
+    features = stages.extract(prepared, observer, shard=rank_shard(recipe, env))
     timings["extract"] = time.perf_counter() - started
-    observer.note(f"extracted its shard: every {env.world_size}th image from {env.rank}: {features.extracted} extracted, {features.cached} cached")
+    observer.note(f"extracted its shard (batches {env.rank}, {env.rank + env.world_size}, ... of each split): {features.extracted} extracted, {features.cached} cached")
     return prepared, _rank_part(prepared, env, features)
 
 
@@ -194,7 +203,7 @@ def run_ranks(recipe: Recipe, out_dir: Path | None, observer: Observer, env: Dis
         try:
             if parts is not None:
                 sizes = {split: len(prepared.dataset.splits[split]) for split in stages.SPLITS}
-                features, log = merge(parts, sizes)
+                features, log = merge(parts, sizes, recipe.extract.batch_size)
                 observer.note(f"features: {features.cached} cached, {features.extracted} extracted by {env.world_size} ranks")
                 result = finish_run(prepared, features, out_dir, observer, timings, _write_rank_log(log))
                 outcome = ("ok", summary_line(env, result.metrics, result.out_dir))

@@ -67,13 +67,21 @@ class Shard:
 
     rank: int = 0
     world: int = 1
+    block: int = 1  # deal out runs of ``block`` images: with block = batch size each rank's batches are the one-process run's
 
     def __post_init__(self) -> None:
         if not 0 <= self.rank < self.world:
             raise ValueError(f"rank {self.rank} is not in 0..{self.world - 1}")
+        if self.block < 1:
+            raise ValueError(f"block must be at least 1 (got {self.block})")
+
+    def owns(self, index: int) -> bool:
+        return (index // self.block) % self.world == self.rank
 
     def select(self, items: Sequence[Any]) -> list[Any]:
-        return list(items[self.rank :: self.world])
+        if self.block == 1:
+            return list(items[self.rank :: self.world])
+        return [item for index, item in enumerate(items) if self.owns(index)]
 
 
 @dataclass(frozen=True)
