@@ -50,7 +50,10 @@ def test_second_extraction_comes_from_the_cache_without_reading_an_image(
     def no_reading(path: Path) -> str:
         raise AssertionError(f"{path} was read again")
 
-    monkeypatch.setattr(cache, "file_sha256", no_reading)  # unchanged files are known by (size, mtime)
+    import tlkit.hashing
+
+    monkeypatch.setattr(tlkit.hashing, "file_sha256", no_reading)  # unchanged files are known by (size, mtime)
+    monkeypatch.setattr(tlkit.hashing, "_MEMO", {})  # ... from the cache's own index, not this process's memo
     started = time.perf_counter()
     second = extract_cached(model, paths, TINY_PRE, store, batch_size=4, workers=0)
     assert (second.cached, second.extracted) == (len(paths), 0)
@@ -285,3 +288,19 @@ def test_lite0_recipe_second_run_extracts_nothing_and_one_changed_image_once(hym
     victim.write_bytes(victim.read_bytes() + b"\0")  # same picture, different bytes
     third = run(recipe, tmp_path / "third", Observer()).metrics.to_dict()
     assert (third["features"]["cached"], third["features"]["extracted"]) == (396, 1)
+
+
+def test_one_hash_memo_serves_weights_and_images(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file hashed once in a process (as weights or as an image) is not read again while unchanged."""
+    import tlkit.hashing
+    from tlkit.weights import sha256_file
+
+    path = tmp_path / "w.bin"
+    path.write_bytes(b"x" * 1000)
+    reads: list[str] = []
+    real = tlkit.hashing.file_sha256
+    monkeypatch.setattr(tlkit.hashing, "file_sha256", lambda p: reads.append(str(p)) or real(p))
+    first = sha256_file(path)
+    assert cache.FileHashes(tmp_path / "cache").sha256(path) == first and len(reads) == 1
+    path.write_bytes(b"y" * 1000)  # same size, new content: the stamp changes, so it is read again
+    assert sha256_file(path) != first and len(reads) == 2

@@ -3,14 +3,16 @@ test split lacking a class; saving and loading; determinism. Feature-level only:
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from tlkit.errors import RecipeError
+from tlkit.errors import RecipeError, RunError
 from tlkit.fitting import Standardize, stratified_holdout
+from tlkit.head_files import head_metadata, head_tensors, load_head, read_head_file
 from tlkit.plugins import load_plugins
 from tlkit.recipe import resolve
 from tlkit.specs import Features, FitContext, HeadSpec
@@ -104,14 +106,25 @@ def test_a_class_without_training_examples_gets_probabilities_not_errors(head: H
     assert p.shape == (10, 3)
 
 
-def test_saved_tensors_rebuild_the_same_head(head: HeadSpec, tmp_path: Path) -> None:
+def test_a_saved_head_is_rebuilt_from_its_saved_config(head: HeadSpec, tmp_path: Path) -> None:
     train = blobs([12, 9, 14], dim=10, spread=4.0, seed=8)
-    module = fit(head, train, 3)
+    torch.manual_seed(0)
+    trained = head.fit(train, head.options(), FitContext(num_classes=3, seed=0))
     path = tmp_path / "head.safetensors"
-    save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(path))
-    rebuilt = head.load(load_file(str(path)), head.options())
+    save_file(head_tensors(trained.module), str(path), metadata=head_metadata(head.name, trained))
+    tensors, metadata = read_head_file(path)
+    assert json.loads(metadata["config"]) == dict(trained.config) and trained.config  # the constructor settings travel
+    rebuilt = load_head(head, path, head.options())
     x = blobs([7, 7, 7], dim=10, spread=4.0, seed=9).x
-    torch.testing.assert_close(probabilities(rebuilt, x), probabilities(module, x), rtol=0, atol=1e-6)
+    torch.testing.assert_close(probabilities(rebuilt, x), probabilities(trained.module.eval(), x), rtol=0, atol=1e-6)
+
+
+def test_a_head_saved_without_its_config_is_a_clear_error(head: HeadSpec, tmp_path: Path) -> None:
+    trained = head.fit(blobs([6, 6], dim=4, spread=6.0, seed=1), head.options(), FitContext(num_classes=2, seed=0))
+    path = tmp_path / "head.safetensors"
+    save_file(head_tensors(trained.module), str(path), metadata={"head": head.name})  # as tlkit 0.1 wrote it
+    with pytest.raises(RunError, match="without the constructor settings.*run the recipe again"):
+        load_head(head, path, head.options())
 
 
 def test_the_same_seed_gives_the_same_head(head: HeadSpec) -> None:

@@ -5,6 +5,7 @@ exports reproducing ``tlkit predict`` on real images within 1e-4."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -29,9 +30,11 @@ def recorded(run_dir: Path) -> dict[str, tuple[str, float]]:
         return {r["path"]: (r["predicted_class"], float(r["confidence"])) for r in csv.DictReader(fh)}
 
 
-def preprocessed(model: SavedModel, paths: list[Path]) -> torch.Tensor:
-    """The normalised image batch an exported model takes, made by tlkit's own decoding path."""
-    files = ImageFiles(paths, model.preprocessing)
+def preprocessed(model: SavedModel, paths: list[Path], normalised: bool = True) -> torch.Tensor:
+    """The normalised image batch the backbone takes (or, ``normalised=False``, the [0, 1] batch an
+    export takes), made by tlkit's own decoding path."""
+    pre = model.preprocessing if normalised else dataclasses.replace(model.preprocessing, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    files = ImageFiles(paths, pre)
     return torch.stack([files[i][0] for i in range(len(files))])
 
 
@@ -91,7 +94,7 @@ def test_exports_match_predict_on_real_images(plugins, tiny_run: tuple[Path, Pat
     model = load_model(run_dir, plugins)
     paths = image_files([root / "val"])
     expected = predict(model, paths, workers=0).probabilities
-    images = preprocessed(model, paths)
+    images = preprocessed(model, paths, normalised=False)  # exports normalise inside
 
     assert cli(["export", str(run_dir), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 0
     assert "verified" in capsys.readouterr().out
@@ -102,13 +105,20 @@ def test_exports_match_predict_on_real_images(plugins, tiny_run: tuple[Path, Pat
 
     result = export(model, "torchscript", tmp_path / "m.pt")
     assert result.max_difference <= TOLERANCE
-    extra = {"classes.txt": ""}
+    extra = {"classes.json": ""}
     scripted = torch.jit.load(str(tmp_path / "m.pt"), _extra_files=extra)
-    assert json.loads(extra["classes.txt"]) == model.classes
+    assert json.loads(extra["classes.json"]) == model.classes
     with torch.no_grad():
         script_probabilities = scripted(images)
 
-    for exported in (torch.from_numpy(onnx_probabilities), script_probabilities):
+    assert cli(["export", str(run_dir), "--format", "pt2", "--out", str(tmp_path / "m.pt2")]) == 0
+    extra = {"classes.json": "", "preprocessing.json": ""}
+    program = torch.export.load(str(tmp_path / "m.pt2"), extra_files=extra)
+    assert json.loads(extra["classes.json"]) == model.classes and json.loads(extra["preprocessing.json"])["resize_size"] == model.preprocessing.resize_size
+    with torch.no_grad():
+        pt2_probabilities = program.module()(images)
+
+    for exported in (torch.from_numpy(onnx_probabilities), script_probabilities, pt2_probabilities):
         assert exported.shape == expected.shape
         assert torch.equal(exported.argmax(1), expected.argmax(1))
         assert float((exported - expected).abs().max()) <= TOLERANCE
@@ -117,8 +127,6 @@ def test_exports_match_predict_on_real_images(plugins, tiny_run: tuple[Path, Pat
 @pytest.mark.parametrize("head", ["mlp", "knn", "centroid"])  # linear and logreg: an nn.Linear, exported above
 def test_every_head_exports_to_onnx(plugins, tiny_run: tuple[Path, Path, Path], tmp_path: Path, head: str) -> None:
     """kNN's top-k over its stored features, the centroids' cosines, the MLP: all survive ONNX."""
-    import dataclasses
-
     import onnxruntime
 
     from tlkit.features import extract
@@ -135,11 +143,11 @@ def test_every_head_exports_to_onnx(plugins, tiny_run: tuple[Path, Path, Path], 
         trained = spec.fit(Features(features, labels), spec.options(), FitContext(num_classes=3, seed=0)).module.eval()
     model = dataclasses.replace(model, head=trained)
     export(model, "onnx", tmp_path / "m.onnx")
-    images = preprocessed(model, image_files([root / "val"]))
+    paths = image_files([root / "val"])
     session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
-    (exported,) = session.run(None, {"images": images.numpy()})
+    (exported,) = session.run(None, {"images": preprocessed(model, paths, normalised=False).numpy()})
     with torch.no_grad():
-        expected = model.classifier()(images)
+        expected = model.classifier()(preprocessed(model, paths))
     assert float((torch.from_numpy(exported) - expected).abs().max()) <= TOLERANCE
 
 
@@ -205,7 +213,7 @@ def test_lite0_ants_bees_logreg_run_predict_and_exports_agree(plugins, hymenopte
     saved = recorded(result.out_dir)
     assert len(predicted.paths) == 153
     assert [saved[str(p)][0] for p in predicted.paths] == [model.classes[int(i)] for i in predicted.probabilities.argmax(1)]
-    images = preprocessed(model, paths)
+    images = preprocessed(model, paths, normalised=False)
     export(model, "onnx", tmp_path / "m.onnx")
     import onnxruntime
 

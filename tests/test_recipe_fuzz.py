@@ -7,6 +7,13 @@ loader may accept them or raise its own error (one line), never anything else.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
+import signal
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -185,7 +192,8 @@ def test_arbitrary_file_bytes_are_accepted_or_refused_cleanly(raw: bytes, tmp_pa
         ("dataset: {root: d, background: white}\n", "'dataset.background' has moved to its own section"),
         ("dataset: {root: d, on_bad_image: skip}\n", "write it as 'images: {on_bad_image: ...}'"),
         ("dataset: {root: " + "[" * 3000 + "]" * 3000 + "}\n", "nested too deeply"),
-        ("a: &a [*a]\n", "nested too deeply"),
+        ("a: &a [*a]\n", "would expand without end"),
+        ("head: {lr: 1}\nhead: {lr: 2}\n", "duplicate key 'head'"),
         ("dataset: !!python/object/apply:os.system ['touch pwned']\n", "not valid YAML"),
     ],
 )
@@ -215,3 +223,121 @@ def test_malformed_recipe_on_the_command_line_is_one_line_and_exit_2(tmp_path: P
     err = capsys.readouterr().err
     assert info.value.code == 2
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and "'head.lr'" in err
+
+
+# --- YAML with anchors and aliases: bombs, self-references, duplicate keys ---
+
+
+@st.composite
+def aliased_yaml(draw: st.DrawFn) -> str:
+    """Documents whose anchors refer to earlier anchors (up to exponential expansion), to themselves, or repeat keys."""
+    lines = []
+    count = draw(st.integers(1, 9))
+    for i in range(count):
+        refs = [f"*a{draw(st.integers(0, i - 1))}" for _ in range(draw(st.integers(0, 12)))] if i else []
+        items = refs + draw(st.lists(st.sampled_from(["x", "1e3", "1", "null", "{k: v}", "[1, 2]"]), max_size=3))
+        if draw(st.integers(0, 9)) == 0:
+            items.append(f"*a{i}")  # refers to itself
+        if draw(st.booleans()):
+            lines.append(f"k{i}: &a{i} [{', '.join(items)}]")
+        else:
+            lines.append(f"k{i}: &a{i} {{{', '.join(f'm{j}: {item}' for j, item in enumerate(items))}}}")
+        if draw(st.integers(0, 7)) == 0:
+            lines.append(f"k{i}: again")  # a duplicate key
+    extra = draw(st.sampled_from(["", "dataset: {root: d}", "dataset: {root: d, root: e}", "head: {epochs: 1e3}", "head: *a0"]))
+    return "\n".join([*lines, extra]) + "\n"
+
+
+@contextmanager
+def _bounded(seconds: int) -> Iterator[None]:
+    """Fail a case that takes longer than ``seconds`` (a hang), instead of hanging the suite."""
+
+    def expire(signum: int, frame: Any) -> None:
+        raise AssertionError(f"still running after {seconds} s: a hang")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(text=aliased_yaml())
+def test_yaml_with_aliases_is_accepted_or_refused_fast(text: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    path = tmp_path_factory.mktemp("aliases") / "recipe.yaml"
+    path.write_text(text, encoding="utf-8")
+    with _bounded(10):
+        data = _check(lambda: read_yaml(path), dict)
+        if data is not None:
+            json.dumps(data, default=str)  # whatever was accepted is small enough to walk
+        _check(lambda: load_recipe(path, plugins()))
+        _check(lambda: load_recipe(path, plugins(), [f"head.x={text.splitlines()[0].split(': ', 1)[-1]}"]))
+
+
+# --- the command line: random argument lists over every command ---
+
+COMMANDS = [
+    ["run"], ["predict"], ["export"], ["backbones"], ["datasets"], ["heads"], ["plugins"],
+    ["cache"], ["cache", "list"], ["cache", "info"], ["cache", "clear"], ["nosuch"], [],
+]
+OPTIONS = [
+    "--set", "--out", "--top-k", "--json", "--device", "--format", "--all", "--older-than", "-h", "--help", "--version",
+    "--nosuch", "-x", "--", "-",
+]
+VALUES = [
+    "0", "-1", "1", "3", "1e3", "cuda", "cpu", "auto", "tpu", "onnx", "torchscript", "gif", "30d", "3 months", "", " ",
+    "head.epochs=1e3", "head.lr=.inf", "=", "a.b", "nosuch", "timm:nosuch*", "resnet81", "linear", "*", "'",
+    "/nonexistent/run", "/nonexistent/recipe.yaml", "/dev/null", "\x00", "é猫",
+]
+argv_lists = st.builds(
+    lambda command, rest: command + rest,
+    st.sampled_from(COMMANDS),
+    st.lists(st.sampled_from(OPTIONS) | st.sampled_from(VALUES) | st.text(max_size=6), max_size=5),
+)
+
+
+def _cli(argv: list[str]) -> tuple[int, str]:
+    """Run ``tlkit argv`` in-process: (exit code, everything printed)."""
+    from tlkit.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    code: Any = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(argv)
+        except SystemExit as exc:
+            code = exc.code
+        except Exception:  # noqa: BLE001 - an escaping exception is exactly what the fuzz looks for
+            code = -1
+            err.write(traceback.format_exc())
+    return (0 if code is None else code), out.getvalue() + err.getvalue()
+
+
+CLI_REASON = (
+    "usage errors exit 2 in one line only once helper 14a's CLI work (issue 13's CLI items: typer's bundled click "
+    "exceptions, -h, --version) is merged; the lead removes this xfail then"
+)
+
+
+@pytest.mark.xfail(reason=CLI_REASON, strict=False)
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(argv=argv_lists)
+def test_random_command_lines_exit_0_or_2_without_a_traceback(argv: list[str]) -> None:
+    if any(a in ("run", "predict", "export") for a in argv[:1]) and any(Path(a).is_file() and a.endswith(".yaml") for a in argv):
+        return  # never a real run: only paths that do not exist or are not recipes are drawn
+    with _bounded(30):
+        code, printed = _cli(argv)
+    assert code in (0, 2), (argv, code, printed[-2000:])
+    assert "Traceback" not in printed, (argv, printed[-2000:])
+    if code == 2:
+        assert len([line for line in printed.splitlines() if line.strip()]) >= 1
+
+
+@pytest.mark.parametrize("argv", [["nosuch"], ["run"], ["predict", "--top-k", "0", "/nonexistent/run", "x.jpg"], ["heads", "--nosuch"]])
+def test_the_cli_fuzz_cases_are_real_usage_errors(argv: list[str]) -> None:
+    """What the fuzz draws does reach usage errors: none of these succeeds (exit 2 once the CLI work lands)."""
+    code, printed = _cli(argv)
+    assert code != 0 and printed.strip()

@@ -9,7 +9,14 @@ live in the feature cache, not here). Only a hard kill (SIGKILL, power loss) can
 
 An existing ``--out`` that holds a previous tlkit run is replaced only once the new one is complete;
 any other non-empty folder is refused before work starts, as are an unwritable parent folder and a
-nearly full disk. A write that fails later (disk full) is an :class:`OutputError` naming the file.
+nearly full disk. A previous run that holds files tlkit did not write there (notes, a user's own
+plots) is refused too, naming them: replacing the run would delete them. A write that fails later
+(disk full) is an :class:`OutputError` naming the file.
+
+``run.json`` records the sha256 of every file the run wrote; :func:`verify_files` checks the ones
+tlkit reads back before a run is loaded, so a damaged head or ``classes.json`` is refused in one
+line instead of predicting something else. Folders and files honour the umask (``mkdtemp`` alone
+would make the run folder 0700, unusable by a team).
 """
 
 from __future__ import annotations
@@ -20,7 +27,8 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +37,75 @@ import yaml
 from safetensors.torch import save
 
 from tlkit.atomic import write_atomic
-from tlkit.errors import OutputError
+from tlkit.errors import OutputError, RunError
+from tlkit.hashing import file_sha256
 
 MARKER = "run.json"
 INCOMPLETE = "INCOMPLETE"
 MIN_FREE_BYTES = 16 * 2**20  # a run directory is small (a head, some JSON); less than this is a disk about to fill
+READ_BACK = ("model.json", "classes.json", "head.safetensors", "backbone.safetensors")  # what loading a run reads
+TLKIT_EXTRAS = ("model.onnx", "model.pt")  # `tlkit export` writes these into a run by default: replaced with it
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux allows (``os.umask`` must set one to read it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def read_marker(run_dir: Path) -> dict[str, Any]:
+    """``run.json`` of a finished run; a damaged one is a :class:`RunError`."""
+    path = run_dir / MARKER
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise RunError(f"{path} cannot be read ({type(exc).__name__}); the run directory is damaged, run the recipe again") from None
+    if not isinstance(data, dict) or not isinstance(data.get("files", {}), dict):
+        raise RunError(f"{path} is damaged (not the record of a run); run the recipe again")
+    return data
+
+
+def verify_files(run_dir: Path, names: tuple[str, ...] = READ_BACK) -> None:
+    """Check the files tlkit reads back against the sha256 ``run.json`` recorded; refuse a damaged run.
+
+    Runs written before the record existed have no ``files`` and are not checked.
+    """
+    recorded = read_marker(run_dir).get("files", {})
+    for name in names:
+        if name not in recorded:
+            continue
+        path = run_dir / name
+        try:
+            actual = file_sha256(path)
+        except FileNotFoundError:
+            raise RunError(f"{path} is missing; the run directory is incomplete, run the recipe again") from None
+        except OSError as exc:
+            raise RunError(f"{path} cannot be read ({exc.strerror or exc})") from None
+        if actual != recorded[name]:
+            raise RunError(
+                f"{path} is damaged: its sha256 {actual[:16]}... is not the {str(recorded[name])[:16]}... recorded in {MARKER} "
+                "when the run was written; run the recipe again (or restore the file)"
+            )
+
+
+def _foreign_files(final: Path) -> list[str]:
+    """Files in a previous run that tlkit did not write (they would be deleted by replacing it)."""
+    try:
+        recorded = set(read_marker(final).get("files", {}))
+    except RunError:
+        recorded = set()
+    known = recorded | {MARKER, *TLKIT_EXTRAS} | (set() if recorded else set(READ_BACK) | _LEGACY_FILES)
+    return sorted(str(p.relative_to(final)) for p in final.rglob("*") if not p.is_dir() and str(p.relative_to(final)) not in known)
+
+
+_LEGACY_FILES = {"metrics.json", "predictions.csv", "errors.csv", "bad_images.csv", "confusion_matrix.png", "training_curve.png"}
 
 
 def default_out_dir(recipe_name: str, base: Path = Path("runs")) -> Path:
@@ -61,6 +133,13 @@ class RunDirectory:
                 raise OutputError(f"--out {final} is a file; choose a folder")
             if any(final.iterdir()) and not (final / MARKER).is_file():
                 raise OutputError(f"--out {final} is a non-empty folder that is not a tlkit run; choose another --out")
+            foreign = _foreign_files(final) if (final / MARKER).is_file() else []
+            if foreign:
+                shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+                raise OutputError(
+                    f"--out {final} is an earlier run that also holds files tlkit did not write ({shown}); "
+                    "replacing the run would delete them: move them elsewhere or choose another --out"
+                )
         try:
             self._made_parent = not final.parent.exists()  # e.g. runs/ on a first run: removed again if it fails
             final.parent.mkdir(parents=True, exist_ok=True)
@@ -71,6 +150,7 @@ class RunDirectory:
             raise OutputError(f"only {free / 2**20:.1f} MiB free in {final.parent}; free some space or choose another --out")
         try:
             self.path = Path(tempfile.mkdtemp(dir=final.parent, prefix=f"{final.name}.partial-"))
+            self.path.chmod(0o777 & ~current_umask())  # mkdtemp's 0700 would hide the run from the team
             (self.path / INCOMPLETE).write_text(
                 f"tlkit run in progress (pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}); "
                 "if no tlkit is running, this folder is the remains of a killed run and can be deleted\n",
@@ -105,9 +185,23 @@ class RunDirectory:
             raise _os_error(str(target), exc) from None
         return target
 
+    @contextmanager
+    def writing(self, name: str) -> Iterator[Path]:
+        """A path for a writer of its own (a plot); an ``OSError`` there (disk full) becomes an :class:`OutputError`."""
+        target = self.path / name
+        try:
+            yield target
+        except OSError as exc:  # the file that failed, when the writer says (several plots), else ``name``
+            raise _os_error(str(exc.filename or target), exc) from None
+
+    def recorded_files(self) -> dict[str, str]:
+        """sha256 of every file written so far (what ``run.json`` records)."""
+        files = sorted(p for p in self.path.rglob("*") if p.is_file() and p.name not in (INCOMPLETE, MARKER))
+        return {str(p.relative_to(self.path)): file_sha256(p) for p in files}
+
     def commit(self, marker: Mapping[str, Any]) -> Path:
-        """Write the completion marker and move the run into place (replacing a previous run there)."""
-        self.write_json(MARKER, dict(marker))
+        """Write the completion marker (with every file's sha256) and move the run into place (replacing a previous run there)."""
+        self.write_json(MARKER, {**dict(marker), "files": self.recorded_files()})
         try:
             (self.path / INCOMPLETE).unlink()
             if self.unique:

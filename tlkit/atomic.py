@@ -2,7 +2,8 @@
 
 The data goes to a dot-named temporary file beside the target (same folder, so the same file
 system), is flushed to disk (a full disk may only say so then), and is renamed over the target with
-``os.replace``, which is atomic on POSIX and Windows. A process killed at any moment leaves the old
+``os.replace``, which is atomic on POSIX and Windows. Files are created with ``open``, so they honour
+the umask (a shared cache stays readable by the team). A process killed at any moment leaves the old
 file or the new one, never half of one; a stray temporary file starts with ``.tmp-`` so readers
 that list a folder skip it. Errors are left as ``OSError`` for the caller to name in its own terms.
 """

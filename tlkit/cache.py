@@ -18,6 +18,7 @@ The root is ``$TLKIT_CACHE_DIR`` or the user cache folder (``platformdirs``).
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import os
@@ -32,16 +33,19 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 
+from tlkit.atomic import write_atomic
 from tlkit.errors import OutputError
+from tlkit.hashing import sha256_of, stamp
 from tlkit.preprocessing import Preprocessing
-from tlkit.weights import file_sha256
 
 CACHE_ENV = "TLKIT_CACHE_DIR"
-FORMAT = 1
+FORMAT = 2  # 2: chunks and hash-index files carry checksums
 FEATURES_DIR = "features"
-HASH_INDEX = "file-hashes.json"
+HASH_DIR = "file-hashes"  # one file per writer (see FileHashes)
+LEGACY_HASH_INDEX = "file-hashes.json"  # format 1: one file rewritten whole by every process
+COMPACT_AT = 8  # merge the per-writer files once this many have piled up
 META = "entry.json"
 _STALE_TMP_S = 3600.0
 
@@ -90,16 +94,26 @@ def identity_key(identity: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def _atomic_write_bytes(target: Path, data: bytes) -> None:
-    tmp = target.with_name(f".tmp-{uuid.uuid4().hex}-{target.name}")
-    try:
-        with tmp.open("wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+def _space_hint(exc: OSError) -> str:
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+    return "free some disk space" if full else "check the folder's permissions"
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def _valid_hash_entry(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) == 4
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value[:3])
+        and isinstance(value[3], str)
+        and _HEX64.fullmatch(value[3]) is not None
+    )
 
 
 class FileHashes:
@@ -108,67 +122,152 @@ class FileHashes:
     The index is a hint, never trusted beyond those values: any write to a file changes its mtime
     and ctime (ctime even when a tool restores the mtime), and a missing or unreadable index just
     means hashing again.
+
+    It is kept *per writer*: each process that hashed something new adds its own file under
+    ``file-hashes/`` (written once, atomically, with a checksum of its entries), and readers merge
+    them all. Concurrent processes (torchrun ranks, machines sharing the cache) therefore never
+    overwrite each other's work. When many files have piled up, a writer merges every file it read
+    into its own and only then deletes those it merged, so nothing another writer added is lost.
+    A file whose checksum does not match (damaged) is dropped and named in :attr:`damaged`.
     """
 
     def __init__(self, root: Path) -> None:
-        self.path = root / HASH_INDEX
+        self.dir = root / HASH_DIR
         self.entries: dict[str, list[Any]] = {}
-        self.changed = False
+        self.new: dict[str, list[Any]] = {}
+        self.read_files: list[Path] = []
+        self.damaged: list[tuple[Path, str]] = []
+        for path in self._journals():
+            self._read(path)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.new)
+
+    def _journals(self) -> list[Path]:
         try:
-            data = json.loads(self.path.read_text())
-            if isinstance(data, dict):
-                self.entries = data
-        except (OSError, ValueError):
-            pass
+            files = [p for p in self.dir.iterdir() if p.suffix == ".json" and not p.name.startswith(".")]
+        except OSError:
+            return []
+
+        def mtime(path: Path) -> float:
+            try:
+                return path.stat().st_mtime
+            except OSError:
+                return 0.0
+
+        return sorted(files, key=mtime)  # newer files win where two disagree
+
+    def _read(self, path: Path) -> None:
+        try:
+            data = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            return  # merged and removed by another writer meanwhile
+        except (OSError, ValueError) as exc:
+            self._drop(path, f"unreadable ({type(exc).__name__})")
+            return
+        entries = data.get("entries") if isinstance(data, dict) else None
+        if not isinstance(entries, dict) or data.get("sha256") != _digest(_canonical(entries)):
+            self._drop(path, "checksum mismatch")
+            return
+        self.read_files.append(path)
+        self.entries.update((k, v) for k, v in entries.items() if _valid_hash_entry(v))
+
+    def _drop(self, path: Path, reason: str) -> None:
+        self.damaged.append((path, reason))
+        try:
+            path.unlink()
+        except OSError:
+            pass  # a read-only cache: ignoring it is enough
 
     def sha256(self, path: Path) -> str | None:
         """The file's content hash, or ``None`` when it cannot be read (the decoder will say why)."""
         try:
-            resolved = str(path.resolve())
-            stat = os.stat(resolved)
+            file_stamp = stamp(path)
         except OSError:
             return None
+        resolved, size, mtime_ns, ctime_ns = file_stamp
         known = self.entries.get(resolved)
-        if isinstance(known, list) and known[:3] == [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns] and len(known) == 4:
+        if known is not None and known[:3] == [size, mtime_ns, ctime_ns]:
             return str(known[3])
         try:
-            digest = file_sha256(Path(resolved))
+            digest = sha256_of(resolved, file_stamp)
         except OSError:
             return None
-        self.entries[resolved] = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, digest]
-        self.changed = True
+        self.entries[resolved] = self.new[resolved] = [size, mtime_ns, ctime_ns, digest]
         return digest
 
     def save(self) -> None:
-        if self.changed:
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                _atomic_write_bytes(self.path, json.dumps(self.entries, separators=(",", ":")).encode())
-            except OSError:
-                pass  # only a speed-up: next run hashes again
-            self.changed = False
+        """Add this writer's new entries as one file (merging the others in when there are many)."""
+        if not self.new:
+            return
+        compact = len(self.read_files) >= COMPACT_AT
+        entries = self.entries if compact else self.new
+        body = {"format": FORMAT, "sha256": _digest(_canonical(entries)), "entries": entries}
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            write_atomic(self.dir / f"w-{uuid.uuid4().hex}.json", json.dumps(body, separators=(",", ":")).encode())
+        except OSError:
+            return  # only a speed-up: next run hashes again
+        self.new = {}
+        if compact:
+            for merged in self.read_files:
+                merged.unlink(missing_ok=True)
+            self.read_files = []
+
+
+def _canonical(entries: Mapping[str, Any]) -> str:
+    return json.dumps(entries, sort_keys=True, separators=(",", ":"))
+
+
+class DamagedChunk(Exception):
+    """A cache chunk that does not hold what its checksum says (internal: the chunk is dropped)."""
+
+
+def chunk_checksum(tensors: Mapping[str, torch.Tensor]) -> str:
+    """sha256 over the names and float32 bytes of a chunk's tensors, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        digest.update(name.encode() + b"\0")
+        digest.update(tensors[name].detach().float().contiguous().cpu().numpy().tobytes())
+    return digest.hexdigest()
 
 
 class FeatureStore:
-    """The features of one extractor (one cache entry), keyed by image sha256."""
+    """The features of one extractor (one cache entry), keyed by image sha256.
 
-    def __init__(self, root: Path, identity: Mapping[str, Any]) -> None:
+    Every chunk carries the feature dimension and a sha256 of its tensors in its metadata, checked
+    when it is read: a chunk that fails (flipped bits, cut short, vectors of another length, NaN) is
+    dropped (deleted where the cache is writable) and its images are extracted again; :meth:`notes`
+    says so once. A cache that cannot be written (read-only, e.g. a shared team cache) is still
+    used for reading; new features are then simply not saved.
+    """
+
+    def __init__(self, root: Path, identity: Mapping[str, Any], *, feature_dim: int | None = None) -> None:
         self.root = root
         self.identity = dict(identity)
         self.key = identity_key(identity)
         self.path = root / FEATURES_DIR / self.key
+        self.feature_dim = feature_dim
+        self.read_only = False
+        self.damaged: list[tuple[Path, str]] = []
+        self.index_notes: list[str] = []  # damage found in the file-hash index (filled by hash_files)
+        self.unsaved = 0
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             meta = self.path / META
             if not meta.is_file():
-                _atomic_write_bytes(meta, json.dumps({"identity": self.identity, "created": time.time()}, indent=2).encode())
+                write_atomic(meta, json.dumps({"identity": self.identity, "created": time.time()}, indent=2).encode())
             os.utime(meta)  # "last used", for `tlkit cache clear --older-than`
         except OSError as exc:
-            raise OutputError(
-                f"cannot write the feature cache in {self.path} ({exc.strerror}); set {CACHE_ENV} to a writable folder "
-                "or extract.cache: false"
-            ) from None
-        self._remove_stale_temporaries()
+            if not (self.path / META).is_file() or not os.access(self.path, os.R_OK | os.X_OK):
+                raise OutputError(
+                    f"cannot write the feature cache in {self.path} ({exc.strerror}); set {CACHE_ENV} to a writable folder "
+                    "or extract.cache: false"
+                ) from None
+            self.read_only = True  # an existing entry we may read but not write
+        if not self.read_only:
+            self._remove_stale_temporaries()
 
     def _remove_stale_temporaries(self) -> None:
         now = time.time()
@@ -182,38 +281,123 @@ class FeatureStore:
     def chunks(self) -> list[Path]:
         return sorted(self.path.glob("chunk-*.safetensors"))
 
-    def lookup(self, hashes: Iterable[str]) -> dict[str, torch.Tensor]:
-        """The stored features among ``hashes``; unreadable chunks are skipped (their images are re-extracted)."""
-        wanted = set(hashes)
-        found: dict[str, torch.Tensor] = {}
+    def _headers(self) -> list[tuple[Path, int, set[str]]]:
+        """(chunk, dim, keys) of every chunk whose header reads; chunks that do not are dropped."""
+        headers = []
         for chunk in self.chunks():
-            if not wanted:
-                break
             try:
                 with safe_open(str(chunk), framework="pt") as fh:
-                    for name in wanted.intersection(fh.keys()):
-                        found[name] = fh.get_tensor(name)
-            except (SafetensorError, OSError, ValueError):
+                    meta = fh.metadata() or {}
+                    keys = set(fh.keys())
+                if meta.get("format") != str(FORMAT) or not _HEX64.fullmatch(meta.get("sha256", "")):
+                    raise DamagedChunk("no valid checksum in its header")
+                headers.append((chunk, int(meta["dim"]), keys))
+            except FileNotFoundError:
+                continue  # dropped by another process meanwhile
+            except (SafetensorError, DamagedChunk, OSError, ValueError, KeyError) as exc:
+                if isinstance(exc, PermissionError):
+                    continue  # not damaged, only not ours to read
+                self._drop(chunk, str(exc) if isinstance(exc, DamagedChunk) else f"unreadable header ({type(exc).__name__})")
+        return headers
+
+    def _expected_dim(self, headers: list[tuple[Path, int, set[str]]]) -> int | None:
+        """The backbone's feature dimension when known, else the one most stored features have."""
+        if self.feature_dim is not None:
+            return self.feature_dim
+        votes: dict[int, int] = {}
+        for _, dim, keys in headers:
+            votes[dim] = votes.get(dim, 0) + len(keys)
+        return max(votes, key=lambda d: votes[d]) if votes else None
+
+    def _read_chunk(self, chunk: Path, dim: int) -> dict[str, torch.Tensor]:
+        """All tensors of a chunk, verified against its checksum; raises :class:`DamagedChunk`."""
+        try:
+            with safe_open(str(chunk), framework="pt") as fh:
+                meta = fh.metadata() or {}
+                tensors = {name: fh.get_tensor(name) for name in fh.keys()}
+        except (SafetensorError, ValueError) as exc:
+            raise DamagedChunk(f"unreadable ({type(exc).__name__})") from None
+        if meta.get("dim") != str(dim) or any(t.shape != (dim,) or t.dtype != torch.float32 for t in tensors.values()):
+            raise DamagedChunk(f"vectors of another length than the {dim} of this extractor")
+        if chunk_checksum(tensors) != meta.get("sha256"):
+            raise DamagedChunk("checksum mismatch")
+        if not all(bool(torch.isfinite(t).all()) for t in tensors.values()):
+            raise DamagedChunk("non-finite values")
+        return tensors
+
+    def _drop(self, chunk: Path, reason: str) -> None:
+        self.damaged.append((chunk, reason))
+        if not self.read_only:
+            try:
+                chunk.unlink()
+            except OSError:
+                pass
+
+    def lookup(self, hashes: Iterable[str]) -> dict[str, torch.Tensor]:
+        """The stored, verified features among ``hashes``; damaged chunks are dropped (their images are re-extracted)."""
+        wanted = set(hashes)
+        found: dict[str, torch.Tensor] = {}
+        headers = self._headers()
+        dim = self._expected_dim(headers)
+        for chunk, chunk_dim, keys in headers:
+            if not wanted:
+                break
+            if not wanted & keys:
                 continue
+            if chunk_dim != dim:
+                self._drop(chunk, f"vectors of length {chunk_dim}, not the {dim} of this extractor")
+                continue
+            try:
+                tensors = self._read_chunk(chunk, chunk_dim)
+            except DamagedChunk as exc:
+                self._drop(chunk, str(exc))
+                continue
+            except OSError:
+                continue
+            for name in wanted & tensors.keys():
+                found[name] = tensors[name]
             wanted.difference_update(found)
         return found
 
+    def notes(self) -> list[str]:
+        """A line each about damage found (chunks, hash index) and features not saved; empty when all was well."""
+        lines = list(dict.fromkeys(self.index_notes))
+        if self.damaged:
+            first, reason = self.damaged[0]
+            more = f" and {len(self.damaged) - 1} more" if len(self.damaged) > 1 else ""
+            lines.append(
+                f"feature cache: dropped damaged chunk {first.name} ({reason}){more} in {self.path}; its images were extracted again"
+            )
+        if self.unsaved:
+            lines.append(f"feature cache {self.path} is read-only: {self.unsaved} new features were not saved")
+        return lines
+
     def write(self, features: Mapping[str, torch.Tensor]) -> Path | None:
-        """Store ``{image sha256: feature vector}`` as one chunk, atomically; returns its path."""
+        """Store ``{image sha256: feature vector}`` as one chunk, atomically; returns its path.
+
+        A full disk is an :class:`OutputError` naming the cache folder; every chunk written before
+        stays, so a rerun after freeing space resumes from them.
+        """
         if not features:
             return None
+        if self.read_only:
+            self.unsaved += len(features)
+            return None
         names = sorted(features)
+        tensors = {n: features[n].detach().float().contiguous().cpu() for n in names}
+        dims = {tuple(t.shape) for t in tensors.values()}
+        if len(dims) != 1 or len(next(iter(dims))) != 1:
+            raise ValueError(f"a cache chunk holds vectors of one length, not {sorted(dims)}")
+        meta = {"format": str(FORMAT), "dim": str(next(iter(dims))[0]), "sha256": chunk_checksum(tensors)}
         chunk = self.path / f"chunk-{hashlib.sha256(''.join(names).encode()).hexdigest()[:32]}.safetensors"
-        tmp = self.path / f".tmp-{uuid.uuid4().hex}.safetensors"
         try:
-            save_file({n: features[n].detach().float().contiguous().cpu() for n in names}, str(tmp), metadata={"format": str(FORMAT)})
-            with tmp.open("rb+") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, chunk)
+            # Serialised in memory and written by Python: a full disk is an OSError like every other write.
+            write_atomic(chunk, save(tensors, metadata=meta))
         except OSError as exc:
-            raise OutputError(f"cannot write the feature cache in {self.path} ({exc.strerror}); set {CACHE_ENV} or extract.cache: false") from None
-        finally:
-            tmp.unlink(missing_ok=True)
+            raise OutputError(
+                f"cannot write the feature cache in {self.path} ({exc.strerror or exc}); {_space_hint(exc)}, "
+                f"set {CACHE_ENV} elsewhere or extract.cache: false (the chunks written so far are kept)"
+            ) from None
         return chunk
 
 
@@ -227,10 +411,14 @@ def open_store(
     options: Any = None,
     background: Sequence[int] | None = None,
     root: Path | None = None,
+    feature_dim: int | None = None,
 ) -> FeatureStore:
-    """The cache entry for this extractor under ``root`` (default :func:`cache_root`), created if new."""
+    """The cache entry for this extractor under ``root`` (default :func:`cache_root`), created if new.
+
+    ``feature_dim`` (the backbone's, when known) lets the store refuse vectors of another length.
+    """
     identity = extractor_identity(backbone, weights_id, preprocessing, precision, seed=seed, options=options, background=background)
-    return FeatureStore(root or cache_root(), identity)
+    return FeatureStore(root or cache_root(), identity, feature_dim=feature_dim)
 
 
 # --- inspecting and clearing (the `tlkit cache` commands) ---
@@ -301,13 +489,13 @@ def summary(root: Path | None = None) -> dict[str, Any]:
     """Where the cache is and how much it holds (`tlkit cache info`)."""
     root = root or cache_root()
     entries = list_entries(root)
-    index = root / HASH_INDEX
+    index = [root / LEGACY_HASH_INDEX, *(root / HASH_DIR).glob("*.json")]
     return {
         "path": str(root),
         "env": CACHE_ENV,
         "entries": len(entries),
         "features": sum(e.features for e in entries),
-        "bytes": sum(e.bytes for e in entries) + (index.stat().st_size if index.is_file() else 0),
+        "bytes": sum(e.bytes for e in entries) + sum(p.stat().st_size for p in index if p.is_file()),
     }
 
 
@@ -324,7 +512,8 @@ def clear(root: Path | None = None, older_than_s: float | None = None) -> list[E
             shutil.rmtree(entry.path, ignore_errors=True)
             removed.append(entry)
     if older_than_s is None:
-        (root / HASH_INDEX).unlink(missing_ok=True)
+        (root / LEGACY_HASH_INDEX).unlink(missing_ok=True)
+        shutil.rmtree(root / HASH_DIR, ignore_errors=True)
     return removed
 
 
@@ -349,9 +538,17 @@ def human_bytes(size: float) -> str:
     return f"{size:.1f} GB"
 
 
-def hash_files(paths: Sequence[Path], root: Path | None = None) -> list[str | None]:
-    """sha256 of each file (``None`` for unreadable ones), using and updating the index under ``root``."""
+def hash_files(paths: Sequence[Path], root: Path | None = None, *, notes: list[str] | None = None) -> list[str | None]:
+    """sha256 of each file (``None`` for unreadable ones), using and adding to the index under ``root``.
+
+    Only ``paths`` are hashed (a rank hashes its own shard). A damaged index file is dropped and,
+    when ``notes`` is given, named there in one line.
+    """
     index = FileHashes(root or cache_root())
     hashes = [index.sha256(Path(p)) for p in paths]
     index.save()
+    if index.damaged and notes is not None:
+        path, reason = index.damaged[0]
+        more = f" and {len(index.damaged) - 1} more" if len(index.damaged) > 1 else ""
+        notes.append(f"feature cache: dropped damaged file-hash index {path} ({reason}){more}; those files were hashed again")
     return hashes

@@ -70,17 +70,18 @@ def run(
     except KeyboardInterrupt as exc:
         # typer turns Ctrl-C into a silent exit 130; say what stopped and what was kept first.
         console.print_error(str(exc) or "interrupted; nothing was written")
-        raise typer.Exit(130) from None
+        raise typer.Exit(getattr(exc, "exit_code", 130)) from None  # 143 after SIGTERM (tlkit.signals)
     m = result.metrics
     rows = [
         ("recipe", recipe_obj.name),
         ("backbone", recipe_obj.backbone.name),
         ("head", recipe_obj.head.name),
+        *((f"{recipe_obj.head.name} chose", note) for note in m.head_notes),
         ("images", f"train {m.counts['train']}, test {m.counts['test']}, skipped {m.skipped_images}"),
         ("train accuracy", console.percent(m.train_accuracy)),
         ("test accuracy", console.percent(m.test_accuracy)),
         ("test balanced accuracy", console.percent(m.test_balanced_accuracy)),
-        ("test errors", f"{m.test_errors} (errors.csv, confusion_matrix.png)"),
+        ("test errors", f"{m.test_errors} (errors.csv, errors.png; everything in report.html)"),
         ("time", f"{m.timings_s['total']:.1f} s (extraction {m.timings_s['extract']:.1f} s)"),
         ("saved to", str(result.out_dir)),
     ]
@@ -140,18 +141,31 @@ def predict(
 @app.command()
 def export(
     run_dir: Annotated[Path, typer.Argument(help="A finished run directory (the --out of tlkit run).")],
-    format_: Annotated[str, typer.Option("--format", help="onnx or torchscript.")] = "onnx",
-    out: Annotated[Optional[Path], typer.Option("--out", help="File to write (default RUN_DIR/model.onnx or model.pt).")] = None,
+    format_: Annotated[str, typer.Option("--format", help="onnx, pt2 (torch.export) or torchscript (deprecated upstream).")] = "onnx",
+    out: Annotated[Optional[Path], typer.Option("--out", help="File to write (default RUN_DIR/model.onnx, .pt2 or .pt).")] = None,
 ) -> None:
-    """Export backbone + head as one model: normalised image batch in, class probabilities out."""
+    """Export normalisation + backbone + head as one model: images in [0, 1] in, class probabilities out."""
     from tlkit.export import export as export_model
     from tlkit.model import load_model
 
-    if format_ not in ("onnx", "torchscript"):
-        raise click.BadParameter(f"'{format_}' is not onnx or torchscript", param_hint="--format")
+    if format_ not in ("onnx", "pt2", "torchscript"):
+        raise click.BadParameter(f"'{format_}' is not onnx, pt2 or torchscript", param_hint="--format")
     model = load_model(run_dir, _plugins())
     result = export_model(model, format_, out)  # type: ignore[arg-type]
     console.out.print(f"wrote {result.path} ({result.format}; verified: max probability difference {result.max_difference:.1e})", highlight=False)
+
+
+@app.command()
+def features(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run directory (the --out of tlkit run).")],
+    out: Annotated[Path, typer.Option("--out", help="FILE.npz (numpy, scikit-learn) or FILE.parquet (pandas).")],
+) -> None:
+    """Write the run's train and test features with labels and paths, for scikit-learn or pandas."""
+    from tlkit.feature_export import write_features
+
+    result = write_features(run_dir, out, _plugins(), task=lambda total: console.ConsoleObserver().task("extracting", total=total, unit="img"))
+    counts = ", ".join(f"{split} {n}" for split, n in result.counts.items())
+    console.out.print(f"wrote {result.path}: {counts} images x {result.feature_dim} features ({result.cached} from the cache)", highlight=False)
 
 
 def _options_text(options: list[dict[str, Any]]) -> str:

@@ -26,6 +26,7 @@ from tlkit.evaluate import RunMetrics
 from tlkit.observer import Observer
 from tlkit.recipe import Recipe
 from tlkit.run_files import write
+from tlkit.signals import EXIT_CODE, Terminated, terminate_as_interrupt
 from tlkit.stages import BadFile, seed_everything
 
 __all__ = ["RunResult", "run", "seed_everything"]
@@ -75,6 +76,11 @@ def run(recipe: Recipe, out_dir: Path | None = None, observer: Observer | None =
     """Extract features, train the head, evaluate, and write the run directory; returns where and what."""
     progress = _Progress(observer or Observer())
     run_dir = RunDirectory(out_dir or default_out_dir(recipe.name), unique=out_dir is None)
+    with terminate_as_interrupt():  # SIGTERM (timeout, docker, schedulers) takes Ctrl-C's clean way out
+        return _run(recipe, run_dir, progress)
+
+
+def _run(recipe: Recipe, run_dir: RunDirectory, progress: _Progress) -> RunResult:
     try:
         with progress.timed("prepare"):
             prepared = stages.prepare(recipe, progress)
@@ -88,16 +94,19 @@ def run(recipe: Recipe, out_dir: Path | None = None, observer: Observer | None =
         write(run_dir, prepared, features, trained, evaluation)
         final = run_dir.commit({"tlkit": __version__, "recipe": recipe.name, "complete": True})
         return RunResult(out_dir=final, metrics=evaluation.metrics, bad_images=features.bad)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         run_dir.discard()
-        raise _interrupted(progress.current, run_dir, cached=recipe.extract.cache) from None
+        raise _interrupted(progress.current, run_dir, cached=recipe.extract.cache, terminated=isinstance(exc, Terminated)) from None
     except BaseException:
         run_dir.discard()
         raise
 
 
-def _interrupted(stage: str, run_dir: RunDirectory, *, cached: bool) -> RunInterrupted:
+def _interrupted(stage: str, run_dir: RunDirectory, *, cached: bool, terminated: bool = False) -> RunInterrupted:
     # The staging folder only ever holds a finished run's files, so there is nothing partial worth keeping.
     # Extraction writes its features to the cache as it goes (and on the way out), so a rerun resumes there.
     kept = "; the feature cache keeps every feature extracted so far, and a rerun starts from them" if cached else ""
-    return RunInterrupted(f"interrupted while {stage}; nothing was written to {run_dir.final} (a run directory appears only when complete){kept}")
+    how = "terminated (SIGTERM)" if terminated else "interrupted"
+    error = RunInterrupted(f"{how} while {stage}; nothing was written to {run_dir.final} (a run directory appears only when complete){kept}")
+    error.exit_code = EXIT_CODE if terminated else 130  # type: ignore[attr-defined]
+    return error

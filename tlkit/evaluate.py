@@ -63,6 +63,8 @@ class RunMetrics:
     features: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)
     timings_s: dict[str, float] = field(default_factory=dict)
+    head_choices: dict[str, Any] = field(default_factory=dict)  # what the head chose (TrainedHead.choices)
+    head_notes: list[str] = field(default_factory=list)  # the same, in words
 
     @property
     def test_accuracy(self) -> float | None:
@@ -91,6 +93,8 @@ class RunMetrics:
             "history": [dict(point) for point in self.history],
             "timings_s": {k: round(v, 4) for k, v in self.timings_s.items()},
             "test_errors": self.test_errors,
+            "head_choices": dict(self.head_choices),
+            "head_notes": list(self.head_notes),
         }
 
 

@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from tlkit.cache import FeatureStore, hash_files
+from tlkit.errors import DataError
 from tlkit.images import BACKGROUND, BadImage, open_rgb
 from tlkit.pipeline import ImagePipeline, as_pipeline
 from tlkit.preprocessing import Preprocessing
@@ -45,8 +46,48 @@ class Extraction:
     extracted: int = 0
 
 
+DECODE_TIMEOUT_ENV = "TLKIT_DECODE_TIMEOUT_S"
+DECODE_TIMEOUT_S = 30.0  # a photo decodes in milliseconds; a file that takes this long is crafted or broken
+
+
+def decode_timeout() -> float:
+    """Seconds one file may take to decode and preprocess (``$TLKIT_DECODE_TIMEOUT_S``, default 30)."""
+    try:
+        value = float(os.environ.get(DECODE_TIMEOUT_ENV, "") or DECODE_TIMEOUT_S)
+    except ValueError:
+        return DECODE_TIMEOUT_S
+    return value if value > 0 else DECODE_TIMEOUT_S
+
+
+class _DecodeTimeout(Exception):
+    pass
+
+
+def _expire(signum: int, frame: Any) -> None:
+    raise _DecodeTimeout()
+
+
+@contextmanager
+def _time_limit(seconds: float) -> Iterator[None]:
+    """Interrupt the block after ``seconds`` in a DataLoader worker (its own process: SIGALRM is free there)."""
+    if torch.utils.data.get_worker_info() is None:
+        yield  # the main process: its timers belong to the caller; the batch timeout still bounds workers
+        return
+    previous = signal.signal(signal.SIGALRM, _expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 class ImageFiles(Dataset[tuple[torch.Tensor, int, str]]):
-    """Decodes and preprocesses one file per item; a bad file yields a zero image and its reason."""
+    """Decodes and preprocesses one file per item; a bad file yields a zero image and its reason.
+
+    In worker processes each file gets :func:`decode_timeout` seconds: a decoder that does not come
+    back (a crafted file) is interrupted and the file is reported like any other bad one.
+    """
 
     def __init__(self, paths: Sequence[Path], preprocessing: Preprocessing, background: tuple[int, int, int] = BACKGROUND) -> None:
         self.paths = list(paths)
@@ -54,14 +95,18 @@ class ImageFiles(Dataset[tuple[torch.Tensor, int, str]]):
         self.transform = preprocessing.transform()
         self.min_size = preprocessing.resize_size
         self.shape = (3, preprocessing.crop_size, preprocessing.crop_size)
+        self.timeout_s = decode_timeout()
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, str]:
         try:
-            image = open_rgb(self.paths[index], min_size=self.min_size, background=self.background)
-            return self.transform(image), index, ""
+            with _time_limit(self.timeout_s):
+                image = open_rgb(self.paths[index], min_size=self.min_size, background=self.background)
+                return self.transform(image), index, ""
+        except _DecodeTimeout:
+            return torch.zeros(self.shape), index, f"took longer than {self.timeout_s:g} s to decode (a crafted or broken file?); {DECODE_TIMEOUT_ENV} sets the limit"
         except BadImage as exc:
             return torch.zeros(self.shape), index, str(exc)
         except Exception as exc:  # noqa: BLE001 - a transform failing on one odd image must not kill the worker
@@ -145,6 +190,23 @@ def _loader(dataset: ImageFiles, batch_size: int, workers: int | None, device: t
         worker_init_fn=_worker_init if num_workers else None,
         pin_memory=device.type == "cuda",
         prefetch_factor=4 if num_workers else None,
+        # A backstop for a decoder stuck where no signal reaches it: no batch for this long ends the wait.
+        timeout=batch_timeout(dataset.timeout_s, batch_size) if num_workers else 0,
+    )
+
+
+def batch_timeout(per_file_s: float, batch_size: int) -> float:
+    """How long to wait for one batch from a worker: every file at its limit, plus slack for start-up."""
+    return per_file_s * (batch_size + 1) + 5.0
+
+
+def _hung(dataset: ImageFiles, done: int, batch_size: int) -> DataError:
+    """The error for a batch that never came: its files, one of which hangs the decoder."""
+    suspects = dataset.paths[done : done + batch_size]
+    shown = ", ".join(map(str, suspects[:4])) + (f" and {len(suspects) - 4} more" if len(suspects) > 4 else "")
+    return DataError(
+        f"decoding stopped: no batch came back within {batch_timeout(dataset.timeout_s, batch_size):g} s, so one of these files "
+        f"hangs the decoder: {shown}; move it out of the data set ({DECODE_TIMEOUT_ENV} sets the limit per file)"
     )
 
 
@@ -190,9 +252,11 @@ def extract(
     kept: list[int] = []
     bad: list[tuple[Path, str]] = []
     batches = iter(_loader(dataset, batch_size, workers, device))
+    done = [0]  # files received so far: the batch that never comes starts there
     try:
         with torch.inference_mode():
-            for images, indices, errors in batches:
+            for images, indices, errors in _guarded(batches, lambda: _hung(dataset, done[0], batch_size)):
+                done[0] += len(errors)
                 good = [i for i, err in enumerate(errors) if not err]
                 for i in (i for i, err in enumerate(errors) if err):
                     bad.append((dataset.paths[int(indices[i])], errors[i]))
@@ -209,6 +273,20 @@ def extract(
         _stop_workers(batches)
     features = torch.cat(chunks) if chunks else torch.empty(0, 0)
     return Extraction(features=features, kept=kept, bad=bad, seconds=time.perf_counter() - start, extracted=len(kept))
+
+
+def _guarded(batches: Iterator[Any], hung: Callable[[], DataError]) -> Iterator[Any]:
+    """The batches, with the DataLoader's timeout turned into the one-line error ``hung()`` builds."""
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except RuntimeError as exc:
+            if "DataLoader timed out" in str(exc):
+                raise hung() from None
+            raise
+        yield batch
 
 
 @contextmanager
@@ -240,7 +318,7 @@ def extract_cached(
     if store is None:
         with task(len(paths)) as advance:
             return extract(model, paths, pipeline, on_batch=advance, **options)
-    hashes = hash_files(paths, store.root)
+    hashes = hash_files(paths, store.root, notes=store.index_notes)
     found = store.lookup(h for h in hashes if h is not None)
     missing = [i for i, h in enumerate(hashes) if h is None or h not in found]
     extracted: dict[int, torch.Tensor] = {}

@@ -10,11 +10,14 @@ exports apply exactly the same scaling.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+
+from tlkit.errors import RecipeError
 
 
 @dataclass(frozen=True)
@@ -95,3 +98,18 @@ def one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def check_loss(head: str, loss: float, epoch: int, options: dict[str, object]) -> None:
+    """Stop a fit whose loss is no longer a number, naming the options that usually caused it.
+
+    A loss of NaN or infinity means every later step is garbage (and the metrics could not even be
+    written as JSON): one line saying which settings to lower beats a run that "finishes".
+    """
+    if math.isfinite(loss):
+        return
+    settings = ", ".join(f"head.{k} = {v!r}" for k, v in options.items())
+    raise RecipeError(
+        f"head '{head}': the training loss became {loss} at epoch {epoch} ({settings}); "
+        "lower these (or check the features for NaN/inf) and run again"
+    )

@@ -21,9 +21,10 @@ import torch
 from safetensors.torch import load_file
 
 from tlkit import files
-from tlkit.artifacts import MARKER
+from tlkit.artifacts import MARKER, verify_files
 from tlkit.errors import DataError, RunError, TlkitError, WeightsError
 from tlkit.features import extract, prepare_model, resolve_device
+from tlkit.head_files import load_head
 from tlkit.pipeline import ImagePipeline, ImageSettings
 from tlkit.plugins import Plugins
 from tlkit.preprocessing import Preprocessing
@@ -142,6 +143,7 @@ def load_model(run_dir: Path | str, plugins: Plugins) -> SavedModel:
         raise RunError(f"run directory {run_dir} does not exist")
     if not (run_dir / MARKER).is_file():
         raise RunError(f"{run_dir} is not a finished tlkit run (no {MARKER}); give the --out folder of a completed 'tlkit run'")
+    verify_files(run_dir)  # every file read below is the one the run wrote, or the run is refused
     info = _read_json(run_dir / "model.json")
     classes = [str(c) for c in _read_json(run_dir / "classes.json")]
     head_name = info["head"]
@@ -149,15 +151,8 @@ def load_model(run_dir: Path | str, plugins: Plugins) -> SavedModel:
         head_spec = plugins.heads.get(head_name)
     except TlkitError as exc:
         raise RunError(f"run {run_dir} needs head '{head_name}': {exc}") from None
-    head_file = run_dir / "head.safetensors"
-    if not head_file.is_file():
-        raise RunError(f"{head_file} is missing; the run directory is incomplete")
     options = _options(head_spec, info.get("head_options") or {}, "head", run_dir)
-    try:
-        head = head_spec.load(load_file(str(head_file)), options).eval()
-    except (RuntimeError, KeyError, ValueError, OSError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise RunError(f"{head_file} does not fit head '{head_name}' of this tlkit ({reason}); run the recipe again") from None
+    head = load_head(head_spec, run_dir / "head.safetensors", options)
     extract_settings = info.get("extract") or {}
     return SavedModel(
         run_dir=run_dir,

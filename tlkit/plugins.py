@@ -290,9 +290,13 @@ def _malformed(spec: Any) -> str | None:
     """What is wrong with a registered spec's fields, or None; checked before it enters a registry."""
     if not isinstance(spec.name, str) or not spec.name or spec.name != spec.name.strip():
         return "'name' must be a non-empty string without surrounding spaces"
+    optional = ("build", "load") if isinstance(spec, HeadSpec) else ()  # a head gives one of them (or both)
     for attr in ("build", "load", "fit"):
-        if hasattr(spec, attr) and not callable(getattr(spec, attr)):
+        value = getattr(spec, attr, None)
+        if hasattr(spec, attr) and not callable(value) and not (attr in optional and value is None):
             return f"'{attr}' is not callable"
+    if isinstance(spec, HeadSpec) and spec.build is None and spec.load is None:
+        return "a head needs 'build' (rebuilds it from its saved config) or 'load' (from its saved tensors)"
     if not isinstance(spec.description, str):
         return "'description' must be a string"
     if not (isinstance(spec.options, type) and dataclasses.is_dataclass(spec.options)):

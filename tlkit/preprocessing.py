@@ -1,15 +1,18 @@
 """How a backbone wants its images: a frozen record, built from the library that defines it.
 
 Backbones never hard-code their preprocessing: torchvision models derive it from their weights
-enum (``weights.transforms()``), timm models from their pretrained config. The record is also part
-of the feature-cache key and of the saved model, so it must be plain data.
+enum (``weights.transforms()``), timm models from ``timm.data.resolve_data_config``. The record is
+also part of the feature-cache key and of the saved ``model.json``, so it is plain data; its
+``transform()`` is rebuilt from that data by the same library: a timm record (``pipeline="timm"``)
+through timm's own ``create_transform``, so every timm crop mode (``center``, ``squash``,
+``border``) gives exactly timm's tensors.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -20,27 +23,67 @@ _INTERPOLATIONS = {
     "nearest": InterpolationMode.NEAREST,
     "bilinear": InterpolationMode.BILINEAR,
     "bicubic": InterpolationMode.BICUBIC,
+    "box": InterpolationMode.BOX,
+    "hamming": InterpolationMode.HAMMING,
+    "lanczos": InterpolationMode.LANCZOS,
 }
+PIPELINES = ("torchvision", "timm")
+CROP_MODES = ("center", "squash", "border")
+# Fields left out of to_dict() at these values, so records saved before they existed keep their cache keys.
+_OPTIONAL = {"pipeline": "torchvision", "crop_mode": "center", "crop_pct": None}
 
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """Resize the shorter side to ``resize_size``, centre-crop ``crop_size``, scale to [0, 1], normalise."""
+    """Resize, crop ``crop_size`` x ``crop_size``, scale to [0, 1], normalise with ``mean`` / ``std``.
+
+    ``pipeline="torchvision"``: resize the shorter side to ``resize_size`` and centre-crop (what
+    torchvision's weight presets do). ``pipeline="timm"``: timm's eval transform with ``crop_pct``
+    and ``crop_mode`` (``center``: shorter side to ``resize_size``, then crop; ``squash``: both
+    sides to ``resize_size``, ignoring the aspect ratio; ``border``: the longer side to
+    ``resize_size``, then pad with the mean colour); ``resize_size`` is ``floor(crop_size / crop_pct)``.
+    """
 
     crop_size: int
     resize_size: int
     interpolation: str
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    pipeline: str = "torchvision"
+    crop_mode: str = "center"
+    crop_pct: float | None = None
 
     def __post_init__(self) -> None:
         if self.interpolation not in _INTERPOLATIONS:
             raise ValueError(f"interpolation must be one of {sorted(_INTERPOLATIONS)}, not {self.interpolation!r}")
-        if self.resize_size < self.crop_size:
+        if self.pipeline not in PIPELINES:
+            raise ValueError(f"pipeline must be one of {list(PIPELINES)}, not {self.pipeline!r}")
+        if self.crop_mode not in CROP_MODES or (self.pipeline == "torchvision" and self.crop_mode != "center"):
+            raise ValueError(f"crop_mode must be one of {list(CROP_MODES)} ('center' for the torchvision pipeline), not {self.crop_mode!r}")
+        if self.pipeline == "timm":
+            if self.crop_pct is None or not 0 < self.crop_pct <= 1:
+                raise ValueError(f"the timm pipeline needs crop_pct in (0, 1], not {self.crop_pct!r}")
+            if self.resize_size != math.floor(self.crop_size / self.crop_pct):
+                raise ValueError(f"resize_size {self.resize_size} != floor(crop_size / crop_pct) = {math.floor(self.crop_size / self.crop_pct)}")
+        elif self.crop_pct is not None:
+            raise ValueError("crop_pct belongs to the timm pipeline; the torchvision pipeline uses resize_size")
+        if self.resize_size < self.crop_size and self.crop_mode == "center":
             raise ValueError("resize_size must be at least crop_size")
 
     def transform(self) -> Callable[[Any], torch.Tensor]:
-        """A torchvision transform from a PIL RGB image to a normalised float tensor (3, H, W)."""
+        """A transform from a PIL RGB image to a normalised float tensor (3, crop_size, crop_size)."""
+        if self.pipeline == "timm":
+            from timm.data import create_transform
+
+            return create_transform(  # type: ignore[no-any-return]
+                input_size=(3, self.crop_size, self.crop_size),
+                is_training=False,
+                interpolation=self.interpolation,
+                mean=self.mean,
+                std=self.std,
+                crop_pct=self.crop_pct,
+                crop_mode=self.crop_mode,
+            )
         return T.Compose(
             [
                 T.Resize(self.resize_size, interpolation=_INTERPOLATIONS[self.interpolation], antialias=True),
@@ -53,7 +96,15 @@ class Preprocessing:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able data (for the cache key and the saved model)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        data: dict[str, Any] = {
+            "crop_size": self.crop_size,
+            "resize_size": self.resize_size,
+            "interpolation": self.interpolation,
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
+        data.update({k: getattr(self, k) for k, default in _OPTIONAL.items() if getattr(self, k) != default})
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Preprocessing:
@@ -61,8 +112,11 @@ class Preprocessing:
             crop_size=int(data["crop_size"]),
             resize_size=int(data["resize_size"]),
             interpolation=str(data["interpolation"]),
-            mean=tuple(float(v) for v in data["mean"]),  # type: ignore[arg-type]
-            std=tuple(float(v) for v in data["std"]),  # type: ignore[arg-type]
+            mean=_triple(data["mean"]),
+            std=_triple(data["std"]),
+            pipeline=str(data.get("pipeline", "torchvision")),
+            crop_mode=str(data.get("crop_mode", "center")),
+            crop_pct=None if data.get("crop_pct") is None else float(data["crop_pct"]),
         )
 
     @classmethod
@@ -75,21 +129,38 @@ class Preprocessing:
             crop_size=int(crop),
             resize_size=int(resize),
             interpolation=InterpolationMode(preset.interpolation).value,
-            mean=tuple(float(v) for v in preset.mean),  # type: ignore[arg-type]
-            std=tuple(float(v) for v in preset.std),  # type: ignore[arg-type]
+            mean=_triple(preset.mean),
+            std=_triple(preset.std),
         )
 
     @classmethod
     def from_timm(cls, pretrained_cfg: Any) -> Preprocessing:
-        """From a timm pretrained config (``PretrainedCfg`` or its dict), as timm's eval transform does."""
+        """From a timm pretrained config (``PretrainedCfg`` or its dict) via ``timm.data.resolve_data_config``."""
+        from timm.data import resolve_data_config
+
         cfg = pretrained_cfg if isinstance(pretrained_cfg, Mapping) else pretrained_cfg.to_dict()
-        size = int(cfg.get("input_size", (3, 224, 224))[-1])
-        crop_pct = float(cfg.get("crop_pct") or 0.875)
-        interpolation = cfg.get("interpolation") or "bicubic"
+        data = resolve_data_config({}, pretrained_cfg=dict(cfg))
+        return cls.from_timm_data_config(data)
+
+    @classmethod
+    def from_timm_data_config(cls, data: Mapping[str, Any]) -> Preprocessing:
+        """From the dict ``timm.data.resolve_data_config`` returns (input_size, interpolation, mean, std, crop_pct, crop_mode)."""
+        _, height, width = data["input_size"]
+        if height != width:
+            raise ValueError(f"tlkit crops square images; this timm config asks for {height}x{width}")
+        crop_pct = float(data.get("crop_pct") or 0.875)
         return cls(
-            crop_size=size,
-            resize_size=math.floor(size / crop_pct),
-            interpolation=interpolation if interpolation in _INTERPOLATIONS else "bicubic",
-            mean=tuple(float(v) for v in cfg.get("mean", (0.485, 0.456, 0.406))),  # type: ignore[arg-type]
-            std=tuple(float(v) for v in cfg.get("std", (0.229, 0.224, 0.225))),  # type: ignore[arg-type]
+            crop_size=int(height),
+            resize_size=math.floor(int(height) / crop_pct),
+            interpolation=str(data.get("interpolation") or "bilinear"),
+            mean=_triple(data["mean"]),
+            std=_triple(data["std"]),
+            pipeline="timm",
+            crop_mode=str(data.get("crop_mode") or "center"),
+            crop_pct=crop_pct,
         )
+
+
+def _triple(values: Any) -> tuple[float, float, float]:
+    a, b, c = (float(v) for v in values)
+    return (a, b, c)

@@ -23,6 +23,7 @@ from tlkit.plugins import Plugins
 from tlkit.registry import Registry
 from tlkit.specs import BackboneSpec, DatasetSpec, HeadSpec
 from tlkit.weights import WeightsRequest
+from tlkit.yaml_loading import safe_load
 
 MAX_DEPTH = 8
 
@@ -161,7 +162,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise RecipeError(f"recipe {path} cannot be read ({exc.strerror})") from None
     try:
-        data = yaml.safe_load(text)
+        data = safe_load(text)  # yaml.safe_load, refusing alias bombs and duplicate keys
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -186,7 +187,7 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
         if not sep or not key or any(not part for part in key.split(".")):
             raise RecipeError(f"--set '{item}' must look like dotted.key=value")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
         except RecursionError:

@@ -1,10 +1,10 @@
 """The write stage: what a finished run leaves in its directory, and in which format.
 
 ``recipe.yaml`` (the resolved recipe), ``metrics.json`` (from the typed :class:`~tlkit.evaluate.RunMetrics`),
-``classes.json``, ``head.safetensors``, ``model.json`` (everything needed to rebuild backbone + head
+``classes.json``, ``head.safetensors`` (with the head's constructor settings and choices in its metadata), ``model.json`` (everything needed to rebuild backbone + head
 and to decode images exactly as the run did), ``backbone.safetensors`` when the backbone's weights
-cannot be rebuilt by its plugin, ``predictions.csv``, ``errors.csv``, ``bad_images.csv`` and the
-plots. Files go into the run directory's staging folder; :meth:`RunDirectory.commit` moves them into
+cannot be rebuilt by its plugin, ``predictions.csv``, ``errors.csv``, ``bad_images.csv``, ``split.csv`` (which file went
+where), the plots, ``errors.png`` and ``report.html`` (:mod:`tlkit.report`). Files go into the run directory's staging folder; :meth:`RunDirectory.commit` moves them into
 place, so a reader never sees half a run.
 """
 
@@ -15,10 +15,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tlkit import __version__, plots
+from tlkit import __version__, report
 from tlkit.artifacts import RunDirectory
 from tlkit.errors import OutputError
 from tlkit.evaluate import PREDICTION_COLUMNS
+from tlkit.head_files import head_metadata, head_tensors
+from tlkit.splits import write_split
 
 if TYPE_CHECKING:
     from tlkit.specs import TrainedHead
@@ -31,14 +33,16 @@ def write(run_dir: RunDirectory, prepared: Prepared, features: SplitFeatures, tr
     run_dir.write_yaml("recipe.yaml", recipe.to_dict())
     run_dir.write_json("metrics.json", evaluation.metrics.to_dict())
     run_dir.write_json("classes.json", prepared.classes)
-    run_dir.write_tensors("head.safetensors", trained.module.state_dict(), metadata={"head": recipe.head.name})
+    run_dir.write_tensors("head.safetensors", head_tensors(trained.module), metadata=head_metadata(recipe.head.name, trained))
     if backbone_saved_with_run(prepared):
         run_dir.write_tensors("backbone.safetensors", prepared.backbone.model.state_dict(), metadata={"backbone": recipe.backbone.name})
-    run_dir.write_json("model.json", model_info(prepared, features.feature_dim))
+    run_dir.write_json("model.json", {**model_info(prepared, features.feature_dim), "head_choices": dict(trained.choices)})
     write_predictions(run_dir, evaluation.test_rows, evaluation.errors)
-    plots.confusion_matrix_png(evaluation.metrics.test.confusion_matrix, prepared.classes, run_dir.file("confusion_matrix.png"))
-    plots.training_curve_png(evaluation.metrics.history, run_dir.file("training_curve.png"))
     write_bad_images(run_dir.file("bad_images.csv"), features.bad)
+    write_split(run_dir.file("split.csv"), prepared.classes, prepared.dataset.splits)
+    metrics = evaluation.metrics.to_dict()
+    with run_dir.writing("report.html"):  # the plots and the report: a full disk here is one line, like every other write
+        report.write_visuals(run_dir.path, recipe=recipe.to_dict(), metrics=metrics, test_rows=evaluation.test_rows, notes=metrics["head_notes"])
 
 
 def backbone_saved_with_run(prepared: Prepared) -> bool:

@@ -149,23 +149,37 @@ class FitContext:
 
 @dataclass(frozen=True)
 class TrainedHead:
-    """What a head's ``fit`` returns: a module mapping features (N, D) to logits (N, C)."""
+    """What a head's ``fit`` returns: a module mapping features (N, D) to logits (N, C).
+
+    ``config`` holds the module's constructor settings (JSON-able): they are saved in the
+    metadata of ``head.safetensors`` and handed to ``HeadSpec.build`` to rebuild the module, so a
+    head never has to guess its shape back from tensors. ``choices`` are what the head decided
+    while fitting (an L2 strength, a k, the epoch it kept; JSON-able, numbers or short lists of
+    them) and ``notes`` say them in words; the run shows both in its summary and saves them in
+    ``metrics.json`` and ``model.json``.
+    """
 
     module: torch.nn.Module
     history: Sequence[Mapping[str, float]] = field(default_factory=tuple)
+    config: Mapping[str, Any] = field(default_factory=dict)
+    choices: Mapping[str, Any] = field(default_factory=dict)
+    notes: Sequence[str] = ()
 
 
 @dataclass(frozen=True)
 class HeadSpec:
     """A registered head.
 
-    ``fit(train, options, ctx) -> TrainedHead`` trains it; ``load(tensors, options)`` rebuilds the
-    module from the tensors of its saved ``state_dict`` so a run directory can be used later.
+    ``fit(train, options, ctx) -> TrainedHead`` trains it. A saved head is rebuilt by
+    ``build(config)`` (the ``TrainedHead.config`` saved with it) followed by loading its
+    ``state_dict``; a head without ``build`` gives ``load(tensors, options)`` instead, which
+    rebuilds the module from the saved tensors themselves.
     """
 
     name: str
     fit: Callable[[Features, Any, FitContext], TrainedHead]
-    load: Callable[[Mapping[str, torch.Tensor], Any], torch.nn.Module]
+    load: Callable[[Mapping[str, torch.Tensor], Any], torch.nn.Module] | None = None
     description: str = ""
     options: type = NoOptions
     plugin: str = ""
+    build: Callable[[Mapping[str, Any]], torch.nn.Module] | None = None

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import random
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,6 +137,8 @@ def prepare(recipe: Recipe, observer: Observer | None = None) -> Prepared:
     for split in SPLITS:
         observer.note(f"{split}: {len(dataset.splits[split])} x 3 x {crop} x {crop}")
     observer.note(f"classes: {', '.join(dataset.classes)}")
+    if len(dataset.classes) == 1:
+        observer.note(f"warning: the data set has one class ('{dataset.classes[0]}'): every image is predicted as it, so accuracy is 100% and means nothing")
     for line in dataset.notes:
         observer.note(line)
     device = resolve_device(recipe.extract.device)
@@ -159,6 +162,7 @@ def feature_store(prepared: Prepared) -> FeatureStore | None:
         seed=recipe.seed,
         options=recipe.backbone.options,
         background=prepared.pipeline.background,
+        feature_dim=recipe.backbone.spec.feature_dim,  # chunks of vectors of another length are refused
     )
 
 
@@ -184,6 +188,8 @@ def extract(prepared: Prepared, observer: Observer | None = None, *, shard: Shar
         cache=store.path if store else None,
     )
     observer.note(f"features: {features.cached} cached, {features.extracted} extracted" + ("" if store else " (cache off)"))
+    for line in store.notes() if store else ():
+        observer.note(line)  # damaged cache files dropped (and re-extracted), features a read-only cache could not keep
     for item in bad:
         observer.note(f"skipped {item.split} image {item.path}: {item.reason}")
     return features
@@ -228,24 +234,33 @@ def _extract_split(
 
 
 def fit(prepared: Prepared, features: SplitFeatures, observer: Observer | None = None) -> TrainedHead:
-    """Train the recipe's head on the train features (seeded); the test features only feed progress reports."""
+    """Train the recipe's head on the train features (seeded); the test features only feed progress reports.
+
+    The progress line opens at the first reported epoch, so a head that does not train by epochs
+    (knn, centroid) shows none rather than "0/0 epoch"; what the head chose is noted afterwards.
+    """
     observer = observer or Observer()
     recipe = prepared.recipe
     epochs = getattr(recipe.head.options, "epochs", None)
     observer.stage(f"training the {recipe.head.name} head")
-    with observer.task(f"training {recipe.head.name}", total=epochs, unit="epoch") as advance:
-        report = _epoch_reporter(advance, observer)
+    with ExitStack() as progress:
+        report = _epoch_reporter(lambda: progress.enter_context(observer.task(f"training {recipe.head.name}", total=epochs, unit="epoch")), observer)
         ctx = FitContext(num_classes=len(prepared.classes), seed=recipe.seed, monitor=features.features["test"], report=report)
         seed_everything(recipe.seed)
         trained = recipe.head.spec.fit(features.features["train"], recipe.head.options, ctx)
-    return TrainedHead(module=trained.module.eval(), history=tuple(dict(p) for p in trained.history))
+    for line in trained.notes:
+        observer.note(f"{recipe.head.name}: {line}")
+    return dataclasses.replace(trained, module=trained.module.eval(), history=tuple(dict(p) for p in trained.history))
 
 
-def _epoch_reporter(advance: Callable[[int], None], observer: Observer) -> Callable[[int, Mapping[str, float]], None]:
+def _epoch_reporter(open_task: Callable[[], Callable[[int], None]], observer: Observer) -> Callable[[int, Mapping[str, float]], None]:
     done = 0
+    advance: Callable[[int], None] | None = None
 
     def report(epoch: int, values: Mapping[str, float]) -> None:
-        nonlocal done
+        nonlocal done, advance
+        if advance is None:
+            advance = open_task()
         advance(epoch - done)
         done = epoch
         observer.point(f"epoch {epoch}", values)
@@ -272,5 +287,7 @@ def evaluate(prepared: Prepared, features: SplitFeatures, trained: TrainedHead, 
         features={"cached": features.cached, "extracted": features.extracted, "cache": str(features.cache) if features.cache else None},
         history=[dict(point) for point in trained.history],
         timings_s=dict(timings or {}),
+        head_choices=dict(trained.choices),
+        head_notes=list(trained.notes),
     )
     return Evaluation(metrics=metrics, test_rows=rows)

@@ -311,6 +311,29 @@ def _logits(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         return module.eval()(x)
 
 
+def _saved_and_rebuilt(spec: HeadSpec, trained: TrainedHead, opts: Any) -> torch.nn.Module:
+    """The head saved as the run directory saves it (tensors + config metadata) and rebuilt from the file."""
+    from safetensors.torch import save_file
+
+    from tlkit.head_files import build_head, head_metadata, head_tensors, read_head_file
+
+    name = spec.name
+    with tempfile.TemporaryDirectory(prefix="tlkit-check-") as tmp:
+        target = Path(tmp) / "head.safetensors"
+        try:
+            save_file(head_tensors(trained.module), str(target), metadata=head_metadata(name, trained))
+        except Exception as exc:
+            raise AssertionError(f"head '{name}': its state_dict or config cannot be saved as safetensors ({type(exc).__name__}: {exc})") from exc
+        tensors, metadata = read_head_file(target)
+        try:
+            loaded = build_head(spec, tensors, metadata, opts, target)
+        except Exception as exc:
+            raise AssertionError(f"head '{name}': build()/load() fails on its own saved head ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(loaded, torch.nn.Module):
+        raise AssertionError(f"head '{name}': load() returned a {type(loaded).__name__}, expected a torch.nn.Module")
+    return loaded
+
+
 def check_head(
     name: str,
     options: Mapping[str, Any] | Any = None,
@@ -326,11 +349,10 @@ def check_head(
     Checks: ``fit`` returns a :class:`~tlkit.TrainedHead` whose module maps ``(N, D)`` features to
     finite ``(N, num_classes)`` logits; it reaches ``min_accuracy`` on held-out blobs; the same seed
     gives the same head; setting ``FitContext.monitor`` changes nothing (a head must never choose by
-    the test features); and ``load()`` of its ``state_dict``, saved and read back as safetensors as
-    the run directory does, gives the same logits.
+    the test features); and the head saved as the run directory saves it (``state_dict`` as
+    safetensors, ``TrainedHead.config`` in the metadata) and rebuilt by ``build(config)`` (or
+    ``load(tensors, options)``) gives the same logits.
     """
-    from safetensors.torch import load_file, save_file
-
     spec: HeadSpec = _spec(plugins, "head", name)
     opts = _options(spec, "head", options)
     train = make_features(num_classes, dim, per_class=12, seed=seed)
@@ -358,20 +380,7 @@ def check_head(
     if not _close(logits, _logits(unmonitored.module, test.x)):
         raise AssertionError(f"head '{name}' trains differently when FitContext.monitor is set; it must use the test features for reports only")
 
-    with tempfile.TemporaryDirectory(prefix="tlkit-check-") as tmp:
-        target = Path(tmp) / "head.safetensors"
-        try:
-            save_file({k: v.detach().contiguous().cpu() for k, v in trained.module.state_dict().items()}, str(target))
-        except Exception as exc:
-            raise AssertionError(f"head '{name}': its state_dict cannot be saved as safetensors ({type(exc).__name__}: {exc})") from exc
-        tensors = load_file(str(target))
-    try:
-        loaded = spec.load(tensors, opts)
-    except Exception as exc:
-        raise AssertionError(f"head '{name}': load() fails on its own saved state_dict ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(loaded, torch.nn.Module):
-        raise AssertionError(f"head '{name}': load() returned a {type(loaded).__name__}, expected a torch.nn.Module")
-    reloaded = _logits(loaded, test.x)
+    reloaded = _logits(_saved_and_rebuilt(spec, trained, opts), test.x)
     if not _close(logits, reloaded):
         raise AssertionError(f"head '{name}': load() of its saved state_dict gives different logits (max difference {_max_diff(logits, reloaded):.3g})")
     return HeadReport(name=name, test_accuracy=accuracy, history=list(trained.history))

@@ -8,12 +8,9 @@ the architecture is reported with the counts of missing and unexpected keys and 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import re
-import tempfile
-import urllib.request
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,6 +20,8 @@ from typing import Any, Literal
 import torch
 
 from tlkit.errors import RecipeError, WeightsError
+from tlkit.hashing import sha256_of
+from tlkit.script_archive import is_script_archive, read_named_tensors
 
 WeightsKind = Literal["pretrained", "random", "file"]
 
@@ -91,31 +90,14 @@ class WeightsRequest:
     def __str__(self) -> str:
         return {"pretrained": "pretrained (default)", "random": "random"}.get(self.kind, str(self.path))
 
-_SHA_CACHE: dict[tuple[str, int, int], str] = {}
-
-
 def offline() -> bool:
     """True when ``TLKIT_OFFLINE`` (or ``HF_HUB_OFFLINE``) asks tlkit not to try the network."""
     return any(os.environ.get(v, "") not in ("", "0") for v in ("TLKIT_OFFLINE", "HF_HUB_OFFLINE"))
 
 
-def file_sha256(path: Path) -> str:
-    """The hex sha256 of a file's bytes, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def sha256_file(path: Path) -> str:
-    """:func:`file_sha256`, remembered per (path, size, mtime) within the process (weights files are large)."""
-    path = Path(path)
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if key not in _SHA_CACHE:
-        _SHA_CACHE[key] = file_sha256(path)
-    return _SHA_CACHE[key]
+    """The sha256 of a weights file, read once per process and stamp (:mod:`tlkit.hashing`)."""
+    return sha256_of(path)
 
 
 def hub_checkpoint_dir() -> Path:
@@ -126,7 +108,9 @@ def hub_checkpoint_dir() -> Path:
 def load_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
     """Read a weights file into a flat ``name -> tensor`` dict, refusing anything unsafe.
 
-    Accepts a plain state dict or one wrapped under ``state_dict``/``model``/``state_dict_ema``.
+    Accepts a plain state dict or one wrapped under ``state_dict``/``model``/``state_dict_ema``, a
+    ``.safetensors`` file, and a TorchScript-format archive (libtorch ``OutputArchive``, tch-rs
+    ``.ot``, ``torch.jit.save``), whose tensors are read without running its code.
     """
     path = Path(path)
     if not path.exists():
@@ -135,6 +119,8 @@ def load_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
         raise WeightsError(f"weights file {path} is not a file (a folder?); set backbone.weights to the file itself")
     if path.stat().st_size == 0:
         raise WeightsError(f"weights file {path} is empty; download it again")
+    if is_script_archive(path):  # libtorch OutputArchive / tch-rs .ot, torch.jit.save: read, never run
+        return read_named_tensors(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -175,8 +161,13 @@ def _examples(names: list[str], n: int = 3) -> str:
 
 
 def load_into(model: torch.nn.Module, state: Mapping[str, torch.Tensor], path: Path | str, *, what: str = "this backbone") -> None:
-    """Load ``state`` into ``model`` strictly; on mismatch, say how the file differs."""
+    """Load ``state`` into ``model`` strictly; on mismatch, say how the file differs.
+
+    Only BatchNorm's ``num_batches_tracked`` counters may be absent (tch-rs and other exporters do
+    not save them; evaluation never reads them): the model keeps its own.
+    """
     expected = model.state_dict()
+    state = {**{k: v for k, v in expected.items() if k.endswith("num_batches_tracked") and k not in state}, **state}
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
@@ -188,28 +179,3 @@ def load_into(model: torch.nn.Module, state: Mapping[str, torch.Tensor], path: P
     if wrong:
         raise WeightsError(f"weights file {path} does not fit {what}: {len(wrong)} tensors have the wrong shape ({_examples(wrong)})")
     model.load_state_dict(state, strict=True)
-
-
-def download(url: str, dest: Path, *, sha256_prefix: str | None = None, timeout: float = 15.0) -> Path:
-    """Fetch ``url`` to ``dest`` atomically (a partial download never sits at ``dest``).
-
-    Raises ``OSError`` when the network is unreachable and :class:`WeightsError` on a hash mismatch.
-    """
-    if offline():
-        raise OSError("offline (TLKIT_OFFLINE is set)")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    tmp = Path(tmp_name)
-    try:
-        digest = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - URLs come from recipes/weights enums
-            while block := response.read(1 << 20):
-                digest.update(block)
-                out.write(block)
-        if sha256_prefix and not digest.hexdigest().startswith(sha256_prefix):
-            raise WeightsError(f"download of {url} has sha256 {digest.hexdigest()[:16]}..., expected {sha256_prefix}...; try again")
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return dest
-

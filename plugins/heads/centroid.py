@@ -29,6 +29,9 @@ class CentroidOptions:
 class NearestCentroid(torch.nn.Module):
     """Features (N, D) -> ``scale * cos(x - mean, class centroid)`` (N, C)."""
 
+    centroids: torch.Tensor
+    scale: torch.Tensor
+
     def __init__(self, center: torch.Tensor, centroids: torch.Tensor, scale: float | torch.Tensor) -> None:
         super().__init__()
         self.center = Standardize(center, torch.ones_like(center))
@@ -48,14 +51,18 @@ def fit_centroid(train: tlkit.Features, options: CentroidOptions, ctx: tlkit.Fit
     with torch.no_grad():
         cosines = model(x)
         losses = torch.stack([F.cross_entropy(s * cosines, y) for s in SCALES])
-    model.scale.fill_(float(SCALES[int(losses.argmin())]))
-    return tlkit.TrainedHead(module=model.eval())
+    temperature = float(SCALES[int(losses.argmin())])
+    model.scale.fill_(temperature)
+    config = {"dim": int(x.shape[1]), "num_classes": ctx.num_classes}
+    choices = {"temperature": temperature}
+    notes = (f"temperature {temperature:.3g} (lowest training log-loss among {len(SCALES)} values from 1 to 100)",)
+    return tlkit.TrainedHead(module=model.eval(), config=config, choices=choices, notes=notes)
 
 
-def load_centroid(tensors: Mapping[str, torch.Tensor], options: CentroidOptions) -> torch.nn.Module:
-    model = NearestCentroid(tensors["center.mean"], tensors["centroids"], tensors["scale"])
-    model.load_state_dict(dict(tensors))
-    return model.eval()
+def build_centroid(config: Mapping[str, Any]) -> torch.nn.Module:
+    """An empty module of a saved head's shape, from its saved ``config``; its buffers are loaded next."""
+    dim, num_classes = int(config["dim"]), int(config["num_classes"])
+    return NearestCentroid(torch.zeros(dim), torch.zeros(num_classes, dim), 1.0)
 
 
 @tlkit.hookimpl
@@ -64,7 +71,7 @@ def register_heads(register: Any) -> None:
         tlkit.HeadSpec(
             name="centroid",
             fit=fit_centroid,
-            load=load_centroid,
+            build=build_centroid,
             description="nearest class mean by cosine similarity on centred features (no hyper-parameters)",
             options=CentroidOptions,
         )

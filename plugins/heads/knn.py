@@ -27,13 +27,17 @@ FLOOR = 1e-6  # log(0) would make exported softmaxes NaN-prone; 1e-6 keeps them 
 
 @dataclass(frozen=True)
 class KNNOptions:
-    k: Annotated[int, Gt(0)] | None = field(default=None, metadata={"help": "neighbours that vote; null = chosen on a held-out part of train"})
+    k: Annotated[int, Gt(0), Le(1_000_000)] | None = field(default=None, metadata={"help": "neighbours that vote; null = chosen on a held-out part of train"})
     holdout: Annotated[float, Ge(0), Le(0.5)] = field(default=0.2, metadata={"help": "fraction of each train class held out to choose k"})
     center: bool = field(default=True, metadata={"help": "subtract the training mean before normalising"})
 
 
 class CosineKNN(torch.nn.Module):
     """Features (N, D) -> log vote fractions (N, C) among the ``k`` most cosine-similar training rows."""
+
+    bank: torch.Tensor
+    onehot: torch.Tensor
+    k: torch.Tensor
 
     def __init__(self, center: torch.Tensor, bank: torch.Tensor, onehot: torch.Tensor, k: int) -> None:
         super().__init__()
@@ -55,13 +59,17 @@ def _build(x: torch.Tensor, y: torch.Tensor, num_classes: int, k: int, center: b
     return CosineKNN(mean, x, F.one_hot(y, num_classes), min(k, len(x))).eval()
 
 
-def choose_k(train: tlkit.Features, num_classes: int, options: KNNOptions, seed: int) -> int:
-    """The k of :data:`K_GRID` with the best held-out accuracy, then probability of the true class; ties -> larger k."""
+def choose_k(train: tlkit.Features, num_classes: int, options: KNNOptions, seed: int) -> tuple[int, list[dict[str, float]]]:
+    """The k of :data:`K_GRID` with the best held-out accuracy, then probability of the true class; ties -> larger k.
+
+    Also returns the score of every k tried (empty when no part could be held out: k is then 5).
+    """
     split = stratified_holdout(train.y, options.holdout, seed)
     if not split.usable:
-        return min(5, len(train))
+        return min(5, len(train)), []
     x_val, y_val = train.x[split.val], train.y[split.val]
     best: tuple[float, float, int] | None = None
+    tried: list[dict[str, float]] = []
     for k in K_GRID:
         if k > len(split.fit):
             break
@@ -69,21 +77,36 @@ def choose_k(train: tlkit.Features, num_classes: int, options: KNNOptions, seed:
         with torch.no_grad():
             logits = model(x_val)
         score = (accuracy(logits, y_val), float(logits.softmax(1)[torch.arange(len(y_val)), y_val].mean()), k)
+        tried.append({"k": k, "val_accuracy": score[0], "val_true_class_probability": score[1]})
         if best is None or score >= best:
             best = score
-    return best[2] if best is not None else 1
+    return (best[2] if best is not None else 1), tried
 
 
 def fit_knn(train: tlkit.Features, options: KNNOptions, ctx: tlkit.FitContext) -> tlkit.TrainedHead:
-    k = options.k if options.k is not None else choose_k(train, ctx.num_classes, options, ctx.seed)
-    return tlkit.TrainedHead(module=_build(train.x, train.y.long(), ctx.num_classes, k, options.center))
+    tried: list[dict[str, float]] = []
+    if options.k is not None:
+        k = options.k
+    else:
+        k, tried = choose_k(train, ctx.num_classes, options, ctx.seed)
+    module = _build(train.x, train.y.long(), ctx.num_classes, k, options.center)
+    used = module.neighbours  # k is capped at the number of training images
+    config = {"dim": int(train.x.shape[1]), "bank_size": len(train), "num_classes": ctx.num_classes, "k": used}
+    choices: dict[str, Any] = {"k": used, "k_chosen": options.k is None}
+    if tried:
+        choices["k_sweep"] = tried
+        note = f"k {used} chosen by held-out accuracy among {', '.join(str(int(t['k'])) for t in tried)}"
+    elif options.k is None:
+        note = f"k {used} (too few training images to hold any out for choosing it)"
+    else:
+        note = f"k {used} (set in the recipe)" + ("" if used == options.k else f", capped from {options.k} at the training set size")
+    return tlkit.TrainedHead(module=module, config=config, choices=choices, notes=(note,))
 
 
-def load_knn(tensors: Mapping[str, torch.Tensor], options: KNNOptions) -> torch.nn.Module:
-    onehot = tensors["onehot"]
-    model = CosineKNN(tensors["scale.mean"], tensors["bank"], onehot, int(tensors["k"]))
-    model.load_state_dict(dict(tensors))
-    return model.eval()
+def build_knn(config: Mapping[str, Any]) -> torch.nn.Module:
+    """An empty module of a saved head's shape, from its saved ``config``; its buffers are loaded next."""
+    dim, bank, num_classes = int(config["dim"]), int(config["bank_size"]), int(config["num_classes"])
+    return CosineKNN(torch.zeros(dim), torch.zeros(bank, dim), torch.zeros(bank, num_classes), int(config["k"]))
 
 
 @tlkit.hookimpl
@@ -92,7 +115,7 @@ def register_heads(register: Any) -> None:
         tlkit.HeadSpec(
             name="knn",
             fit=fit_knn,
-            load=load_knn,
+            build=build_knn,
             description="cosine k-nearest neighbours on centred features, k chosen on a held-out part of train",
             options=KNNOptions,
         )

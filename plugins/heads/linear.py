@@ -15,7 +15,7 @@ import torch
 from annotated_types import Ge, Gt, Le
 
 import tlkit
-from tlkit.fitting import accuracy, one_thread
+from tlkit.fitting import accuracy, check_loss, one_thread
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,8 @@ def fit_linear(train: tlkit.Features, options: LinearOptions, ctx: tlkit.FitCont
     history: list[dict[str, float]] = []
     with one_thread():
         _train(layer, optimizer, train, options, ctx, history)
-    return tlkit.TrainedHead(module=layer.eval(), history=history)
+    config = {"in_features": int(train.x.shape[1]), "out_features": ctx.num_classes}
+    return tlkit.TrainedHead(module=layer.eval(), history=history, config=config)
 
 
 def _train(
@@ -58,6 +59,7 @@ def _train(
         optimizer.step()
         if epoch % options.eval_every == 0 or epoch == options.epochs:
             point = {"epoch": float(epoch), "loss": loss.item(), "train_accuracy": accuracy(logits.detach(), train.y)}
+            check_loss("linear", point["loss"], epoch, {"lr": options.lr, "momentum": options.momentum, "weight_decay": options.weight_decay})
             if ctx.monitor is not None:
                 with torch.no_grad():
                     point["test_accuracy"] = accuracy(layer(ctx.monitor.x), ctx.monitor.y)
@@ -65,11 +67,9 @@ def _train(
             ctx.report(epoch, point)
 
 
-def load_linear(tensors: Mapping[str, torch.Tensor], options: LinearOptions) -> torch.nn.Module:
-    weight = tensors["weight"]
-    layer = torch.nn.Linear(weight.shape[1], weight.shape[0])
-    layer.load_state_dict(dict(tensors))
-    return layer.eval()
+def build_linear(config: Mapping[str, Any]) -> torch.nn.Module:
+    """The untrained layer of a saved head, from its saved ``config``."""
+    return torch.nn.Linear(int(config["in_features"]), int(config["out_features"]))
 
 
 @tlkit.hookimpl
@@ -78,7 +78,7 @@ def register_heads(register: Any) -> None:
         tlkit.HeadSpec(
             name="linear",
             fit=fit_linear,
-            load=load_linear,
+            build=build_linear,
             description="linear layer, full-batch SGD with cross-entropy (the PyTorch tutorial reference)",
             options=LinearOptions,
         )

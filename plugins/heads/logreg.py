@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from annotated_types import Ge, Gt, Le
 
 import tlkit
-from tlkit.fitting import Standardize, accuracy, one_thread, stratified_holdout
+from tlkit.fitting import Standardize, accuracy, check_loss, one_thread, stratified_holdout
 
 COARSE = tuple(10.0**e for e in range(2, -7, -1))  # 1e2 .. 1e-6, strong to weak (warm starts)
 REFINE_STEPS = 4  # refined grid: best * 10**(i/4) for i in -3..3
@@ -28,11 +28,11 @@ REFINE_STEPS = 4  # refined grid: best * 10**(i/4) for i in -3..3
 
 @dataclass(frozen=True)
 class LogRegOptions:
-    l2: Annotated[float, Gt(0)] | None = field(
+    l2: Annotated[float, Gt(0), Le(1e6)] | None = field(
         default=None, metadata={"help": "L2 strength on the weights; null = chosen by a sweep on a held-out part of train"}
     )
     holdout: Annotated[float, Ge(0), Le(0.5)] = field(default=0.2, metadata={"help": "fraction of each train class held out for the sweep"})
-    max_iter: Annotated[int, Gt(0)] = field(default=500, metadata={"help": "L-BFGS iterations per fit"})
+    max_iter: Annotated[int, Gt(0), Le(1_000_000)] = field(default=500, metadata={"help": "L-BFGS iterations per fit"})
     standardize: bool = field(default=True, metadata={"help": "scale features to zero mean, unit variance (train statistics)"})
 
 
@@ -41,6 +41,8 @@ class LogisticRegression(torch.nn.Module):
 
     The buffer ``l2`` records the penalty the weights were fitted with (chosen or given).
     """
+
+    l2: torch.Tensor
 
     def __init__(self, dim: int, num_classes: int) -> None:
         super().__init__()
@@ -161,7 +163,7 @@ def _fit_logreg(train: tlkit.Features, options: LogRegOptions, ctx: tlkit.FitCon
     with torch.no_grad():
         x = module.scale(train.x).double()
     y = train.y.long()
-    l2 = options.l2 if options.l2 is not None else choose_l2(x, y, ctx.num_classes, options, ctx.seed)[0]
+    l2, sweep = (options.l2, []) if options.l2 is not None else choose_l2(x, y, ctx.num_classes, options, ctx.seed)
     monitor = ctx.monitor
     monitor_x = module.scale(monitor.x).double() if monitor is not None and len(monitor) else None
     history: list[dict[str, float]] = []
@@ -174,11 +176,30 @@ def _fit_logreg(train: tlkit.Features, options: LogRegOptions, ctx: tlkit.FitCon
         ctx.report(iteration, point)
 
     w, b = fit_lbfgs(x, y, ctx.num_classes, l2, options.max_iter, on_iteration=record)
+    final = float(_objective(x, y, w, b, l2))
+    check_loss("logreg", final if bool(torch.isfinite(w).all() and torch.isfinite(b).all()) else math.nan, len(history), {"l2": l2})
     with torch.no_grad():
         module.l2.fill_(l2)
         module.linear.weight.copy_(w.T.float())
         module.linear.bias.copy_(b.float())
-    return tlkit.TrainedHead(module=module.eval(), history=history)
+    config = {"dim": dim, "num_classes": ctx.num_classes}
+    return tlkit.TrainedHead(module=module.eval(), history=history, config=config, choices=_choices(l2, options, sweep), notes=(_note(l2, options, sweep),))
+
+
+def _choices(l2: float, options: LogRegOptions, sweep: list[dict[str, float]]) -> dict[str, Any]:
+    choices: dict[str, Any] = {"l2": l2, "l2_chosen": options.l2 is None}
+    if sweep:
+        choices["l2_sweep"] = sweep
+    return choices
+
+
+def _note(l2: float, options: LogRegOptions, sweep: list[dict[str, float]]) -> str:
+    if options.l2 is not None:
+        return f"L2 {l2:.3g} (set in the recipe)"
+    if not sweep:
+        return f"L2 {l2:.3g} (too few training images to hold any out for a sweep)"
+    best = next(point for point in sweep if point["l2"] == l2)
+    return f"L2 {l2:.3g} chosen among {len(sweep)} values (held-out accuracy {best['val_accuracy']:.3f}; plot: l2_sweep.png)"
 
 
 def fit_logreg(train: tlkit.Features, options: Any, ctx: tlkit.FitContext) -> tlkit.TrainedHead:
@@ -186,11 +207,9 @@ def fit_logreg(train: tlkit.Features, options: Any, ctx: tlkit.FitContext) -> tl
         return _fit_logreg(train, options, ctx)
 
 
-def load_logreg(tensors: Mapping[str, torch.Tensor], options: LogRegOptions) -> torch.nn.Module:
-    weight = tensors["linear.weight"]
-    module = LogisticRegression(weight.shape[1], weight.shape[0])
-    module.load_state_dict({"l2": torch.tensor(0.0), **tensors})  # heads saved before l2 was recorded lack it
-    return module.eval()
+def build_logreg(config: Mapping[str, Any]) -> torch.nn.Module:
+    """An untrained module of a saved head's shape, from its saved ``config``."""
+    return LogisticRegression(int(config["dim"]), int(config["num_classes"]))
 
 
 @tlkit.hookimpl
@@ -199,7 +218,7 @@ def register_heads(register: Any) -> None:
         tlkit.HeadSpec(
             name="logreg",
             fit=fit_logreg,
-            load=load_logreg,
+            build=build_logreg,
             description="multinomial logistic regression, L-BFGS, L2 strength chosen on a held-out part of train (linear probe)",
             options=LogRegOptions,
         )

@@ -1,0 +1,218 @@
+"""What a person looks at after a run: errors.png, report.html (self-contained: no external URL,
+the accuracy and every misclassified file named), the plots, and the head's choices in the
+summary, metrics.json and model.json, checked against the head's own buffers."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conftest import CLASS_COLOURS, make_image
+from tiny_runs import make_data
+from tlkit import plots, report
+from tlkit.cli import main
+from tlkit.head_files import read_head_file
+
+
+class References(HTMLParser):
+    """Every URL-bearing attribute of a page, and its visible text."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[str] = []
+        self.text: list[str] = []
+        self.tags: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        for name, value in attrs:
+            if name in ("src", "href", "srcset", "action", "data", "poster") and value is not None:
+                self.urls.append(value)
+            if name == "style" and value and "url(" in value:
+                self.urls.append(value)
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+def parse(page: str) -> References:
+    parser = References()
+    parser.feed(page)
+    return parser
+
+
+def assert_self_contained(page: str) -> References:
+    refs = parse(page)
+    assert refs.urls, "the page embeds its images"
+    assert all(url.startswith("data:") for url in refs.urls), [u[:60] for u in refs.urls if not u.startswith("data:")]
+    assert "link" not in refs.tags and "script" not in refs.tags and "@import" not in page and "url(" not in page
+    return refs
+
+
+def error_rows(folder: Path) -> list[dict]:
+    rows = []
+    for i, (true, predicted, colour) in enumerate((("cats", "dogs", 1), ("dogs", "fish", 2), ("fish", "cats", 0))):
+        path = make_image(folder / f"wrong_{i}.jpg", CLASS_COLOURS[colour], seed=i)
+        rows.append({"path": str(path), "true_class": true, "predicted_class": predicted, "confidence": 0.5 + 0.1 * i, "true_class_probability": 0.1})
+    rows.append({"path": str(folder / "gone.jpg"), "true_class": "cats", "predicted_class": "fish", "confidence": 0.4, "true_class_probability": 0.3})
+    return rows
+
+
+def test_errors_png_is_a_grid_of_the_mistakes_and_survives_a_missing_file(tmp_path: Path) -> None:
+    rows = error_rows(tmp_path)
+    out = plots.errors_png(rows, tmp_path / "errors.png", plots.run_title("b", "h", 0.5))
+    with Image.open(out) as img:
+        assert img.format == "PNG" and img.width > 400 and img.height > 200
+    empty = plots.errors_png([], tmp_path / "none.png", "t")
+    with Image.open(empty) as img:
+        assert img.format == "PNG"
+
+
+def test_report_html_is_self_contained_and_names_every_mistake(tmp_path: Path) -> None:
+    rows = error_rows(tmp_path)
+    plots.errors_png(rows, tmp_path / "errors.png")
+    metrics = {
+        "test_accuracy": 0.8125,
+        "classes": ["cats", "dogs", "fish"],
+        "test": {"per_class": {"cats": {"precision": 1.0, "recall": 0.5, "f1": 0.667, "support": 2}}, "confusion_matrix": [[1, 1, 0], [0, 2, 0], [0, 0, 3]]},
+        "head_choices": {"l2": 0.01, "l2_chosen": True, "l2_sweep": [{"l2": 0.01, "val_accuracy": 1.0}]},
+    }
+    inputs = report.ReportInputs(
+        title=plots.run_title("timm:resnet50", "logreg", 0.8125),
+        summary=report.summary_rows("r", "timm:resnet50", "logreg", metrics),
+        metrics=metrics,
+        classes=metrics["classes"],
+        errors=rows,
+        recipe={"name": "r", "dataset": {"root": "x", "download": "https://example.org/data.zip"}},
+        plots={"errors grid": tmp_path / "errors.png", "not there": tmp_path / "missing.png"},
+        notes=["L2 0.01 chosen among 15 values"],
+    )
+    page = report.report_html(inputs)
+    refs = assert_self_contained(page)  # a URL in the recipe's text is text, not a reference
+    text = " ".join(refs.text)
+    assert "81.2%" in text and "L2 0.01 chosen" in text and "head chose l2" in text and "https://example.org/data.zip" in text
+    for row in rows:
+        assert Path(row["path"]).name in text
+    assert "not there" not in text  # a plot that was not drawn is left out, not a broken image
+
+
+@pytest.fixture(scope="module")
+def tiny_runs_by_head(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, str]]:
+    """One real run per choosing head through the CLI (tiny CNN, generated images): run dir and printed summary."""
+    from tiny import TinyPlugin
+    from tlkit.plugins import load_plugins, set_plugins
+
+    base = tmp_path_factory.mktemp("report-runs")
+    root = make_data(base / "data")
+    set_plugins(load_plugins(entry_points=False, extra=[TinyPlugin()]))
+    runs = {}
+    try:
+        for head, options in (("logreg", []), ("knn", []), ("mlp", ["head.patience=5", "head.lr=0.01"])):
+            recipe = base / f"{head}.yaml"
+            recipe.write_text(json.dumps({"name": head, "dataset": {"root": str(root)}, "backbone": {"name": "tiny_cnn"}, "extract": {"workers": 0, "cache": False}, "head": {"name": head}}))
+            args = ["run", str(recipe), "--out", str(base / head)] + [a for o in options for a in ("--set", o)]
+            runs[head] = (base / head, cli_output(args))
+    finally:
+        set_plugins(None)
+    return runs
+
+
+def cli_output(args: list[str]) -> str:
+    import contextlib
+    import io
+
+    buffer = io.StringIO()
+    with pytest.raises(SystemExit) as exit_info, contextlib.redirect_stdout(buffer):  # the console writes to sys.stdout of the moment
+        main(args)
+    assert exit_info.value.code == 0, buffer.getvalue()
+    return buffer.getvalue()
+
+
+BUFFER = {"logreg": ("l2", "l2"), "knn": ("k", "k"), "mlp": ("epoch", "epoch")}  # choice key, buffer name
+
+
+@pytest.mark.parametrize("head", ["logreg", "knn", "mlp"])
+def test_the_heads_choice_is_in_the_summary_metrics_and_model_json_and_equals_its_buffer(head: str, tiny_runs_by_head) -> None:
+    run_dir, summary = tiny_runs_by_head[head]
+    key, buffer = BUFFER[head]
+    tensors, metadata = read_head_file(run_dir / "head.safetensors")
+    truth = float(tensors[buffer])
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    model = json.loads((run_dir / "model.json").read_text())
+    assert metrics["head_choices"][key] == pytest.approx(truth, rel=1e-6)
+    assert model["head_choices"][key] == pytest.approx(truth, rel=1e-6)
+    assert json.loads(metadata["choices"])[key] == pytest.approx(truth, rel=1e-6)
+    shown = {"logreg": f"L2 {truth:.3g}", "knn": f"k {int(truth)}", "mlp": f"epoch {int(truth)}"}[head]
+    assert f"{head} chose" in summary and shown in summary
+    if head == "mlp" and metrics["head_choices"]["epoch"] < metrics["head_choices"]["epochs_trained"]:
+        assert "restored the weights of epoch" in summary
+
+
+@pytest.mark.parametrize("head", ["logreg", "knn", "mlp"])
+def test_every_run_writes_errors_png_and_a_self_contained_report(head: str, tiny_runs_by_head) -> None:
+    run_dir, _ = tiny_runs_by_head[head]
+    with Image.open(run_dir / "errors.png") as img:
+        assert img.format == "PNG"
+    page = (run_dir / "report.html").read_text(encoding="utf-8")
+    refs = assert_self_contained(page)
+    text = " ".join(refs.text)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert f"{100 * metrics['test_accuracy']:.1f}%" in text
+    with (run_dir / "errors.csv").open(newline="") as fh:
+        wrong = [Path(row["path"]).name for row in csv.DictReader(fh)]
+    assert wrong and all(name in text for name in wrong)
+    assert "resolved recipe" in text and f"name: {head}" in text
+    if head == "logreg":
+        assert (run_dir / "l2_sweep.png").is_file() and 'alt="L2 sweep"' in page
+
+
+def test_a_head_without_epochs_shows_no_epoch_progress(tiny_runs_by_head, capfd) -> None:
+    from tiny import TinyPlugin
+    from tlkit.engine import run
+    from tlkit.observer import Observer
+    from tlkit.plugins import load_plugins
+    from tlkit.recipe import resolve
+
+    tasks: list[str] = []
+
+    class Recorder(Observer):
+        def task(self, description, total, unit="it"):  # type: ignore[no-untyped-def]
+            tasks.append(f"{description} {unit}")
+            return super().task(description, total, unit)
+
+    root = tiny_runs_by_head["knn"][0].parent / "data"
+    plugins = load_plugins(entry_points=False, extra=[TinyPlugin()])
+    for head in ("knn", "centroid", "linear"):
+        recipe = resolve({"name": head, "dataset": {"root": str(root)}, "backbone": {"name": "tiny_cnn"}, "extract": {"workers": 0, "cache": False}, "head": {"name": head, **({"epochs": 20} if head == "linear" else {})}}, plugins)
+        run(recipe, root.parent / f"epochs-{head}", Recorder())
+    assert not any(t.startswith(("training knn", "training centroid")) for t in tasks)
+    assert "training linear epoch" in tasks
+
+
+CHROMIUM = next((shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome") if shutil.which(name)), None)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium (apt-get install chromium) for the browser screenshot")
+def test_report_renders_in_headless_chromium(tiny_runs_by_head, tmp_path: Path) -> None:
+    """A real browser opens the page from disk with the network off and draws it: the screenshot
+    is a large image with many colours (the embedded plots), not a blank or an error page."""
+    run_dir, _ = tiny_runs_by_head["logreg"]
+    shot = tmp_path / "report.png"
+    subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--proxy-server=127.0.0.1:9", "--window-size=1200,2400",
+         f"--screenshot={shot}", (run_dir / "report.html").resolve().as_uri()],
+        check=True, timeout=120, capture_output=True,
+    )
+    with Image.open(shot) as img:
+        assert img.size == (1200, 2400)
+        colours = img.convert("RGB").resize((300, 600)).getcolors(maxcolors=1_000_000)
+    assert colours is not None and len(colours) > 200, "the page rendered (nearly) blank"
+    assert re.search(r"\d", (run_dir / "report.html").read_text())
