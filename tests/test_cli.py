@@ -116,7 +116,9 @@ def test_backbones_listing(tiny_plugins, capsys):
 
 def test_datasets_and_heads_listing(tiny_plugins, capsys):
     assert cli("datasets", "--json") == 0
-    (imagefolder,) = json.loads(capsys.readouterr().out)
+    listed = {d["name"]: d for d in json.loads(capsys.readouterr().out)}
+    assert sorted(listed) == ["imagefolder", "webdataset"]
+    imagefolder = listed["imagefolder"]
     assert {o["name"]: o["default"] for o in imagefolder["options"]}["test"] == "val"
     assert cli("heads") == 0
     assert "epochs: int = 1000  full-batch SGD steps" in capsys.readouterr().out

@@ -74,13 +74,13 @@ def run(
     ] = None,
 ) -> None:
     """Run a recipe: extract features with the backbone, train the head, evaluate, save the run."""
-    from tlkit.engine import run as run_recipe
+    from tlkit.distributed_run import launch
     from tlkit.recipe import load_recipe
 
     plugins = _plugins()
     recipe_obj = load_recipe(recipe, plugins, set_ or [])
     try:
-        result = run_recipe(recipe_obj, out, console.ConsoleObserver(), resume=resume)
+        outcome = launch(recipe_obj, out, console.ConsoleObserver(), resume=resume)  # one process, or a rank of torchrun
     except KeyboardInterrupt as exc:
         # typer turns Ctrl-C into a silent exit 130; say what stopped and what was kept first.
         console.print_error(str(exc) or "interrupted; nothing was written")
@@ -90,7 +90,10 @@ def run(
 
         exc.args = (f"{exc}{offline_hint(exc, plugins, recipe_obj.backbone.name)}", *exc.args[1:])
         raise
-    console.print_run_summary(recipe_obj, result)
+    if outcome.result is not None:
+        console.print_run_summary(recipe_obj, outcome.result)
+    if outcome.summary:
+        console.out.print(outcome.summary, highlight=False)
 
 
 @app.command(cls=Command)
@@ -221,6 +224,51 @@ def plugins(
         console.say("no third-party plugins installed (tlkit plugins --all shows the built-ins)")
         return
     console.print_plugins(rows)
+
+
+shards_app = typer.Typer(
+    help="WebDataset tar shards: write them from an image folder.", no_args_is_help=True, rich_markup_mode=None, context_settings=_CONTEXT
+)
+app.add_typer(shards_app, name="shards")
+
+
+@shards_app.command("make", cls=Command)
+def shards_make(
+    folder: Annotated[Path, typer.Argument(metavar="FOLDER", help="Image folder with train/ and val/ sub-folders, one folder per class.")],
+    out: Annotated[Path, typer.Argument(metavar="OUT", help="Folder to write <split>-000000.tar ... and classes.txt into.")],
+    shard_size: Annotated[int, typer.Option("--shard-size", metavar="N", min=1, help="Images per shard.")] = 1000,
+    train: Annotated[str, typer.Option("--train", metavar="NAME", help="Training sub-folder.")] = "train",
+    test: Annotated[str, typer.Option("--test", metavar="NAME", help="Test sub-folder.")] = "val",
+) -> None:
+    """Write an image folder as WebDataset shards (image bytes unchanged, class in .cls and .json)."""
+    from tlkit.shards import make_from_folder
+
+    console.print_shards(make_from_folder(_plugins(), folder, out, shard_size, train=train, test=test))
+
+
+@app.command(cls=Command)
+def compare(
+    recipe: Annotated[Path, typer.Argument(metavar="RECIPE", help="YAML recipe giving the data set (and defaults).")],
+    more: Annotated[Optional[list[str]], typer.Argument(metavar="[PATTERN]...", help="More backbone patterns after the first --backbones one.", show_default=False)] = None,
+    backbones: Annotated[
+        Optional[list[str]], typer.Option("--backbones", metavar="PATTERN", help="Backbone patterns: NAME, NAME@none (random), NAME@PATH; 'timm:resnet1*'.")
+    ] = None,
+    heads: Annotated[Optional[str], typer.Option("--heads", metavar="HEAD,...", help="Comma-separated heads (default: the recipe's).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", help="Override a recipe value (repeatable).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", metavar="DIR", help="Folder for compare.json/.csv/.png and the runs (default runs/compare-<recipe>-<time>/).")] = None,
+) -> None:
+    """Rank backbones x heads on a recipe's data: test accuracy with bootstrap 95% intervals, ties marked."""
+    from tlkit.artifacts import default_out_dir
+    from tlkit.compare import compare as run_compare
+    from tlkit.recipe import load_recipe
+
+    recipe_obj = load_recipe(recipe, _plugins(), set_ or [])
+    patterns = [*(backbones or []), *(more or [])]
+    if not patterns:
+        raise typer.BadParameter("name at least one backbone pattern", param_hint="--backbones")
+    head_names = [h.strip() for h in (heads or recipe_obj.head.name).split(",") if h.strip()]
+    result = run_compare(recipe_obj, patterns, head_names, _plugins(), out or default_out_dir(f"compare-{recipe_obj.name}"), console.ConsoleObserver())
+    console.print_compare(result)
 
 
 cache_app = typer.Typer(

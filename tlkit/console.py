@@ -422,3 +422,28 @@ def exit_code_for(exc: BaseException, *, debug: bool) -> int:
     if isinstance(exc, SystemExit):
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     raise exc
+
+
+def print_shards(written: Any) -> None:
+    """What ``tlkit shards make`` wrote, and the ``--set`` lines that run it."""
+    table(None, ["split", "images", "shards", "pattern"], [(s, written.images[s], len(p), written.pattern(s)) for s, p in written.splits.items()])
+    say(f"run them with: --set dataset.name=webdataset --set 'dataset.train={written.pattern('train')}' --set 'dataset.test={written.pattern('test')}'")
+
+
+def print_compare(result: Any) -> None:
+    """The ranked ``tlkit compare`` table, the skipped backbones, and the files written."""
+    table(
+        f"{len(result.results)} results, best first (ties: the paired bootstrap cannot separate them)",
+        ["#", "backbone", "head", "test acc", "95% interval", "balanced acc", "dim", "params", "img/s", "ties with"],
+        [
+            (
+                r.rank, r.backbone.label, r.head, percent(r.test_accuracy), f"{percent(r.ci[0])} - {percent(r.ci[1])}",
+                percent(r.balanced_accuracy), r.feature_dim, f"{r.parameters / 1e6:.1f} M",
+                "cached" if r.images_per_s is None else f"{r.images_per_s:.1f}", ", ".join(f"#{t}" for t in r.ties_with) or "-",
+            )
+            for r in result.results
+        ],
+    )
+    for name, reason in result.skipped:
+        print_warning(f"skipped {name}: {reason}")
+    say("wrote " + ", ".join(str(p) for p in result.files.values()))

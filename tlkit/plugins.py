@@ -40,6 +40,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "tlkit_plugins.backbones.timm_models",
     "tlkit_plugins.backbones.efficientnet_lite",
     "tlkit_plugins.datasets.imagefolder",
+    "tlkit_plugins.datasets.webdataset",
     "tlkit_plugins.heads.linear",
     "tlkit_plugins.heads.logreg",
     "tlkit_plugins.heads.mlp",

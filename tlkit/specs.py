@@ -77,11 +77,29 @@ class BackboneSpec:
         return pre if isinstance(pre, Preprocessing) else pre()
 
 
+@dataclass(frozen=True)
+class ShardMember:
+    """Where an image's bytes sit when they are not a file of their own: a member of a tar shard.
+
+    ``shard`` is the shard's path or URL (as the ``webdataset`` package opens it), ``name`` the
+    member's name inside it. ``sha256`` is the hash of the member's bytes, computed when the shard
+    was listed: the feature cache keys on it, exactly as it keys a file on the file's bytes.
+    """
+
+    shard: str
+    name: str
+    sha256: str
+
+
 class Sample(NamedTuple):
-    """One labelled image file."""
+    """One labelled image: a file, or (``member`` set) the bytes of a member of a tar shard.
+
+    For a shard member ``path`` is only a name to show (``<shard>/<member name>``), never opened.
+    """
 
     path: Path
     label: int
+    member: ShardMember | None = None
 
 
 @dataclass(frozen=True)

@@ -68,13 +68,21 @@ class Shard:
 
     rank: int = 0
     world: int = 1
+    block: int = 1  # deal out runs of ``block`` images: with block = batch size each rank's batches are the one-process run's
 
     def __post_init__(self) -> None:
         if not 0 <= self.rank < self.world:
             raise ValueError(f"rank {self.rank} is not in 0..{self.world - 1}")
+        if self.block < 1:
+            raise ValueError(f"block must be at least 1 (got {self.block})")
+
+    def owns(self, index: int) -> bool:
+        return (index // self.block) % self.world == self.rank
 
     def select(self, items: Sequence[Any]) -> list[Any]:
-        return list(items[self.rank :: self.world])
+        if self.block == 1:
+            return list(items[self.rank :: self.world])
+        return [item for index, item in enumerate(items) if self.owns(index)]
 
 
 @dataclass(frozen=True)
@@ -198,9 +206,15 @@ def _extract_split(
 
     settings = prepared.recipe.extract
     observer.stage(f"extracting the {split} features")
-    result = extract_cached(
+    extract_fn: Any = extract_cached
+    items: list[Any] = [s.path for s in samples]
+    if samples and samples[0].member is not None:  # images inside tar shards (the webdataset loader): streamed, not files
+        from tlkit.shard_features import extract_members_cached as extract_fn
+
+        items = samples
+    result = extract_fn(
         prepared.backbone.model,
-        [s.path for s in samples],
+        items,
         prepared.pipeline,
         store,
         batch_size=settings.batch_size,

@@ -1,0 +1,68 @@
+"""Functions run in spawned ranks by tests/test_distributed.py (module level, so spawn can import them)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def _env(rank: int, world: int, port: int):
+    from tlkit.distributed import DistEnv
+
+    return DistEnv(rank, world, rank, "127.0.0.1", str(port), "test")
+
+
+def collectives(rank: int, world: int, port: int, out: str, skip_rank: int) -> None:
+    """A gather and a broadcast of all ranks, then a second gather that ``skip_rank`` never comes to."""
+    import torch
+
+    from tlkit.distributed import DistributedError, broadcast_from_main, gather_to_main, process_group
+
+    env = _env(rank, world, port)
+    result: dict = {"rank": rank}
+    try:
+        with process_group(env, torch.device("cpu"), timeout=4):
+            gathered = gather_to_main(env, {"rank": rank, "x": torch.full((2,), float(rank))}, "gathering the test values")
+            result["gathered"] = None if gathered is None else [g["rank"] for g in gathered]
+            result["broadcast"] = broadcast_from_main(env, "from rank 0" if rank == 0 else None, "broadcasting")
+            started = time.monotonic()
+            if rank == skip_rank:
+                time.sleep(8)
+            else:
+                gather_to_main(env, rank, "gathering the second values")
+    except DistributedError as exc:
+        result["error"] = str(exc)
+    result["seconds"] = time.monotonic() - started
+    Path(out, f"rank{rank}.json").write_text(json.dumps(result))
+
+
+def run_recipe(rank: int, world: int, port: int, recipe_file: str, run_dir: str, out: str, cache: str) -> None:
+    """One rank of ``tlkit run`` (tiny backbone), as torchrun would start it."""
+    os.environ["TLKIT_CACHE_DIR"] = cache
+    import torch
+
+    torch.set_num_threads(1)
+    from tiny import TinyPlugin
+
+    from tlkit.distributed_run import run_ranks
+    from tlkit.observer import Observer
+    from tlkit.plugins import load_plugins, set_plugins
+    from tlkit.recipe import load_recipe
+
+    class Notes(Observer):
+        def __init__(self) -> None:
+            self.lines: list[str] = []
+
+        def note(self, text: str) -> None:
+            self.lines.append(text)
+
+    plugins = load_plugins(entry_points=False, extra=[TinyPlugin()])
+    set_plugins(plugins)
+    notes = Notes()
+    outcome = run_ranks(load_recipe(recipe_file, plugins), Path(run_dir), notes, _env(rank, world, port))
+    Path(out, f"rank{rank}.json").write_text(json.dumps({"summary": outcome.summary, "has_result": outcome.result is not None, "notes": notes.lines}))

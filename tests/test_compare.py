@@ -1,0 +1,65 @@
+"""`tlkit compare`: pattern expansion, bootstrap intervals and paired ties, and a small real comparison."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import make_image_folder, write_recipe
+from tlkit.cli import main
+from tlkit.compare import Candidate, Result, bootstrap, expand_backbones
+from tlkit.errors import RecipeError
+
+
+def _result(name: str, correct: list[bool]) -> Result:
+    c = torch.tensor(correct)
+    return Result(Candidate(name), "linear", float(c.float().mean()), 0.0, 8, 10, None, Path("."), c)
+
+
+def test_bootstrap_intervals_and_paired_ties():
+    n = 100
+    good = _result("good", [True] * 95 + [False] * 5)
+    twin = _result("twin", [True] * 94 + [False] * 6)  # one image apart: the paired bootstrap cannot separate them
+    bad = _result("bad", [i % 2 == 0 for i in range(n)])
+    results = [good, twin, bad]
+    bootstrap(results, samples=1000, seed=0)
+    assert good.ci[0] < 0.95 < good.ci[1] and good.ci[1] - good.ci[0] < 0.15
+    assert bad.ci[1] < good.ci[0]
+    assert good.ties_with == [2] and twin.ties_with == [1] and bad.ties_with == []
+    again = [_result("good", [True] * 95 + [False] * 5), _result("bad", [i % 2 == 0 for i in range(n)])]
+    bootstrap(again, samples=1000, seed=0)
+    assert again[0].ci == pytest.approx(good.ci)  # seeded: the same figures every time
+
+
+def test_patterns_expand_over_the_registry_and_skip_missing_weights(tiny_plugins, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no torchvision weights here
+    candidates, skipped = expand_backbones(["tiny*", "resnet18", "resnet18@none", "tiny_cnn"], tiny_plugins)
+    assert candidates == [Candidate("tiny_cnn"), Candidate("resnet18", "none")]
+    assert skipped[0][0] == "resnet18" and "no pretrained weights offline" in skipped[0][1]
+    with pytest.raises(RecipeError, match="matches no registered backbone; did you mean 'tiny_cnn'"):
+        expand_backbones(["tiny_cn"], tiny_plugins)
+
+
+def test_compare_writes_a_ranked_table_json_csv_and_chart(tiny_plugins, tmp_path, capsys):
+    root = make_image_folder(tmp_path / "data", n_train=6, n_test=4)
+    recipe = write_recipe(tmp_path / "r.yaml", root)
+    with pytest.raises(SystemExit) as info:
+        main(["compare", str(recipe), "--backbones", "tiny_cnn", "--heads", "linear,centroid", "--out", str(tmp_path / "cmp")])
+    assert info.value.code == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "95% interval" in out and "tiny_cnn" in out and "centroid" in out
+    data = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert [r["rank"] for r in data["results"]] == [1, 2]
+    assert {r["head"] for r in data["results"]} == {"linear", "centroid"}
+    accuracies = [r["test_accuracy"] for r in data["results"]]
+    assert accuracies == sorted(accuracies, reverse=True)
+    assert all(r["ci_low"] <= r["test_accuracy"] <= r["ci_high"] for r in data["results"])
+    assert data["results"][0]["images_per_s"] is not None  # the one extraction, timed
+    with (tmp_path / "cmp" / "compare.csv").open() as fh:
+        assert [row["head"] for row in csv.DictReader(fh)] == [r["head"] for r in data["results"]]
+    assert (tmp_path / "cmp" / "compare.png").read_bytes()[:4] == b"\x89PNG"
+    assert all((Path(r["run_dir"]) / "metrics.json").is_file() for r in data["results"])
