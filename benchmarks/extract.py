@@ -37,6 +37,8 @@ from PIL import Image
 from torch.utils.data import ConcatDataset, DataLoader
 from torchvision import datasets, transforms
 
+from tlkit.weights import WeightsRequest
+from tlkit.pipeline import ImagePipeline, ImageSettings
 from tlkit.features import default_workers, extract, prepare_model
 from tlkit.plugins import load_plugins
 
@@ -140,7 +142,7 @@ def main() -> None:
     root = generate(args.generate) if args.generate else (args.data or DEFAULT_DATA)
     spec = load_plugins(entry_points=False).backbones.get(args.backbone)
     torch.manual_seed(0)
-    built = spec.build(args.weights, spec.options())
+    built = spec.build(WeightsRequest.parse(args.weights), spec.options())
     preprocessing = spec.resolve_preprocessing()
     plain_model = copy.deepcopy(built.model).eval() if args.only in (None, "plain") else None
     model = prepare_model(built.model, torch.device("cpu"))
@@ -172,7 +174,7 @@ def main() -> None:
         if args.only in (None, "tlkit"):
             cpu = cpu_seconds()
             start = time.perf_counter()
-            result = extract(model, paths, preprocessing, batch_size=args.batch_size, workers=workers, precision=args.precision)
+            result = extract(model, paths, ImagePipeline(ImageSettings(), preprocessing, args.precision), batch_size=args.batch_size, workers=workers)
             rate = len(result.kept) / (time.perf_counter() - start)
             tlkit_rates.append(rate)
             per_image = 1000 * (cpu_seconds() - cpu) / len(result.kept)

@@ -35,7 +35,7 @@ class TinyCNN(torch.nn.Module):
         return torch.nn.functional.adaptive_avg_pool2d(torch.relu(self.conv2(x)), 1).flatten(1)
 
 
-def build_tiny(weights: str | None, options: Any) -> tlkit.BuiltBackbone:
+def build_tiny(weights: tlkit.WeightsRequest, options: Any) -> tlkit.BuiltBackbone:
     return tlkit.BuiltBackbone(model=TinyCNN(seed=torch.initial_seed() % 1000), weights_id="random")
 
 

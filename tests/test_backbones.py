@@ -10,8 +10,8 @@ import torch
 import torchvision
 
 from tlkit.errors import WeightsError
+from tlkit.weights import WeightsRequest, sha256_file
 from tlkit.preprocessing import Preprocessing
-from tlkit.weights import sha256_file
 from tlkit_plugins.backbones.efficientnet_lite import map_efficientnet_pytorch_keys, packaged_weights_file
 
 
@@ -33,7 +33,7 @@ def test_resnet18_from_a_weights_file(plugins, tmp_path):
     state = torchvision.models.resnet18(weights=None).state_dict()
     path = tmp_path / "my-resnet18.pth"
     torch.save(state, path)
-    built = plugins.backbones.get("resnet18").build(str(path), None)
+    built = plugins.backbones.get("resnet18").build(WeightsRequest.file(path), None)
     assert built.weights_id == sha256_file(path)
     assert _features(built).shape == (2, 512)
     loaded = built.model.state_dict()
@@ -46,7 +46,7 @@ def test_resnet18_from_the_hub_cache(plugins, torch_home):
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
     spec = plugins.backbones.get("resnet18")
     assert spec.weights_available() is True
-    built = spec.build(None, None)
+    built = spec.build(WeightsRequest.pretrained(), None)
     assert built.weights_path == path and built.weights_id == sha256_file(path)
 
 
@@ -54,13 +54,13 @@ def test_resnet18_without_weights_says_where_to_put_them(plugins, torch_home):
     spec = plugins.backbones.get("resnet18")
     assert spec.weights_available() is False
     with pytest.raises(WeightsError) as info:
-        spec.build(None, None)
+        spec.build(WeightsRequest.pretrained(), None)
     message = str(info.value)
     assert "resnet18-f37072fd.pth" in message and str(torch_home) in message and "\n" not in message
 
 
 def test_weights_none_is_random_and_explicit(plugins):
-    built = plugins.backbones.get("resnet18").build("none", None)
+    built = plugins.backbones.get("resnet18").build(WeightsRequest.random(), None)
     assert built.weights_id == "random" and _features(built).shape == (2, 512)
 
 
@@ -68,7 +68,7 @@ def test_wrong_architecture_counts_keys(plugins, tmp_path):
     path = tmp_path / "resnet34.pth"
     torch.save(torchvision.models.resnet34(weights=None).state_dict(), path)
     with pytest.raises(WeightsError) as info:
-        plugins.backbones.get("resnet18").build(str(path), None)
+        plugins.backbones.get("resnet18").build(WeightsRequest.file(path), None)
     assert "unexpected keys" in str(info.value) and str(path) in str(info.value)
     assert "layer1.2" in str(info.value)  # an example key resnet18 does not have
 
@@ -87,7 +87,7 @@ def test_every_torchvision_entry_has_preprocessing(plugins):
 
 def test_other_torchvision_model_features(plugins):
     # Features are what the final linear layer sees: for MobileNetV3 that is its 1024-d pre-logits layer.
-    built = plugins.backbones.get("torchvision:mobilenet_v3_small").build("none", None)
+    built = plugins.backbones.get("torchvision:mobilenet_v3_small").build(WeightsRequest.random(), None)
     assert _features(built).shape == (2, 1024)
     assert not any(isinstance(m, torch.nn.Linear) and m.out_features == 1000 for m in built.model.modules())
 
@@ -100,7 +100,7 @@ def test_timm_model_with_weights_file(plugins, tmp_path):
     save_file(source.state_dict(), str(path))
     spec = plugins.backbones.get("timm:resnet10t")
     assert spec.hidden and "timm:resnet10t" not in plugins.backbones.names()
-    built = spec.build(str(path), None)
+    built = spec.build(WeightsRequest.file(path), None)
     assert _features(built).shape == (2, source.num_features)
     assert built.weights_id == sha256_file(path)
 
@@ -115,13 +115,13 @@ def test_timm_without_weights_offline_is_a_clear_error(plugins, monkeypatch, tmp
     monkeypatch.setenv("TLKIT_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     with pytest.raises(WeightsError, match="timm 'resnet10t'"):
-        plugins.backbones.get("timm:resnet10t").build(None, None)
+        plugins.backbones.get("timm:resnet10t").build(WeightsRequest.pretrained(), None)
 
 
 def test_lite0_loads_the_packaged_imagenet_weights(plugins):
     spec = plugins.backbones.get("efficientnet_lite0")
     assert spec.feature_dim == 1280 and spec.weights_available()
-    built = spec.build(None, None)
+    built = spec.build(WeightsRequest.pretrained(), None)
     assert built.weights_id == sha256_file(packaged_weights_file())
     assert _features(built).shape == (2, 1280)
     pre = spec.resolve_preprocessing()
@@ -142,4 +142,4 @@ def test_lite0_wrong_file_is_refused(plugins, tmp_path):
     path = tmp_path / "wrong.pth"
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
     with pytest.raises(WeightsError, match="missing keys"):
-        plugins.backbones.get("efficientnet_lite0").build(str(path), None)
+        plugins.backbones.get("efficientnet_lite0").build(WeightsRequest.file(path), None)

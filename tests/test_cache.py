@@ -273,15 +273,15 @@ def test_lite0_recipe_second_run_extracts_nothing_and_one_changed_image_once(hym
     shutil.copytree(hymenoptera, data)  # a copy we may edit; features are found by content, not path
     overrides = ["backbone.name=efficientnet_lite0", f"dataset.root={data}", "head.epochs=50", "head.eval_every=50"]
     recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "hymenoptera.yaml", load_plugins(entry_points=False), overrides)
-    first = run(recipe, tmp_path / "first", Observer()).metrics
+    first = run(recipe, tmp_path / "first", Observer()).metrics.to_dict()
     assert first["features"]["cached"] + first["features"]["extracted"] == 397
 
-    second = run(recipe, tmp_path / "second", Observer()).metrics
+    second = run(recipe, tmp_path / "second", Observer()).metrics.to_dict()
     assert (second["features"]["cached"], second["features"]["extracted"]) == (397, 0)
     assert second["timings_s"]["extract"] < 1.0
     assert second["test_accuracy"] == first["test_accuracy"]
 
     victim = sorted((data / "val" / "bees").glob("*.jpg"))[0]
     victim.write_bytes(victim.read_bytes() + b"\0")  # same picture, different bytes
-    third = run(recipe, tmp_path / "third", Observer()).metrics
+    third = run(recipe, tmp_path / "third", Observer()).metrics.to_dict()
     assert (third["features"]["cached"], third["features"]["extracted"]) == (396, 1)

@@ -116,7 +116,7 @@ def test_prediction_rows_and_misclassified() -> None:
     assert rows[1] == {"path": "b", "true_class": "ants", "predicted_class": "bees", "confidence": 0.7, "true_class_probability": 0.3}
     assert [r["path"] for r in misclassified(rows)] == ["b", "c"]
     metrics = classification_metrics(y, probabilities.argmax(1), ["ants", "bees"])
-    assert metrics["confusion_matrix"] == [[1, 1], [1, 1]] and metrics["correct"] == 2
+    assert metrics.confusion_matrix == [[1, 1], [1, 1]] and metrics.correct == 2
 
 
 def test_training_curve_needs_a_curve(tmp_path: Path) -> None:

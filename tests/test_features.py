@@ -11,6 +11,7 @@ import torchvision
 from feature_helpers import TINY_PRE, TinyCNN
 
 import tlkit
+from tlkit.pipeline import ImagePipeline, ImageSettings
 from tlkit.features import extract, prepare_model
 
 
@@ -74,7 +75,7 @@ def test_bad_files_are_reported_and_the_rest_extracted(photos: list[Path], tmp_p
 def test_bf16_features_are_close_to_fp32(photos: list[Path]) -> None:
     model = prepare_model(TinyCNN(), torch.device("cpu"))
     fp32 = extract(model, photos, TINY_PRE, workers=0).features
-    bf16 = extract(model, photos, TINY_PRE, workers=0, precision="bf16").features
+    bf16 = extract(model, photos, ImagePipeline(ImageSettings(), TINY_PRE, precision="bf16"), workers=0).features
     assert bf16.dtype == torch.float32 and not torch.equal(bf16, fp32)
     torch.testing.assert_close(bf16, fp32, rtol=0.05, atol=0.05)
 

@@ -48,7 +48,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         result = run(load_recipe(recipe, load_plugins(entry_points=False)), base / "reference")
     finally:
         torch.set_num_threads(threads)
-    return {"base": base, "recipe": recipe, "metrics": result.metrics}
+    return {"base": base, "recipe": recipe, "metrics": result.metrics.to_dict()}
 
 
 def _children(pid: int) -> set[int]:

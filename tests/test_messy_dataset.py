@@ -121,8 +121,8 @@ def build_messy(root: Path) -> dict[str, object]:
     return {"good": good, "bad": bad}
 
 
-def write_recipe(tmp_path: Path, root: Path, **dataset: object) -> Path:
-    extra = "".join(f"  {k}: {v}\n" for k, v in dataset.items())
+def write_recipe(tmp_path: Path, root: Path, **images: object) -> Path:
+    extra = "images:\n" + "".join(f"  {k}: {v}\n" for k, v in images.items()) if images else ""
     recipe = tmp_path / "messy.yaml"
     recipe.write_text(
         f"name: messy\ndataset:\n  name: imagefolder\n  root: {root}\n{extra}"
@@ -185,6 +185,6 @@ def test_on_bad_image_error_stops_at_the_first_bad_file(tmp_path: Path, plugins:
 def test_on_bad_image_error_from_python_is_a_data_error(tmp_path: Path, plugins: object) -> None:
     root = tmp_path / "data"
     build_messy(root)
-    recipe = load_recipe(write_recipe(tmp_path, root), plugins, ["dataset.on_bad_image=error", "extract.workers=0"])  # type: ignore[arg-type]
+    recipe = load_recipe(write_recipe(tmp_path, root), plugins, ["images.on_bad_image=error", "extract.workers=0"])  # type: ignore[arg-type]
     with pytest.raises(DataError, match=r"corrupt\.jpg: corrupt JPEG image"):
         run(recipe, tmp_path / "run")

@@ -198,7 +198,7 @@ def test_lite0_ants_bees_logreg_run_predict_and_exports_agree(plugins, hymenopte
         ["backbone.name=efficientnet_lite0", f"dataset.root={hymenoptera}", "head.name=logreg"],
     )
     result = run(recipe, tmp_path / "run")
-    assert result.metrics["test_accuracy"] >= 0.941 and result.metrics["counts"]["test"] == 153
+    assert result.metrics.test_accuracy >= 0.941 and result.metrics.counts["test"] == 153
     model = load_model(result.out_dir, plugins)
     paths = image_files([hymenoptera / "val"])
     predicted = predict(model, paths)

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 def test_shipped_recipe_is_the_reference(plugins):
     recipe = load_recipe(REPO / "recipes" / "hymenoptera.yaml", plugins)
     assert recipe.name == "hymenoptera"
-    assert recipe.backbone.name == "resnet18" and recipe.weights is None
+    assert recipe.backbone.name == "resnet18" and recipe.weights.kind == "pretrained"
     assert recipe.head.name == "linear"
     opts = recipe.head.options
     assert (opts.lr, opts.epochs, opts.momentum, opts.weight_decay) == (1e-3, 1000, 0.0, 0.0)

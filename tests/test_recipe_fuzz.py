@@ -30,8 +30,9 @@ def plugins() -> Plugins:
 
 
 KNOWN_KEYS = {
-    "": ["name", "seed", "dataset", "backbone", "extract", "head"],
-    "dataset": ["name", "root", "train", "test", "download", "sha256", "on_bad_image", "background"],
+    "": ["name", "seed", "dataset", "images", "backbone", "extract", "head"],
+    "dataset": ["name", "root", "train", "test", "download", "sha256"],
+    "images": ["on_bad_image", "background"],
     "backbone": ["name", "weights"],
     "extract": ["batch_size", "workers", "precision", "device", "cache"],
     "head": ["name", "lr", "epochs", "momentum", "weight_decay", "eval_every"],
@@ -179,8 +180,10 @@ def test_arbitrary_file_bytes_are_accepted_or_refused_cleanly(raw: bytes, tmp_pa
         ("dataset: {root: d}\nextract: {batch_size: 100000000}\n", "'extract.batch_size'"),
         ("dataset: {root: d, deeper: {unknown: 1}}\n", "unknown key 'dataset.deeper'"),
         ("dataset: {root: d}\nextract: {batchsize: 3}\n", "did you mean 'batch_size'"),
-        ("dataset: {root: d, on_bad_image: ignore}\n", "'dataset.on_bad_image'"),
-        ("dataset: {root: d, background: [1, 2, 300]}\n", "'dataset.background'"),
+        ("dataset: {root: d}\nimages: {on_bad_image: ignore}\n", "'images.on_bad_image'"),
+        ("dataset: {root: d}\nimages: {background: [1, 2, 300]}\n", "'images.background'"),
+        ("dataset: {root: d, background: white}\n", "'dataset.background' has moved to its own section"),
+        ("dataset: {root: d, on_bad_image: skip}\n", "write it as 'images: {on_bad_image: ...}'"),
         ("dataset: {root: " + "[" * 3000 + "]" * 3000 + "}\n", "nested too deeply"),
         ("a: &a [*a]\n", "nested too deeply"),
         ("dataset: !!python/object/apply:os.system ['touch pwned']\n", "not valid YAML"),

@@ -50,16 +50,21 @@ def test_too_little_free_space_is_an_error_before_work_starts(tmp_path: Path) ->
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
 @pytest.mark.parametrize("kind", ["json", "tensors"])
-def test_a_full_disk_during_writes_is_a_clean_error(tmp_path: Path, kind: str) -> None:
+def test_a_full_disk_during_writes_is_a_clean_error(tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """/dev/full answers every write with ENOSPC, exactly as a full disk does."""
+    import tlkit.atomic
+
     run_dir = RunDirectory(tmp_path / "run")
     name = "metrics.json" if kind == "json" else "head.safetensors"
-    (run_dir.path / name).symlink_to("/dev/full")
+    full = run_dir.path / f".tmp-full-{name}"
+    full.symlink_to("/dev/full")  # the atomic writer's temporary file is this link, so its writes fail as on a full disk
+    monkeypatch.setattr(tlkit.atomic, "temporary_name", lambda target: full)
     with pytest.raises(OutputError, match="free some disk space"):
         if kind == "json":
             run_dir.write_json(name, {"x": list(range(10_000))})
         else:
             run_dir.write_tensors(name, {"w": torch.zeros(100_000)})
+    assert not (run_dir.path / name).exists()
 
 
 def test_cli_reports_unwritable_out_in_one_line(tmp_path: Path, image_folder: Path, plugins: object, capsys: pytest.CaptureFixture[str]) -> None:
@@ -118,6 +123,6 @@ def test_two_runs_on_the_same_data_at_the_same_time_both_succeed(tmp_path: Path,
     from tlkit.recipe import load_recipe
 
     third = run(load_recipe(recipe, load_plugins(entry_points=False)), tmp_path / "third")
-    assert third.metrics["features"]["extracted"] == 0 and third.metrics["features"]["cached"] == 18
-    assert Path(third.metrics["features"]["cache"]) == entry
-    assert third.metrics["test_accuracy"] == metrics[0]["test_accuracy"]
+    assert third.metrics.features["extracted"] == 0 and third.metrics.features["cached"] == 18
+    assert Path(third.metrics.features["cache"]) == entry
+    assert third.metrics.test_accuracy == metrics[0]["test_accuracy"]

@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 from torchvision.models import get_model
 
 from tlkit.errors import WeightsError
+from tlkit.weights import WeightsRequest
 from tlkit.plugins import Plugins
 from tlkit.specs import NoOptions
 
@@ -44,7 +45,7 @@ def resnet18_state() -> dict[str, torch.Tensor]:
 
 
 def build(plugins: Plugins, weights: Path | str) -> Any:
-    return plugins.backbones.get("resnet18").build(str(weights), NoOptions())
+    return plugins.backbones.get("resnet18").build(WeightsRequest.file(weights), NoOptions())
 
 
 def test_a_good_file_loads(tmp_path: Path, plugins: Plugins, resnet18_state: dict[str, torch.Tensor]) -> None:

@@ -19,16 +19,16 @@ class TinyCNN(torch.nn.Module):
         return self.pool(torch.relu(self.conv(x))).flatten(1)
 
 
-def build_tiny(weights: str | None, options: Any) -> tlkit.BuiltBackbone:
+def build_tiny(weights: tlkit.WeightsRequest, options: Any) -> tlkit.BuiltBackbone:
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(1234)
     model = TinyCNN()
     torch.random.set_rng_state(generator_state)
-    if weights not in (None, "none"):
+    if weights.path is not None:
         from tlkit.weights import load_into, load_state_dict, sha256_file
 
-        load_into(model, load_state_dict(weights), weights)
-        return tlkit.BuiltBackbone(model=model, weights_id=sha256_file(weights))
+        load_into(model, load_state_dict(weights.path), weights.path)
+        return tlkit.BuiltBackbone(model=model, weights_id=sha256_file(weights.path))
     return tlkit.BuiltBackbone(model=model, weights_id="random")
 
 

@@ -14,6 +14,7 @@ from tlkit.specs import (
     Sample,
     TrainedHead,
 )
+from tlkit.weights import WeightsRequest
 
 __version__ = "0.1.0"
 
@@ -29,6 +30,7 @@ __all__ = [
     "Preprocessing",
     "Sample",
     "TrainedHead",
+    "WeightsRequest",
     "__version__",
     "hookimpl",
 ]

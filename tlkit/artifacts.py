@@ -28,6 +28,7 @@ import torch
 import yaml
 from safetensors.torch import save
 
+from tlkit.atomic import write_atomic
 from tlkit.errors import OutputError
 
 MARKER = "run.json"
@@ -99,10 +100,7 @@ class RunDirectory:
     def _write_bytes(self, name: str, data: bytes) -> Path:
         target = self.path / name
         try:
-            with open(target, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())  # a full disk may only say so when the data is flushed
+            write_atomic(target, data)  # flushed: a full disk may only say so then
         except OSError as exc:
             raise _os_error(str(target), exc) from None
         return target

@@ -65,22 +65,22 @@ def run(
         ("recipe", recipe_obj.name),
         ("backbone", recipe_obj.backbone.name),
         ("head", recipe_obj.head.name),
-        ("images", f"train {m['counts']['train']}, test {m['counts']['test']}, skipped {m['skipped_images']}"),
-        ("train accuracy", console.percent(m["train_accuracy"])),
-        ("test accuracy", console.percent(m["test_accuracy"])),
-        ("test balanced accuracy", console.percent(m["test_balanced_accuracy"])),
-        ("test errors", f"{m['test_errors']} (errors.csv, confusion_matrix.png)"),
-        ("time", f"{m['timings_s']['total']:.1f} s (extraction {m['timings_s']['extract']:.1f} s)"),
+        ("images", f"train {m.counts['train']}, test {m.counts['test']}, skipped {m.skipped_images}"),
+        ("train accuracy", console.percent(m.train_accuracy)),
+        ("test accuracy", console.percent(m.test_accuracy)),
+        ("test balanced accuracy", console.percent(m.test_balanced_accuracy)),
+        ("test errors", f"{m.test_errors} (errors.csv, confusion_matrix.png)"),
+        ("time", f"{m.timings_s['total']:.1f} s (extraction {m.timings_s['extract']:.1f} s)"),
         ("saved to", str(result.out_dir)),
     ]
-    console.print_evaluation(m["test"], m["classes"])
+    console.print_evaluation(m.test.to_dict(), m.classes)
     console.table("summary", ["", ""], rows)
     if result.bad_images:
         shown = 20
         console.table(
             f"skipped {len(result.bad_images)} file{'s' if len(result.bad_images) != 1 else ''} that could not be used (all in bad_images.csv)",
             ["split", "file", "reason"],
-            [(split, str(path), reason) for split, path, reason in result.bad_images[:shown]],
+            [(bad.split, str(bad.path), bad.reason) for bad in result.bad_images[:shown]],
         )
         if len(result.bad_images) > shown:
             console.out.print(f"and {len(result.bad_images) - shown} more: see {result.out_dir / 'bad_images.csv'}")

@@ -10,8 +10,6 @@ batch, and it must reproduce tlkit's own probabilities within ``TOLERANCE``.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +17,7 @@ from typing import Literal
 
 import torch
 
+from tlkit.atomic import atomic_path
 from tlkit.errors import ExportError
 from tlkit.model import SavedModel
 
@@ -39,6 +38,7 @@ def _metadata(model: SavedModel) -> dict[str, str]:
     return {
         "classes": json.dumps(model.classes),
         "preprocessing": json.dumps(model.preprocessing.to_dict()),
+        "pipeline": json.dumps(model.pipeline.to_dict()),
         "backbone": str(model.info.get("backbone")),
         "head": str(model.info.get("head")),
         "input": "images: float32 (N, 3, H, W), resized, centre-cropped, scaled to [0, 1] and normalised as 'preprocessing' says",
@@ -109,14 +109,11 @@ def export(model: SavedModel, fmt: Format, out: Path | None = None) -> ExportRes
         raise ExportError(f"--out {target} is a folder; give a file name such as {target / ('model' + SUFFIXES[fmt])}")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-        os.close(fd)
     except OSError as exc:
         raise ExportError(f"cannot write {target} ({exc.strerror})") from None
-    tmp = Path(tmp_name)
     classifier = model.classifier().cpu().float().to(memory_format=torch.contiguous_format)
     example = _check_batch(model, 2)
-    try:
+    with atomic_path(target) as tmp:
         writer = _write_onnx if fmt == "onnx" else _write_torchscript
         exported = writer(classifier, example, tmp, _metadata(model))
         with torch.no_grad():
@@ -124,7 +121,4 @@ def export(model: SavedModel, fmt: Format, out: Path | None = None) -> ExportRes
         difference = float((exported - expected).abs().max())
         if not difference <= TOLERANCE:
             raise ExportError(f"the {fmt} export differs from tlkit's probabilities by {difference:.2e} (> {TOLERANCE:g}); not written")
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
     return ExportResult(path=target, format=fmt, max_difference=difference)

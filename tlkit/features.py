@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from tlkit.cache import FeatureStore, hash_files
 from tlkit.images import BACKGROUND, BadImage, open_rgb
+from tlkit.pipeline import ImagePipeline, as_pipeline
 from tlkit.preprocessing import Preprocessing
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -132,17 +133,43 @@ def prepare_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Modu
     return model.to(memory_format=torch.channels_last)
 
 
+def _loader(dataset: ImageFiles, batch_size: int, workers: int | None, device: torch.device) -> DataLoader[Any]:
+    workers = default_workers() if workers is None else workers
+    # A single batch cannot overlap decoding with compute: starting a worker would only cost time.
+    num_workers = min(workers, max(1, len(dataset) // batch_size)) if len(dataset) > batch_size else 0
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        worker_init_fn=_worker_init if num_workers else None,
+        pin_memory=device.type == "cuda",
+        prefetch_factor=4 if num_workers else None,
+    )
+
+
+def _forward(model: torch.nn.Module, batch: torch.Tensor, device: torch.device, precision: str) -> torch.Tensor:
+    """Features (n, D) float32 on the CPU for a batch of n preprocessed images."""
+    n = len(batch)
+    if n == 1:
+        # oneDNN takes another code path for a batch of one; its results differ in the last bits.
+        # Computing the image twice keeps features identical to a full batch.
+        batch = batch.expand(2, -1, -1, -1)
+    batch = batch.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+    with autocast_context(device, precision):
+        out = model(batch)[:n]
+    return out.float().flatten(1).cpu()
+
+
 def extract(
     model: torch.nn.Module,
     paths: Sequence[Path],
-    preprocessing: Preprocessing,
+    pipeline: ImagePipeline | Preprocessing,
     *,
     batch_size: int = 32,
     workers: int | None = None,
-    precision: str = "fp32",
     device: torch.device | None = None,
     on_batch: Callable[[int], None] = lambda n: None,
-    background: tuple[int, int, int] = BACKGROUND,
     on_bad: Callable[[Path, str], None] | None = None,
     on_features: Callable[[list[int], torch.Tensor], None] | None = None,
 ) -> Extraction:
@@ -152,51 +179,31 @@ def extract(
     raise to stop the extraction (the ``on_bad_image: error`` policy). ``on_features(indices,
     features)`` sees each batch's features as soon as they exist (the cache writes them in chunks
     from there). Features never depend on the batch size or on the number of workers: decoding is
-    deterministic and each image is computed independently.
+    deterministic and each image is computed independently. A bare :class:`Preprocessing` means the
+    default decoding (white background) at fp32.
     """
     start = time.perf_counter()
+    pipeline = as_pipeline(pipeline)
     device = device or torch.device("cpu")
-    workers = default_workers() if workers is None else workers
-    dataset = ImageFiles(paths, preprocessing, background)
-    # A single batch cannot overlap decoding with compute: starting a worker would only cost time.
-    num_workers = min(workers, max(1, len(dataset) // batch_size)) if len(dataset) > batch_size else 0
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        worker_init_fn=_worker_init if num_workers else None,
-        pin_memory=device.type == "cuda",
-        prefetch_factor=4 if num_workers else None,
-    )
+    dataset = ImageFiles(paths, pipeline.preprocessing, pipeline.background)
     chunks: list[torch.Tensor] = []
     kept: list[int] = []
     bad: list[tuple[Path, str]] = []
-    batches = iter(loader)
+    batches = iter(_loader(dataset, batch_size, workers, device))
     try:
         with torch.inference_mode():
             for images, indices, errors in batches:
                 good = [i for i, err in enumerate(errors) if not err]
-                for i in range(len(errors)):
-                    if errors[i]:
-                        bad.append((dataset.paths[int(indices[i])], errors[i]))
-                        if on_bad is not None:
-                            on_bad(*bad[-1])
+                for i in (i for i, err in enumerate(errors) if err):
+                    bad.append((dataset.paths[int(indices[i])], errors[i]))
+                    if on_bad is not None:
+                        on_bad(*bad[-1])
                 if good:
-                    batch = images[good] if len(good) < len(errors) else images
-                    if len(batch) == 1:
-                        # oneDNN takes another code path for a batch of one; its results differ in the
-                        # last bits. Computing the image twice keeps features identical to a full batch.
-                        batch = batch.expand(2, -1, -1, -1)
-                    batch = batch.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-                    with autocast_context(device, precision):
-                        out = model(batch)[: len(good)]
-                    feats = out.float().flatten(1).cpu()
+                    feats = _forward(model, images[good] if len(good) < len(errors) else images, device, pipeline.precision)
                     chunks.append(feats)
-                    batch_kept = [int(indices[i]) for i in good]
-                    kept.extend(batch_kept)
+                    kept.extend(int(indices[i]) for i in good)
                     if on_features is not None:
-                        on_features(batch_kept, feats)
+                        on_features([int(indices[i]) for i in good], feats)
                 on_batch(len(errors))
     finally:
         _stop_workers(batches)
@@ -212,16 +219,14 @@ def _no_task(total: int) -> Iterator[Callable[[int], None]]:
 def extract_cached(
     model: torch.nn.Module,
     paths: Sequence[Path],
-    preprocessing: Preprocessing,
+    pipeline: ImagePipeline | Preprocessing,
     store: FeatureStore | None,
     *,
     batch_size: int = 32,
     workers: int | None = None,
-    precision: str = "fp32",
     device: torch.device | None = None,
     task: Callable[[int], AbstractContextManager[Callable[[int], None]]] = _no_task,
     chunk_images: int = 256,
-    background: tuple[int, int, int] = BACKGROUND,
     on_bad: Callable[[Path, str], None] | None = None,
 ) -> Extraction:
     """Like :func:`extract`, reusing and filling ``store`` (``None``: no cache).
@@ -231,44 +236,54 @@ def extract_cached(
     every ``chunk_images`` images and when extraction stops for any reason, so work is never lost.
     """
     start = time.perf_counter()
-    options = {"batch_size": batch_size, "workers": workers, "precision": precision, "device": device, "background": background, "on_bad": on_bad}
+    options: dict[str, Any] = {"batch_size": batch_size, "workers": workers, "device": device, "on_bad": on_bad}
     if store is None:
         with task(len(paths)) as advance:
-            return extract(model, paths, preprocessing, on_batch=advance, **options)  # type: ignore[arg-type]
+            return extract(model, paths, pipeline, on_batch=advance, **options)
     hashes = hash_files(paths, store.root)
     found = store.lookup(h for h in hashes if h is not None)
     missing = [i for i, h in enumerate(hashes) if h is None or h not in found]
     extracted: dict[int, torch.Tensor] = {}
     bad: list[tuple[Path, str]] = []
     if missing:
-        pending: dict[str, torch.Tensor] = {}
+        writer = _ChunkWriter(store, chunk_images)
 
         def keep(indices: list[int], feats: torch.Tensor) -> None:
             for i, row in zip(indices, feats):
                 extracted[missing[i]] = row
-                digest = hashes[missing[i]]
-                if digest is not None:
-                    pending[digest] = row.clone()
-            if len(pending) >= chunk_images:
-                store.write(pending)
-                pending.clear()
+                writer.add(hashes[missing[i]], row)
 
         try:
             with task(len(missing)) as advance:
-                result = extract(
-                    model, [paths[i] for i in missing], preprocessing, on_batch=advance, on_features=keep, **options  # type: ignore[arg-type]
-                )
+                bad = extract(model, [paths[i] for i in missing], pipeline, on_batch=advance, on_features=keep, **options).bad
         finally:
-            store.write(pending)
-        bad = result.bad
+            writer.flush()
     kept = [i for i, h in enumerate(hashes) if i in extracted or (h is not None and h in found)]
     rows = [extracted[i] if i in extracted else found[hashes[i]] for i in kept]  # type: ignore[index]
-    features = torch.stack(rows) if rows else torch.empty(0, 0)
     return Extraction(
-        features=features,
+        features=torch.stack(rows) if rows else torch.empty(0, 0),
         kept=kept,
         bad=bad,
         seconds=time.perf_counter() - start,
         cached=len(kept) - len(extracted),
         extracted=len(extracted),
     )
+
+
+class _ChunkWriter:
+    """Collects new features and writes them to the store every ``size`` images (and on :meth:`flush`)."""
+
+    def __init__(self, store: FeatureStore, size: int) -> None:
+        self.store = store
+        self.size = size
+        self.pending: dict[str, torch.Tensor] = {}
+
+    def add(self, digest: str | None, row: torch.Tensor) -> None:
+        if digest is not None:
+            self.pending[digest] = row.clone()
+        if len(self.pending) >= self.size:
+            self.flush()
+
+    def flush(self) -> None:
+        self.store.write(self.pending)
+        self.pending = {}

@@ -53,6 +53,9 @@ def stratified_holdout(y: torch.Tensor, fraction: float, seed: int) -> Holdout:
 class Standardize(torch.nn.Module):
     """``(x - mean) / std`` with the statistics of the training features kept as buffers."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         super().__init__()
         self.register_buffer("mean", mean.detach().clone().float())

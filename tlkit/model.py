@@ -12,7 +12,6 @@ images get exactly the probabilities the run recorded.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,15 +19,16 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file
-from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from tlkit import files
 from tlkit.artifacts import MARKER
 from tlkit.errors import DataError, RunError, TlkitError, WeightsError
 from tlkit.features import extract, prepare_model, resolve_device
+from tlkit.pipeline import ImagePipeline, ImageSettings
 from tlkit.plugins import Plugins
 from tlkit.preprocessing import Preprocessing
 from tlkit.recipe import validate_options
-from tlkit.weights import load_into, sha256_file
+from tlkit.weights import WeightsRequest, load_into, sha256_file
 
 
 class Classifier(torch.nn.Module):
@@ -49,12 +49,19 @@ class SavedModel:
 
     run_dir: Path
     classes: list[str]
-    preprocessing: Preprocessing
+    pipeline: ImagePipeline
     backbone: torch.nn.Module
     head: torch.nn.Module
     info: dict[str, Any]
     batch_size: int = 32
-    precision: str = "fp32"
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return self.pipeline.preprocessing
+
+    @property
+    def precision(self) -> str:
+        return self.pipeline.precision
 
     def classifier(self) -> Classifier:
         return Classifier(self.backbone, self.head).eval()
@@ -99,11 +106,13 @@ def _backbone(plugins: Plugins, info: dict[str, Any], run_dir: Path) -> torch.nn
         raise RunError(f"run {run_dir} needs backbone '{name}': {exc}") from None
     options = _options(spec, info.get("backbone_options") or {}, "backbone", run_dir)
     expected = info["weights_sha256"]
-    if expected == "random":
-        built = spec.build("none", options)
+    if info.get("backbone_in_run", expected == "random"):
+        # Weights no plugin can rebuild (random, fine-tuned) travel in the run: the architecture comes
+        # from a random build, every tensor from the run's own file.
+        built = spec.build(WeightsRequest.random(), options)
         saved = run_dir / "backbone.safetensors"
         if not saved.is_file():
-            raise WeightsError(f"run {run_dir} used random backbone weights but {saved.name} is missing; run the recipe again")
+            raise WeightsError(f"run {run_dir} keeps its backbone weights in {saved.name}, which is missing; run the recipe again")
         load_into(built.model, load_file(str(saved)), saved, what=f"backbone '{name}'")
         return built.model.eval()
     weights = info.get("backbone_weights")
@@ -113,7 +122,7 @@ def _backbone(plugins: Plugins, info: dict[str, Any], run_dir: Path) -> torch.nn
         if not path.is_file():
             raise WeightsError(f"backbone weights file {path} of run {run_dir} is missing; put it back (sha256 {expected[:16]}...)")
         _check_sha(sha256_file(path), expected, path, run_dir)
-    built = spec.build(weights, options)
+    built = spec.build(WeightsRequest.parse(weights), options)
     _check_sha(built.weights_id, expected, built.weights_path or Path(str(weights)), run_dir)
     return built.model.eval()
 
@@ -153,31 +162,33 @@ def load_model(run_dir: Path | str, plugins: Plugins) -> SavedModel:
     return SavedModel(
         run_dir=run_dir,
         classes=classes,
-        preprocessing=Preprocessing.from_dict(info["preprocessing"]),
+        pipeline=saved_pipeline(info, run_dir),
         backbone=_backbone(plugins, info, run_dir),
         head=head,
         info=info,
         batch_size=int(extract_settings.get("batch_size", 32)),
-        precision=str(extract_settings.get("precision", "fp32")),
     )
 
 
+def saved_pipeline(info: dict[str, Any], run_dir: Path) -> ImagePipeline:
+    """The run's image pipeline; runs of tlkit 0.1 saved only the preprocessing (their decoding was the default)."""
+    try:
+        if "pipeline" in info:
+            return ImagePipeline.from_dict(info["pipeline"])
+        precision = str((info.get("extract") or {}).get("precision", "fp32"))
+        return ImagePipeline(ImageSettings(), Preprocessing.from_dict(info["preprocessing"]), precision)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RunError(f"{run_dir / 'model.json'} has no readable image pipeline ({type(exc).__name__}: {exc}); run the recipe again") from None
+
+
 def image_files(inputs: Sequence[Path | str]) -> list[Path]:
-    """Files as given, folders walked recursively (sorted, image extensions only, hidden entries skipped)."""
-    found: list[Path] = []
+    """Files as given, folders walked recursively by the loaders' own walker (:func:`tlkit.files.walk_images`)."""
     for item in map(Path, inputs):
-        if item.is_file():
-            found.append(item)
-        elif item.is_dir():
-            for dirpath, dirnames, filenames in os.walk(item, followlinks=True):
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-                found.extend(
-                    Path(dirpath) / name for name in sorted(filenames) if not name.startswith(".") and name.lower().endswith(IMG_EXTENSIONS)
-                )
-        else:
+        if not item.exists():
             raise DataError(f"{item} does not exist; give image files or folders of images")
+    found = files.image_files(inputs).images
     if not found:
-        raise DataError(f"no image files in {', '.join(map(str, inputs))} ({', '.join(IMG_EXTENSIONS)})")
+        raise DataError(f"no image files in {', '.join(map(str, inputs))} ({', '.join(files.EXTENSIONS)})")
     return found
 
 
@@ -185,7 +196,7 @@ def predict(model: SavedModel, paths: Sequence[Path], *, device: str = "auto", w
     """Class probabilities for image files, through the same decoding and extraction as ``tlkit run``."""
     target = resolve_device(device)
     backbone = prepare_model(model.backbone, target)
-    result = extract(backbone, list(paths), model.preprocessing, batch_size=model.batch_size, workers=workers, precision=model.precision, device=target)
+    result = extract(backbone, list(paths), model.pipeline, batch_size=model.batch_size, workers=workers, device=target)
     kept = [paths[i] for i in result.kept]
     if not kept:
         return Predictions(paths=[], probabilities=torch.empty(0, len(model.classes)), bad=result.bad)

@@ -16,6 +16,9 @@ class Observer:
     def note(self, text: str) -> None:
         """A line worth showing (what was loaded, what was skipped)."""
 
+    def stage(self, text: str) -> None:
+        """The run is now ``text`` (e.g. "extracting the train features"): named if it is interrupted."""
+
     @contextmanager
     def task(self, description: str, total: int | None, unit: str = "it") -> Iterator[Callable[[int], None]]:
         """Long work: yields ``advance(n)`` to call as units complete."""

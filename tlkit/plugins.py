@@ -20,7 +20,7 @@ import re
 import sys
 import warnings
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -108,8 +108,12 @@ def _allowed_distributions() -> set[str] | None:
     return {_normalise(n) for n in raw.split(",") if n.strip()}
 
 
+def _tracing() -> bool:
+    return os.environ.get("TLKIT_TRACE_PLUGINS", "") not in ("", "0")
+
+
 def _trace(message: str) -> None:
-    if os.environ.get("TLKIT_TRACE_PLUGINS", "") not in ("", "0"):
+    if _tracing():
         print(f"[tlkit trace] {message}", file=sys.stderr)
 
 
@@ -209,36 +213,62 @@ def _load_entry_points(pm: pluggy.PluginManager, statuses: dict[str, PluginStatu
 def _call_hooks(pm: pluggy.PluginManager, status: PluginStatus) -> dict[str, list[Any]]:
     """Call every hook ``status``'s plugin implements; return its valid entries per registry.
 
-    Each hook is called directly (not through ``pm.hook``) so a failing plugin is caught and named
-    alone. Any problem is noted on ``status`` and the caller then adds none of its entries.
+    Each hook is called through pluggy, on a subset caller that holds this plugin alone
+    (``subset_hook_caller``), so a failing plugin is caught and named alone while pluggy still does
+    the calling (argument checks, hook-call monitoring for ``TLKIT_TRACE_PLUGINS``). Any problem is
+    noted on ``status`` and the caller then adds none of its entries.
     """
     plugin = pm.get_plugin(status.name)
     entries: dict[str, list[Any]] = {}
     if plugin is None:
         return entries
+    others = [p for name, p in pm.list_name_plugin() if name != status.name]
     for hook_name, (attr, spec_type) in _HOOKS.items():
-        impls = [i for i in getattr(pm.hook, hook_name).get_hookimpls() if i.plugin_name == status.name]
-        for impl in impls:
-            pending: list[Any] = []
-            _trace(f"{status.name}.{hook_name}()")
-            try:
-                impl.function(**{arg: pending.append for arg in impl.argnames})
-            except (Exception, SystemExit) as exc:
-                _problem(status, f"{hook_name} raised {_describe(exc)}")
-                continue
-            names: set[str] = set()
-            for spec in pending:
-                if not isinstance(spec, spec_type):
-                    _problem(status, f"passed a {type(spec).__name__} to register in {hook_name}; expected tlkit.{spec_type.__name__}")
-                    continue
-                problem = _malformed(spec) or (f"registered twice by {hook_name}" if spec.name in names else None)
-                if problem:
-                    _problem(status, f"registered a malformed {attr[:-1]} {getattr(spec, 'name', '?')!r} ({problem})")
-                    continue
-                names.add(spec.name)
-                entries.setdefault(attr, []).append(dataclasses.replace(spec, plugin=status.name))
-            _trace(f"{status.name}.{hook_name}() registered {len(pending)}")
+        if not any(i.plugin_name == status.name for i in getattr(pm.hook, hook_name).get_hookimpls()):
+            continue
+        pending: list[Any] = []
+        try:
+            pm.subset_hook_caller(hook_name, remove_plugins=others)(register=pending.append)
+        except (Exception, SystemExit) as exc:
+            _problem(status, f"{hook_name} raised {_describe(exc)}")
+            continue
+        entries.setdefault(attr, []).extend(_valid_entries(status, hook_name, attr, spec_type, pending))
     return entries
+
+
+def _valid_entries(status: PluginStatus, hook_name: str, attr: str, spec_type: type, pending: list[Any]) -> list[Any]:
+    """The well-formed specs one hook call registered, stamped with the plugin's name; problems noted on ``status``."""
+    valid: list[Any] = []
+    names: set[str] = set()
+    for item in pending:
+        if not isinstance(item, spec_type):
+            _problem(status, f"passed a {type(item).__name__} to register in {hook_name}; expected tlkit.{spec_type.__name__}")
+            continue
+        spec: Any = item
+        problem = _malformed(spec) or (f"registered twice by {hook_name}" if spec.name in names else None)
+        if problem:
+            _problem(status, f"registered a malformed {attr[:-1]} {getattr(spec, 'name', '?')!r} ({problem})")
+            continue
+        names.add(spec.name)
+        valid.append(dataclasses.replace(spec, plugin=status.name))
+    _trace(f"{status.name}.{hook_name}() registered {len(pending)}")
+    return valid
+
+
+def _monitor_hook_calls(pm: pluggy.PluginManager) -> None:
+    """With ``TLKIT_TRACE_PLUGINS``, log every hook call pluggy makes (which plugin, which hook)."""
+    if not _tracing():
+        return
+
+    def before(hook_name: str, impls: Sequence[pluggy.HookImpl], kwargs: Mapping[str, Any]) -> None:
+        for impl in impls:
+            _trace(f"{impl.plugin_name}.{hook_name}()")
+
+    def after(outcome: Any, hook_name: str, impls: Sequence[pluggy.HookImpl], kwargs: Mapping[str, Any]) -> None:
+        if outcome.exception is not None:
+            _trace(f"{hook_name}() raised {_describe(outcome.exception)}")
+
+    pm.add_hookcall_monitoring(before, after)
 
 
 def _collect(pm: pluggy.PluginManager, statuses: dict[str, PluginStatus], registries: dict[str, Registry[Any]]) -> None:
@@ -286,6 +316,7 @@ def load_plugins(*, entry_points: bool = True, builtins: bool = True, extra: Ite
     """
     pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
     pm.add_hookspecs(hookspecs)
+    _monitor_hook_calls(pm)
     statuses: dict[str, PluginStatus] = {}
     if entry_points:
         _load_entry_points(pm, statuses)

@@ -18,8 +18,11 @@ from annotated_types import Ge, Gt, Le
 from pydantic import TypeAdapter, ValidationError
 
 from tlkit.errors import RecipeError, TlkitError, did_you_mean
+from tlkit.pipeline import ImageSettings
 from tlkit.plugins import Plugins
+from tlkit.registry import Registry
 from tlkit.specs import BackboneSpec, DatasetSpec, HeadSpec
+from tlkit.weights import WeightsRequest
 
 MAX_DEPTH = 8
 
@@ -37,28 +40,7 @@ class ExtractSettings:
     cache: bool = field(default=True, metadata={"help": "reuse features from the feature cache"})
 
 
-@dataclass(frozen=True)
-class ImageSettings:
-    """How the engine decodes the data set's files: core keys of the ``dataset:`` section.
-
-    They sit beside the loader's own options because decoding is the engine's job, the same for
-    every data set plugin; a loader only says which files belong to which class.
-    """
-
-    on_bad_image: Literal["skip", "error"] = field(
-        default="skip", metadata={"help": "skip: leave out files that cannot be decoded and list them; error: stop at the first"}
-    )
-    background: Any = field(
-        default=(255, 255, 255), metadata={"help": "colour transparent pixels are composited on: [r, g, b] (0-255) or a name such as 'white' or '#808080'"}
-    )
-
-    def rgb(self) -> tuple[int, int, int]:
-        """The background as an (r, g, b) tuple (checked and resolved when the recipe was read)."""
-        r, g, b = self.background
-        return (int(r), int(g), int(b))
-
-
-IMAGE_KEYS = tuple(f.name for f in dataclasses.fields(ImageSettings))
+MOVED_TO_IMAGES = tuple(f.name for f in dataclasses.fields(ImageSettings))
 
 
 @dataclass(frozen=True)
@@ -81,7 +63,7 @@ class Recipe:
     seed: int
     dataset: Choice
     backbone: Choice
-    weights: str | None
+    weights: WeightsRequest
     extract: ExtractSettings
     head: Choice
     source: Path | None = None
@@ -92,19 +74,15 @@ class Recipe:
         return {
             "name": self.name,
             "seed": self.seed,
-            "dataset": {
-                "name": self.dataset.name,
-                "on_bad_image": self.images.on_bad_image,
-                "background": list(self.images.rgb()),
-                **dataclasses.asdict(self.dataset.options),
-            },
-            "backbone": {"name": self.backbone.name, "weights": self.weights, **dataclasses.asdict(self.backbone.options)},
+            "dataset": {"name": self.dataset.name, **dataclasses.asdict(self.dataset.options)},
+            "images": self.images.to_dict(),
+            "backbone": {"name": self.backbone.name, "weights": self.weights.to_value(), **dataclasses.asdict(self.backbone.options)},
             "extract": dataclasses.asdict(self.extract),
             "head": {"name": self.head.name, **dataclasses.asdict(self.head.options)},
         }
 
 
-_TOP_KEYS = ("name", "seed", "dataset", "backbone", "extract", "head")
+_TOP_KEYS = ("name", "seed", "dataset", "images", "backbone", "extract", "head")
 _DEFAULT_PLUGIN = {"dataset": "imagefolder", "backbone": "resnet18", "head": "linear"}
 _ADAPTERS: dict[type, TypeAdapter[Any]] = {}
 
@@ -248,7 +226,7 @@ def _choose(plugins: Plugins, kind: str, section: dict[str, Any]) -> tuple[Any, 
     name = section.pop("name", _DEFAULT_PLUGIN[kind])
     if not isinstance(name, str):
         raise RecipeError(f"'{kind}.name' must be a string (got {_describe(name)})")
-    registry = {"dataset": plugins.datasets, "backbone": plugins.backbones, "head": plugins.heads}[kind]
+    registry: Registry[Any] = {"dataset": plugins.datasets, "backbone": plugins.backbones, "head": plugins.heads}[kind]  # type: ignore[assignment]
     try:
         spec = registry.get(name)
     except TlkitError as exc:
@@ -272,17 +250,16 @@ def resolve(data: Mapping[str, Any], plugins: Plugins, *, default_name: str = "r
         raise RecipeError(f"'seed' must be a non-negative integer (got {_describe(seed)})")
 
     dataset_spec, dataset_data = _choose(plugins, "dataset", _section(data, "dataset"))
-    images = _image_settings({k: dataset_data.pop(k) for k in IMAGE_KEYS if k in dataset_data})
+    _refuse_moved_keys(dataset_data)
+    images = _image_settings(_section(data, "images"))
     backbone_spec, backbone_data = _choose(plugins, "backbone", _section(data, "backbone"))
     head_spec, head_data = _choose(plugins, "head", _section(data, "head"))
-    weights = backbone_data.pop("weights", None)
-    if weights is not None and (not isinstance(weights, str) or not weights.strip()):
-        raise RecipeError(f"'backbone.weights' must be a file path or 'none' (got {_describe(weights)})")
+    weights = WeightsRequest.parse(backbone_data.pop("weights", None))
     assert isinstance(dataset_spec, DatasetSpec) and isinstance(backbone_spec, BackboneSpec) and isinstance(head_spec, HeadSpec)
     return Recipe(
         name=name,
         seed=seed,
-        dataset=Choice(dataset_spec, validate_options(dataset_spec.options, dataset_data, "dataset", also_valid=IMAGE_KEYS)),
+        dataset=Choice(dataset_spec, validate_options(dataset_spec.options, dataset_data, "dataset")),
         backbone=Choice(backbone_spec, validate_options(backbone_spec.options, backbone_data, "backbone")),
         weights=weights,
         extract=validate_options(ExtractSettings, _section(data, "extract"), "extract"),
@@ -302,8 +279,15 @@ def _plain_name(name: Any) -> bool:
     )
 
 
+def _refuse_moved_keys(dataset_data: Mapping[str, Any]) -> None:
+    """Recipes of tlkit 0.1 kept the decoding keys under ``dataset:``; say where they went."""
+    for key in MOVED_TO_IMAGES:
+        if key in dataset_data:
+            raise RecipeError(f"'dataset.{key}' has moved to its own section: write it as 'images: {{{key}: ...}}' (images.{key})")
+
+
 def _image_settings(data: dict[str, Any]) -> ImageSettings:
-    settings = validate_options(ImageSettings, data, "dataset")
+    settings = validate_options(ImageSettings, data, "images")
     return dataclasses.replace(settings, background=_colour(settings.background))
 
 
@@ -316,7 +300,7 @@ def _colour(value: Any) -> tuple[int, int, int]:
         try:
             rgb = ImageColor.getrgb(value)
         except ValueError:
-            raise RecipeError(f"'dataset.background': unknown colour {_describe(value)}; {usage}") from None
+            raise RecipeError(f"'images.background': unknown colour {_describe(value)}; {usage}") from None
         return (rgb[0], rgb[1], rgb[2])
     if (
         isinstance(value, (list, tuple))
@@ -324,7 +308,7 @@ def _colour(value: Any) -> tuple[int, int, int]:
         and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in value)
     ):
         return (value[0], value[1], value[2])
-    raise RecipeError(f"'dataset.background' must be a colour (got {_describe(value)}); {usage}")
+    raise RecipeError(f"'images.background' must be a colour (got {_describe(value)}); {usage}")
 
 
 def load_recipe(path: Path | str, plugins: Plugins, overrides: Sequence[str] = ()) -> Recipe:

@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 import torch
 
 from tlkit.preprocessing import Preprocessing
+from tlkit.weights import WeightsRequest
 
 
 @dataclass(frozen=True)
@@ -29,25 +30,35 @@ class BuiltBackbone:
     ``model`` maps a normalised image batch ``(N, 3, H, W)`` to features ``(N, D)``.
     ``weights_id`` identifies the weights exactly (the sha256 of the file, or ``"random"``); the
     feature cache keys on it, so two different weights files never share features.
+    ``saved_with_run`` says the engine must keep the model's weights in the run directory because
+    building again from the same request would not give them back (random initialisation, weights
+    changed after loading). Left at ``None`` it means exactly "``weights_id`` is ``"random"``".
     """
 
     model: torch.nn.Module
     weights_id: str
     weights_path: Path | None = None
+    saved_with_run: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.saved_with_run is None:
+            object.__setattr__(self, "saved_with_run", self.weights_id == "random")
 
 
 @dataclass(frozen=True)
 class BackboneSpec:
     """A registered feature extractor.
 
-    ``build(weights, options)`` receives the recipe's ``backbone.weights`` (``None`` = the default
-    pretrained weights, ``"none"`` = random initialisation, anything else = a file path) and an
-    instance of ``options`` (a dataclass type). ``preprocessing`` is a record or a zero-argument
-    callable returning one, so catalogues of many models stay cheap to register.
+    ``build(request, options)`` receives the parsed ``backbone.weights`` as a
+    :class:`~tlkit.WeightsRequest` (``kind`` ``"pretrained"``: the default weights, ``"random"``:
+    random initialisation, ``"file"``: the file at ``request.path``) and an instance of ``options``
+    (a dataclass type). ``preprocessing`` is a record or a zero-argument callable returning one, so
+    catalogues of many models stay cheap to register. ``weights_available()`` says whether the
+    default pretrained weights are on this machine (``tlkit backbones`` shows ``?`` without it).
     """
 
     name: str
-    build: Callable[[str | None, Any], BuiltBackbone]
+    build: Callable[[WeightsRequest, Any], BuiltBackbone]
     preprocessing: Preprocessing | Callable[[], Preprocessing]
     feature_dim: int | None = None
     description: str = ""

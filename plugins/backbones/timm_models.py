@@ -61,15 +61,15 @@ def _fetch_hub_file(arch: str) -> Path:
     )
 
 
-def build_timm(arch: str, weights: str | None, *, state_map: Any = None) -> tlkit.BuiltBackbone:
+def build_timm(arch: str, request: tlkit.WeightsRequest, *, state_map: Any = None) -> tlkit.BuiltBackbone:
     """Build timm ``arch`` as a feature extractor with the requested weights.
 
     ``state_map`` optionally renames a foreign state dict's keys into timm's (used by plugins that
     ship weights in another layout).
     """
-    if isinstance(weights, str) and weights.lower() == "none":
-        return tlkit.BuiltBackbone(model=timm.create_model(arch, pretrained=False, num_classes=0), weights_id="random")
-    path = Path(weights).expanduser() if weights else (cached_hub_file(arch) or _fetch_hub_file(arch))
+    if request.kind == "random":
+        return tlkit.BuiltBackbone(model=timm.create_model(arch, pretrained=False, num_classes=0), weights_id="random", saved_with_run=True)
+    path = request.path if request.path is not None else (cached_hub_file(arch) or _fetch_hub_file(arch))
     state = load_state_dict(path)
     if state_map is not None:
         state = state_map(state)
@@ -82,7 +82,7 @@ def build_timm(arch: str, weights: str | None, *, state_map: Any = None) -> tlki
 def timm_spec(name: str, arch: str, **fields: Any) -> tlkit.BackboneSpec:
     """A spec for timm ``arch``: timm's preprocessing and weights resolution (fields override)."""
     defaults: dict[str, Any] = {
-        "build": lambda w, options: build_timm(arch, w),
+        "build": lambda request, options: build_timm(arch, request),
         "preprocessing": lambda: tlkit.Preprocessing.from_timm(_pretrained_cfg(arch) or {}),
         "description": f"timm {arch}",
         "weights_available": lambda: cached_hub_file(arch) is not None,

@@ -66,12 +66,12 @@ def _resolve_default_file(name: str) -> Path:
         ) from exc
 
 
-def build_torchvision(name: str, weights: str | None) -> tlkit.BuiltBackbone:
+def build_torchvision(name: str, request: tlkit.WeightsRequest) -> tlkit.BuiltBackbone:
     """Build ``name`` with the requested weights and without its classifier."""
-    if isinstance(weights, str) and weights.lower() == "none":
+    if request.kind == "random":
         model = get_model(name, weights=None)
-        return tlkit.BuiltBackbone(model=_strip_classifier(model, name), weights_id="random")
-    path = Path(weights).expanduser() if weights else _resolve_default_file(name)
+        return tlkit.BuiltBackbone(model=_strip_classifier(model, name), weights_id="random", saved_with_run=True)
+    path = request.path if request.path is not None else _resolve_default_file(name)
     state = load_state_dict(path)
     num_classes = len(_weights_enum(name).meta["categories"])
     # GoogLeNet and Inception-v3 checkpoints include their auxiliary classifiers.
@@ -85,7 +85,7 @@ def _spec(registered_name: str, model_name: str, *, feature_dim: int | None = No
     weights = _weights_enum(model_name)
     return tlkit.BackboneSpec(
         name=registered_name,
-        build=lambda w, options: build_torchvision(model_name, w),
+        build=lambda request, options: build_torchvision(model_name, request),
         preprocessing=lambda: tlkit.Preprocessing.from_torchvision(weights),
         feature_dim=feature_dim,
         description=f"torchvision {model_name} ({weights.name}, {weights.meta.get('_metrics', {}).get('ImageNet-1K', {}).get('acc@1', '?')}% ImageNet top-1)",

@@ -10,16 +10,14 @@ a train class with no test images is allowed and noted (its test recall simply c
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from torchvision.datasets.folder import IMG_EXTENSIONS
-
 import tlkit
 from tlkit.archives import fetch
 from tlkit.errors import DataError
+from tlkit.files import EXTENSIONS, walk_images
 
 
 @dataclass(frozen=True)
@@ -35,28 +33,10 @@ def _class_dirs(split_dir: Path) -> list[str]:
     return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-EXTENSIONS = IMG_EXTENSIONS
-
-
 def _image_files(class_dir: Path) -> tuple[list[Path], list[Path]]:
     """Image files under ``class_dir`` (recursively, following links once), and the other files left out."""
-    images: list[Path] = []
-    skipped: list[Path] = []
-    seen: set[str] = set()
-    for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
-        real = os.path.realpath(dirpath)
-        if real in seen:  # a symlink loop or a folder linked twice
-            dirnames[:] = []
-            continue
-        seen.add(real)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            path = Path(dirpath) / name
-            if name.startswith(".") or not name.lower().endswith(EXTENSIONS) or not path.is_file():
-                skipped.append(path)  # hidden, not an image by name, or a link to nothing (or to itself)
-                continue
-            images.append(path)
-    return images, skipped
+    found = walk_images(class_dir)
+    return found.images, found.skipped
 
 
 def load_imagefolder(options: ImageFolderOptions) -> tlkit.LoadedDataset:

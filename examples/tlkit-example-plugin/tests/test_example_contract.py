@@ -39,7 +39,7 @@ def test_backbone_contract(plugins: tlkit.plugins.Plugins, stage: int) -> None:
 
 def test_backbone_uses_the_offline_imagenet_weights(plugins: tlkit.plugins.Plugins) -> None:
     truncated = tlkit.testing.check_backbone("lite0_stage4", plugins=plugins, weights=None, images=2)
-    full = plugins.backbones.get("efficientnet_lite0").build(None, tlkit.NoOptions())
+    full = plugins.backbones.get("efficientnet_lite0").build(tlkit.WeightsRequest.pretrained(), tlkit.NoOptions())
     assert truncated.weights_id == full.weights_id != "random"
 
 

@@ -36,7 +36,7 @@ class TruncatedEfficientNet(torch.nn.Module):
         return self.pool(self.blocks(self.bn1(self.conv_stem(x)))).flatten(1)
 
 
-def build_stage(stage: int, weights: str | None) -> tlkit.BuiltBackbone:
+def build_stage(stage: int, weights: tlkit.WeightsRequest) -> tlkit.BuiltBackbone:
     full = build_lite0(weights, tlkit.NoOptions())  # tlkit resolves and verifies the weights
     return tlkit.BuiltBackbone(
         model=TruncatedEfficientNet(full.model, stage), weights_id=full.weights_id, weights_path=full.weights_path

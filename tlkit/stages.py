@@ -1,0 +1,262 @@
+"""The stages of a run, each a plain function from frozen records to a frozen record.
+
+    prepare(recipe)                      -> Prepared       plugins resolved, backbone built, data set listed
+    extract(prepared, shard=...)         -> SplitFeatures  features per split, from the cache or computed
+    fit(prepared, features)              -> TrainedHead    the head trained on the train features
+    evaluate(prepared, features, head)   -> Evaluation     typed metrics and one prediction row per test image
+    write(run_dir, prepared, ..., evaluation)              the run directory's files (committed by the caller)
+
+Data flows one way: no stage reaches back into an earlier one's inputs, and each can be called on
+its own from Python (a notebook extracting features only, a rank of a distributed run extracting its
+shard, ``tlkit compare`` training several heads on one extraction). :func:`tlkit.engine.run` is their
+composition plus the run directory's life cycle and Ctrl-C handling.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tlkit.cache import FeatureStore, open_store
+from tlkit.errors import DataError
+from tlkit.evaluate import RunMetrics, classification_metrics, misclassified, prediction_rows
+from tlkit.features import Extraction, extract_cached, prepare_model, resolve_device, slow_precision_note
+from tlkit.observer import Observer
+from tlkit.pipeline import ImagePipeline
+from tlkit.recipe import Recipe
+from tlkit.specs import BuiltBackbone, Features, FitContext, LoadedDataset, Sample, TrainedHead
+
+SPLITS = ("train", "test")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch: random backbone weights and every head's fit depend on it."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A recipe turned into things: the built backbone (eval mode, on ``device``), the listed data set, the pipeline."""
+
+    recipe: Recipe
+    backbone: BuiltBackbone
+    dataset: LoadedDataset
+    pipeline: ImagePipeline
+    device: torch.device
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.dataset.classes)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Which images one process of ``world`` extracts: every ``world``-th, starting at ``rank``.
+
+    Disjoint and complete over the ranks, with no padding: each image belongs to exactly one rank.
+    """
+
+    rank: int = 0
+    world: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.rank < self.world:
+            raise ValueError(f"rank {self.rank} is not in 0..{self.world - 1}")
+
+    def select(self, items: Sequence[Any]) -> list[Any]:
+        return list(items[self.rank :: self.world])
+
+
+@dataclass(frozen=True)
+class BadFile:
+    """A file that was left out because it could not be decoded."""
+
+    split: str
+    path: Path
+    reason: str
+
+
+@dataclass(frozen=True)
+class SplitFeatures:
+    """Per split, the features of the images that decoded and those images; what was skipped; where from."""
+
+    features: Mapping[str, Features]
+    samples: Mapping[str, tuple[Sample, ...]]
+    bad: tuple[BadFile, ...] = ()
+    cached: int = 0
+    extracted: int = 0
+    seconds: float = 0.0
+    cache: Path | None = None
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.features["train"].x.shape[1])
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The typed metrics of a run, and one prediction row per test image (``predictions.csv``)."""
+
+    metrics: RunMetrics
+    test_rows: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[dict[str, Any]]:
+        return misclassified(self.test_rows)
+
+
+def prepare(recipe: Recipe, observer: Observer | None = None) -> Prepared:
+    """Build the backbone (seeded: random weights follow ``recipe.seed``) and list the data set's files."""
+    observer = observer or Observer()
+    observer.stage("building the backbone")
+    seed_everything(recipe.seed)
+    backbone = recipe.backbone.spec.build(recipe.weights, recipe.backbone.options)
+    pipeline = ImagePipeline(recipe.images, recipe.backbone.spec.resolve_preprocessing(), recipe.extract.precision)
+    observer.note(f"backbone: {recipe.backbone.name} (weights {backbone.weights_path or backbone.weights_id})")
+    observer.stage("loading the data set")
+    dataset = recipe.dataset.spec.load(recipe.dataset.options)
+    crop = pipeline.preprocessing.crop_size
+    for split in SPLITS:
+        observer.note(f"{split}: {len(dataset.splits[split])} x 3 x {crop} x {crop}")
+    observer.note(f"classes: {', '.join(dataset.classes)}")
+    for line in dataset.notes:
+        observer.note(line)
+    device = resolve_device(recipe.extract.device)
+    note = slow_precision_note(device, recipe.extract.precision)
+    if note:
+        observer.note(f"warning: {note}")
+    built = dataclasses.replace(backbone, model=prepare_model(backbone.model, device))
+    return Prepared(recipe=recipe, backbone=built, dataset=dataset, pipeline=pipeline, device=device)
+
+
+def feature_store(prepared: Prepared) -> FeatureStore | None:
+    """The cache entry for this backbone, weights and pipeline (``None`` with ``extract.cache: false``)."""
+    recipe = prepared.recipe
+    if not recipe.extract.cache:
+        return None
+    return open_store(
+        recipe.backbone.name,
+        prepared.backbone.weights_id,
+        prepared.pipeline.preprocessing,
+        prepared.pipeline.precision,
+        seed=recipe.seed,
+        options=recipe.backbone.options,
+        background=prepared.pipeline.background,
+    )
+
+
+def extract(prepared: Prepared, observer: Observer | None = None, *, shard: Shard | None = None, store: FeatureStore | None = None) -> SplitFeatures:
+    """Features of every split (of this ``shard``'s images only, when given), filling the cache as it goes.
+
+    ``store`` defaults to :func:`feature_store`; pass one to reuse it across calls.
+    """
+    observer = observer or Observer()
+    store = store if store is not None else feature_store(prepared)
+    parts: dict[str, tuple[Features, tuple[Sample, ...], Extraction]] = {}
+    for split in SPLITS:
+        samples = list(prepared.dataset.splits[split])
+        parts[split] = _extract_split(prepared, split, shard.select(samples) if shard else samples, store, observer)
+    bad = tuple(BadFile(split, path, reason) for split, (_, _, result) in parts.items() for path, reason in result.bad)
+    features = SplitFeatures(
+        features={split: part[0] for split, part in parts.items()},
+        samples={split: part[1] for split, part in parts.items()},
+        bad=bad,
+        cached=sum(part[2].cached for part in parts.values()),
+        extracted=sum(part[2].extracted for part in parts.values()),
+        seconds=sum(part[2].seconds for part in parts.values()),
+        cache=store.path if store else None,
+    )
+    observer.note(f"features: {features.cached} cached, {features.extracted} extracted" + ("" if store else " (cache off)"))
+    for item in bad:
+        observer.note(f"skipped {item.split} image {item.path}: {item.reason}")
+    return features
+
+
+def _extract_split(
+    prepared: Prepared, split: str, samples: list[Sample], store: FeatureStore | None, observer: Observer
+) -> tuple[Features, tuple[Sample, ...], Extraction]:
+    policy = prepared.pipeline.decoding.on_bad_image
+
+    def refuse(path: Path, reason: str) -> None:
+        if policy == "error":
+            raise DataError(f"{path}: {reason} (images.on_bad_image is 'error'; set it to 'skip' to leave such files out)")
+
+    settings = prepared.recipe.extract
+    observer.stage(f"extracting the {split} features")
+    result = extract_cached(
+        prepared.backbone.model,
+        [s.path for s in samples],
+        prepared.pipeline,
+        store,
+        batch_size=settings.batch_size,
+        workers=settings.workers,
+        device=prepared.device,
+        task=lambda total: observer.task(f"extracting {split}", total=total, unit="img"),
+        on_bad=refuse,
+    )
+    if result.bad:
+        refuse(*result.bad[0])  # features that came from elsewhere (the cache) skip the decoder's check
+    if not result.kept and samples:
+        reason = f" ({result.bad[0][0]}: {result.bad[0][1]})" if result.bad else ""
+        raise DataError(f"no image of the {split} split could be decoded{reason}")
+    kept = tuple(samples[i] for i in result.kept)
+    labels = torch.tensor([s.label for s in kept], dtype=torch.long)
+    return Features(result.features, labels), kept, result
+
+
+def fit(prepared: Prepared, features: SplitFeatures, observer: Observer | None = None) -> TrainedHead:
+    """Train the recipe's head on the train features (seeded); the test features only feed progress reports."""
+    observer = observer or Observer()
+    recipe = prepared.recipe
+    epochs = getattr(recipe.head.options, "epochs", None)
+    observer.stage(f"training the {recipe.head.name} head")
+    with observer.task(f"training {recipe.head.name}", total=epochs, unit="epoch") as advance:
+        report = _epoch_reporter(advance, observer)
+        ctx = FitContext(num_classes=len(prepared.classes), seed=recipe.seed, monitor=features.features["test"], report=report)
+        seed_everything(recipe.seed)
+        trained = recipe.head.spec.fit(features.features["train"], recipe.head.options, ctx)
+    return TrainedHead(module=trained.module.eval(), history=tuple(dict(p) for p in trained.history))
+
+
+def _epoch_reporter(advance: Callable[[int], None], observer: Observer) -> Callable[[int, Mapping[str, float]], None]:
+    done = 0
+
+    def report(epoch: int, values: Mapping[str, float]) -> None:
+        nonlocal done
+        advance(epoch - done)
+        done = epoch
+        observer.point(f"epoch {epoch}", values)
+
+    return report
+
+
+def evaluate(prepared: Prepared, features: SplitFeatures, trained: TrainedHead, timings: Mapping[str, float] | None = None) -> Evaluation:
+    """Predictions of the trained head on both splits, as typed metrics and per-image rows."""
+    classes = prepared.classes
+    train, test = features.features["train"], features.features["test"]
+    with torch.no_grad():
+        train_pred = trained.module(train.x).argmax(1)
+        test_probabilities = trained.module(test.x).softmax(1)
+    rows = prediction_rows([s.path for s in features.samples["test"]], test.y, test_probabilities, classes)
+    metrics = RunMetrics(
+        test=classification_metrics(test.y, test_probabilities.argmax(1), classes),
+        train=classification_metrics(train.y, train_pred, classes),
+        classes=classes,
+        counts={split: len(features.samples[split]) for split in SPLITS},
+        feature_dim=features.feature_dim,
+        skipped_images=len(features.bad),
+        test_errors=len(misclassified(rows)),
+        features={"cached": features.cached, "extracted": features.extracted, "cache": str(features.cache) if features.cache else None},
+        history=[dict(point) for point in trained.history],
+        timings_s=dict(timings or {}),
+    )
+    return Evaluation(metrics=metrics, test_rows=rows)
