@@ -178,6 +178,18 @@ class FastPipeline(ReferencePipeline):
         return image.float().mul_(self.scale).add_(self.shift)
 
 
+DECODER_NAMES = ("reference", FAST_DECODER)
+
+
+def pipeline_named(name: str, preprocessing: Any, background: tuple[int, int, int] = BACKGROUND) -> ReferencePipeline:
+    """The pipeline a recorded decoder name (``ImagePipeline.decoder``, from :func:`decoding_pipeline`) stands for."""
+    if name == FAST_DECODER:
+        return FastPipeline(preprocessing, background)
+    if name == "reference":
+        return ReferencePipeline(preprocessing, background)
+    raise ValueError(f"unknown decoder {name!r}; known: {', '.join(DECODER_NAMES)}")
+
+
 def decoding_pipeline(decoder: str, preprocessing: Any, background: tuple[int, int, int] = BACKGROUND) -> tuple[ReferencePipeline, str]:
     """The pipeline for ``extract.decoder`` and the name of the pixels it makes (for the cache key).
 

@@ -60,7 +60,8 @@ class RuntimeChoice:
     load_s: float = 0.0
     reused: bool = False
     model_path: str | None = None
-    note: str = ""
+    note: str = ""  # the one line the run shows: what runs and, for a fallback, why
+    reason: str = ""  # why ``auto`` chose torch without trying a conversion (recorded, not shown)
 
     def cache_identity(self) -> dict[str, str]:
         """The part of the feature-cache key this choice decides: features differ by runtime and precision."""
