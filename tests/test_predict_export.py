@@ -31,7 +31,7 @@ def recorded(run_dir: Path) -> dict[str, tuple[str, float]]:
 
 def preprocessed(model: SavedModel, paths: list[Path]) -> torch.Tensor:
     """The normalised image batch an exported model takes, made by tlkit's own decoding path."""
-    files = ImageFiles(paths, model.preprocessing)
+    files = ImageFiles(paths, model.preprocessing, model.pipeline.background, model.pipeline.decoder)  # the run's own decoder
     return torch.stack([files[i][0] for i in range(len(files))])
 
 
