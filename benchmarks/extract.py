@@ -140,7 +140,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--backbone", default="efficientnet_lite0", help="a tlkit backbone name")
     parser.add_argument("--weights", default=None, help="'none' for random weights, a file, or default")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "int8"])
-    parser.add_argument("--runtimes", default="torch,onnxruntime,openvino", help="comma-separated runtimes to compare")
+    parser.add_argument("--runtimes", default="torch,onnxruntime,openvino", help="comma-separated runtimes to compare; runtime:precision overrides --precision")
     parser.add_argument("--decoder", default="auto", choices=["auto", "reference", "fast"])
     parser.add_argument("--data", type=Path, default=None, help=f"image folder (default {DEFAULT_DATA})")
     parser.add_argument("--generate", type=int, default=None, help="use N generated 640x480 JPEGs instead")
@@ -164,9 +164,10 @@ def build_runtimes(args, spec, model, pipeline, paths) -> dict:
     found = {}
     crop = pipeline.preprocessing.crop_size
     for name in args.runtimes.split(","):
+        requested, _, precision = name.partition(":")  # "openvino:bf16" overrides --precision for one entry
         start = time.perf_counter()
         runtime = choose_runtime(
-            model, requested=name, precision=args.precision, device=torch.device("cpu"),
+            model, requested=requested, precision=precision or args.precision, device=torch.device("cpu"),
             identity={"backbone": args.backbone, "options": {}}, input_shape=(3, crop, crop),
             probe=lambda: _decoded(paths, pipeline, PROBE_IMAGES),
             calibration=lambda: _decoded(paths[:: max(1, len(paths) // CALIBRATION_IMAGES)], pipeline, CALIBRATION_IMAGES),
@@ -232,7 +233,7 @@ def report(args, runtimes, plain, e2e, fwd, agree) -> None:
     ratio = lambda xs: statistics.median([x / p for x, p in zip(xs, plain)]) if xs and plain else float("nan")  # noqa: E731
     torch_fwd = fwd.get("torch") or []
     print()
-    print(f"| runtime ({args.precision}) | end to end img/s | forward img/s | end to end / plain | forward / plain | forward / eager forward | "
+    print(f"| runtime (--precision {args.precision}) | end to end img/s | forward img/s | end to end / plain | forward / plain | forward / eager forward | "
           "cosine vs eager fp32 (min) | max abs diff | conversion s |")
     print("|---|---|---|---|---|---|---|---|---|")
     if plain:
@@ -241,7 +242,7 @@ def report(args, runtimes, plain, e2e, fwd, agree) -> None:
         c = runtime.choice
         cos, diff = agree.get(name, (float("nan"), float("nan")))
         vs_eager = statistics.median([f / t for f, t in zip(fwd[name], torch_fwd)]) if torch_fwd and fwd[name] else float("nan")
-        label = f"{name} ({c.runtime} {c.precision})" if c.runtime != name else f"{name} {c.precision}"
+        label = f"{name} (ran {c.runtime} {c.precision})" if c.runtime != name.partition(":")[0] else f"{c.runtime} {c.precision}"
         print(f"| {label} | {med(e2e[name]):.1f} | {med(fwd[name]):.1f} | {ratio(e2e[name]):.2f}x | {ratio(fwd[name]):.2f}x | {vs_eager:.2f}x | "
               f"{cos:.6f} | {diff:.1e} | {c.conversion_s:.2f} |")
     per_repeat = {name: [f"{x / p:.2f}" for x, p in zip(e2e[name], plain)] for name in runtimes}
