@@ -1,22 +1,26 @@
-"""Benchmark tlkit's feature extraction against the plain PyTorch loop of the transfer-learning tutorial.
+"""Benchmark tlkit's feature extraction, per runtime, against the plain PyTorch loop of the transfer-learning tutorial.
 
-In one process, on the same images and the same backbone, it times:
+In one process, on the same images and the same backbone, each repeat times:
 
-(a) plain:   torchvision ``ImageFolder`` + Resize(256)/CenterCrop(224)/ToTensor/Normalize,
-             ``DataLoader(batch_size=32)``, forward under ``torch.no_grad`` (the tutorial's loop);
-(b) tlkit:   ``tlkit.features.extract`` with the cache off (workers, JPEG draft, channels-last,
-             inference mode, the chosen precision);
-(c) forward: the backbone alone on pre-made tensors with tlkit's settings: the compute limit,
+(a) plain:    torchvision ``ImageFolder`` + Resize(256)/CenterCrop(224)/ToTensor/Normalize,
+              ``DataLoader(batch_size=32)``, forward under ``torch.no_grad`` (the tutorial's loop);
+(b) tlkit:    ``tlkit.features.extract`` with the cache off, per runtime (torch, onnxruntime, openvino),
+              with the chosen decoder (fast by default): images/s end to end, decoding included;
+(c) forward:  each runtime's forward pass alone on pre-made batches of real preprocessed images,
 
-and prints images/s for each, tlkit/plain and tlkit/forward, and the peak RSS of this process and of
-its largest child (a decoding worker). Examples::
+and prints per runtime: the medians, the ratios to the plain loop (per repeat: same machine load),
+the agreement of its features with eager fp32 on the reference decoder (lowest per-image cosine,
+largest absolute difference), the conversion time (0 when a stored converted model was reused) and
+the peak RSS. Examples::
 
-    python benchmarks/extract.py --backbone efficientnet_lite0
-    python benchmarks/extract.py --backbone resnet18 --weights none --precision bf16
-    python benchmarks/extract.py --only tlkit --generate 3000 --backbone resnet18 --weights none
+    python benchmarks/extract.py --backbone efficientnet_lite0 --repeat 3
+    python benchmarks/extract.py --backbone resnet18 --weights none --repeat 3
+    python benchmarks/extract.py --backbone efficientnet_lite0 --precision bf16 --runtimes openvino --repeat 3
+    python benchmarks/extract.py --only tlkit --runtimes openvino --generate 3000 --backbone resnet18 --weights none
 
 ``--only tlkit`` runs (b) alone so the peak RSS is tlkit's. Generated data sets are 640x480 JPEGs,
-kept under the system temp folder and reused.
+kept under the system temp folder and reused. Converted models are stored under ``--model-cache``
+(default: a folder under the system temp folder); ``--fresh`` converts again.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import argparse
 import copy
 import os
 import resource
+import shutil
 import statistics
 import sys
 import tempfile
@@ -37,10 +42,12 @@ from PIL import Image
 from torch.utils.data import ConcatDataset, DataLoader
 from torchvision import datasets, transforms
 
-from tlkit.weights import WeightsRequest
-from tlkit.pipeline import ImagePipeline, ImageSettings
 from tlkit.features import default_workers, extract, prepare_model
+from tlkit.images import decoding_pipeline, pipeline_named
+from tlkit.pipeline import ImagePipeline, ImageSettings
 from tlkit.plugins import load_plugins
+from tlkit.runtimes.choice import agreement
+from tlkit.weights import WeightsRequest
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hymenoptera_data"
 
@@ -97,18 +104,14 @@ def plain_loop(model: torch.nn.Module, root: Path) -> tuple[float, int]:
     return n / (time.perf_counter() - start), n
 
 
-def forward_only(model: torch.nn.Module, precision: str, images: int, batch_size: int, crop: int) -> float:
-    """Images/s of the prepared backbone alone on random tensors (tlkit's settings)."""
-    from tlkit.features import autocast_context
-
-    x = torch.randn(batch_size, 3, crop, crop).contiguous(memory_format=torch.channels_last)
-    batches = max(3, images // batch_size)
-    with torch.inference_mode(), autocast_context(torch.device("cpu"), precision):
-        model(x)
-        start = time.perf_counter()
-        for _ in range(batches):
-            model(x)
-    return batches * batch_size / (time.perf_counter() - start)
+def forward_only(forward, batch: torch.Tensor, images: int) -> float:
+    """Images/s of one runtime's forward pass alone on a pre-made batch (decoding excluded)."""
+    batches = max(3, images // len(batch))
+    forward(batch)
+    start = time.perf_counter()
+    for _ in range(batches):
+        forward(batch)
+    return batches * len(batch) / (time.perf_counter() - start)
 
 
 def cpu_seconds() -> float:
@@ -123,20 +126,60 @@ def peak_rss_mb() -> tuple[float, float]:
     return own, child
 
 
-def main() -> None:
+def cpu_line() -> str:
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "?")
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    wanted = [f for f in flags if f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8")]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{model}, {cores} cores; flags: {' '.join(wanted) or 'none of avx2/avx512/amx'}"
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backbone", default="efficientnet_lite0", help="a tlkit backbone name")
     parser.add_argument("--weights", default=None, help="'none' for random weights, a file, or default")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "int8"])
+    parser.add_argument("--runtimes", default="torch,onnxruntime,openvino", help="comma-separated runtimes to compare; runtime:precision overrides --precision")
+    parser.add_argument("--decoder", default="auto", choices=["auto", "reference", "fast"])
     parser.add_argument("--data", type=Path, default=None, help=f"image folder (default {DEFAULT_DATA})")
     parser.add_argument("--generate", type=int, default=None, help="use N generated 640x480 JPEGs instead")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=None, help=f"decoding workers (default {default_workers()})")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads of the main process")
-    parser.add_argument("--repeat", type=int, default=1, help="alternate plain and tlkit this many times")
+    parser.add_argument("--threads", type=int, default=None, help="torch/runtime threads of the main process")
+    parser.add_argument("--repeat", type=int, default=1, help="measure everything this many times, interleaved")
     parser.add_argument("--only", choices=["tlkit", "plain", "forward"], default=None)
-    args = parser.parse_args()
+    parser.add_argument("--model-cache", type=Path, default=Path(tempfile.gettempdir()) / "tlkit-bench-models")
+    parser.add_argument("--fresh", action="store_true", help="forget stored converted models first")
+    return parser.parse_args()
 
+
+def build_runtimes(args, spec, model, pipeline, paths) -> dict:
+    """Each requested runtime, chosen (converted or loaded) exactly as a run would."""
+    from tlkit.runtimes import choose_runtime
+    from tlkit.runtimes.stage import CALIBRATION_IMAGES, PROBE_IMAGES, _decoded
+
+    if args.fresh:
+        shutil.rmtree(args.model_cache, ignore_errors=True)
+    found = {}
+    crop = pipeline.preprocessing.crop_size
+    for name in args.runtimes.split(","):
+        requested, _, precision = name.partition(":")  # "openvino:bf16" overrides --precision for one entry
+        start = time.perf_counter()
+        runtime = choose_runtime(
+            model, requested=requested, precision=precision or args.precision, device=torch.device("cpu"),
+            identity={"backbone": args.backbone, "options": {}}, input_shape=(3, crop, crop),
+            probe=lambda: _decoded(paths, pipeline, PROBE_IMAGES),
+            calibration=lambda: _decoded(paths[:: max(1, len(paths) // CALIBRATION_IMAGES)], pipeline, CALIBRATION_IMAGES),
+            cache_root=args.model_cache, threads=args.threads,
+        )
+        print(f"{name:12s} ready in {time.perf_counter() - start:6.2f} s: {runtime.choice.note or 'eager'}", flush=True)
+        found[name] = runtime
+    return found
+
+
+def main() -> None:
+    args = parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     root = generate(args.generate) if args.generate else (args.data or DEFAULT_DATA)
@@ -148,46 +191,64 @@ def main() -> None:
     model = prepare_model(built.model, torch.device("cpu"))
     paths = sample_paths(image_folder(root, None))
     workers = default_workers() if args.workers is None else args.workers
+    _, decoder = decoding_pipeline(args.decoder, preprocessing)
+    pipeline = ImagePipeline(ImageSettings(), preprocessing, "fp32", decoder)
     load = os.getloadavg()
-    print(f"backbone {args.backbone} (weights {built.weights_id[:12]}), precision {args.precision}, {len(paths)} images from {root}")
+    print(f"backbone {args.backbone} (weights {built.weights_id[:12]}), precision {args.precision}, decoder {decoder}, {len(paths)} images from {root}")
+    print(f"cpu: {cpu_line()}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {workers} workers, batch {args.batch_size}, "
-          f"cpu capability {torch.backends.cpu.get_cpu_capability()}, load average {load[0]:.2f} {load[1]:.2f}")
-
-    plain_rates: list[float] = []
-    tlkit_rates: list[float] = []
-    forward_rates: list[float] = []
+          f"cpu capability {torch.backends.cpu.get_cpu_capability()}, load average {load[0]:.2f} {load[1]:.2f}", flush=True)
+    runtimes = build_runtimes(args, spec, model, pipeline, paths)
+    reference = None
+    if args.only is None:  # eager fp32 on the reference decoder: the ground truth for agreement
+        reference = extract(model, paths, ImagePipeline(ImageSettings(), preprocessing), batch_size=args.batch_size, workers=workers).features
+    batch = torch.stack([pipeline_named(decoder, preprocessing)(p) for p in paths[: args.batch_size]])
     if plain_model is not None:
         with torch.no_grad():  # warm the plain model up (allocator, oneDNN primitives) outside the timings
             plain_model(torch.randn(2, 3, 224, 224))
-    # Each repeat measures all three back to back, so a ratio compares runs under the same machine load.
-    for _ in range(args.repeat):
-        if args.only in (None, "forward"):
-            rate = forward_only(model, args.precision, len(paths) // 2, args.batch_size, preprocessing.crop_size)
-            forward_rates.append(rate)
-            print(f"(c) forward only       {rate:8.1f} img/s", flush=True)
+    plain, e2e, fwd, agree = [], {n: [] for n in runtimes}, {n: [] for n in runtimes}, {}
+    # Each repeat measures everything back to back, so a ratio compares runs under the same machine load.
+    for r in range(args.repeat):
         if args.only in (None, "plain"):
-            assert plain_model is not None
-            cpu = cpu_seconds()
             rate, n = plain_loop(plain_model, root)
-            plain_rates.append(rate)
-            print(f"(a) plain loop         {rate:8.1f} img/s  ({n} images, {1000 * (cpu_seconds() - cpu) / n:.0f} CPU-ms/img)", flush=True)
-        if args.only in (None, "tlkit"):
-            cpu = cpu_seconds()
-            start = time.perf_counter()
-            result = extract(model, paths, ImagePipeline(ImageSettings(), preprocessing, args.precision), batch_size=args.batch_size, workers=workers)
-            rate = len(result.kept) / (time.perf_counter() - start)
-            tlkit_rates.append(rate)
-            per_image = 1000 * (cpu_seconds() - cpu) / len(result.kept)
-            print(f"(b) tlkit, cache off   {rate:8.1f} img/s  ({len(result.kept)} images, {per_image:.0f} CPU-ms/img)", flush=True)
-    if plain_rates and tlkit_rates:
-        ratios = [t / p for p, t in zip(plain_rates, tlkit_rates)]
-        print(f"tlkit / plain          {statistics.median(ratios):8.2f}x  (per repeat: {', '.join(f'{r:.2f}' for r in ratios)})")
-    if forward_rates and tlkit_rates:
-        shares = [100 * t / f for f, t in zip(forward_rates, tlkit_rates)]
-        print(f"tlkit / forward only   {statistics.median(shares):8.1f}%  (per repeat: {', '.join(f'{r:.0f}%' for r in shares)})")
+            plain.append(rate)
+            print(f"[{r + 1}] (a) plain loop            {rate:8.1f} img/s", flush=True)
+        for name, runtime in runtimes.items():
+            if args.only in (None, "forward"):
+                fwd[name].append(forward_only(runtime.forward, batch, len(paths) // 2))
+                print(f"[{r + 1}] (c) {name:12s} forward {fwd[name][-1]:8.1f} img/s", flush=True)
+            if args.only in (None, "tlkit"):
+                cpu, start = cpu_seconds(), time.perf_counter()
+                result = extract(model, paths, pipeline, batch_size=args.batch_size, workers=workers, forward=runtime.forward)
+                e2e[name].append(len(result.kept) / (time.perf_counter() - start))
+                per_image = 1000 * (cpu_seconds() - cpu) / len(result.kept)
+                print(f"[{r + 1}] (b) {name:12s} tlkit   {e2e[name][-1]:8.1f} img/s ({per_image:.0f} CPU-ms/img)", flush=True)
+                if reference is not None:
+                    agree[name] = agreement(reference, result.features)
+    report(args, runtimes, plain, e2e, fwd, agree)
+
+
+def report(args, runtimes, plain, e2e, fwd, agree) -> None:
+    med = lambda xs: statistics.median(xs) if xs else float("nan")  # noqa: E731
+    ratio = lambda xs: statistics.median([x / p for x, p in zip(xs, plain)]) if xs and plain else float("nan")  # noqa: E731
+    torch_fwd = fwd.get("torch") or []
+    print()
+    print(f"| runtime (--precision {args.precision}) | end to end img/s | forward img/s | end to end / plain | forward / plain | forward / eager forward | "
+          "cosine vs eager fp32 (min) | max abs diff | conversion s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    if plain:
+        print(f"| plain PyTorch loop | {med(plain):.1f} | | 1.00x | | | | | |")
+    for name, runtime in runtimes.items():
+        c = runtime.choice
+        cos, diff = agree.get(name, (float("nan"), float("nan")))
+        vs_eager = statistics.median([f / t for f, t in zip(fwd[name], torch_fwd)]) if torch_fwd and fwd[name] else float("nan")
+        label = f"{name} (ran {c.runtime} {c.precision})" if c.runtime != name.partition(":")[0] else f"{c.runtime} {c.precision}"
+        print(f"| {label} | {med(e2e[name]):.1f} | {med(fwd[name]):.1f} | {ratio(e2e[name]):.2f}x | {ratio(fwd[name]):.2f}x | {vs_eager:.2f}x | "
+              f"{cos:.6f} | {diff:.1e} | {c.conversion_s:.2f} |")
+    per_repeat = {name: [f"{x / p:.2f}" for x, p in zip(e2e[name], plain)] for name in runtimes}
+    print(f"per-repeat end-to-end ratios: {per_repeat}")
     own, child = peak_rss_mb()
-    load = os.getloadavg()
-    print(f"peak RSS               {own:8.1f} MB (this process), {child:.1f} MB (largest worker); load average now {load[0]:.2f}")
+    print(f"peak RSS {own:.1f} MB (this process), {child:.1f} MB (largest worker); load average now {os.getloadavg()[0]:.2f}")
     sys.stdout.flush()
 
 

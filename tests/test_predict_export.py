@@ -32,9 +32,9 @@ def recorded(run_dir: Path) -> dict[str, tuple[str, float]]:
 
 def preprocessed(model: SavedModel, paths: list[Path], normalised: bool = True) -> torch.Tensor:
     """The normalised image batch the backbone takes (or, ``normalised=False``, the [0, 1] batch an
-    export takes), made by tlkit's own decoding path."""
+    export takes), made by tlkit's own decoding path with the run's own decoder."""
     pre = model.preprocessing if normalised else dataclasses.replace(model.preprocessing, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
-    files = ImageFiles(paths, pre)
+    files = ImageFiles(paths, pre, model.pipeline.background, model.pipeline.decoder)
     return torch.stack([files[i][0] for i in range(len(files))])
 
 

@@ -69,11 +69,13 @@ def extractor_identity(
     seed: int,
     options: Any = None,
     background: Sequence[int] | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Everything that changes a feature vector except the image itself, as plain data.
 
     Random weights are identified by the seed they were drawn with; real weights by their sha256.
-    ``background`` is the colour transparent images are composited on.
+    ``background`` is the colour transparent images are composited on. ``extra`` holds further
+    settings that change features (the runtime, its effective precision, the decoder).
     """
     if options is not None and dataclasses.is_dataclass(options) and not isinstance(options, type):
         options = dataclasses.asdict(options)
@@ -85,6 +87,7 @@ def extractor_identity(
         "preprocessing": preprocessing.to_dict(),
         "precision": precision,
         "background": list(background) if background is not None else None,
+        **dict(extra or {}),
     }
 
 
@@ -412,12 +415,14 @@ def open_store(
     background: Sequence[int] | None = None,
     root: Path | None = None,
     feature_dim: int | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> FeatureStore:
     """The cache entry for this extractor under ``root`` (default :func:`cache_root`), created if new.
 
-    ``feature_dim`` (the backbone's, when known) lets the store refuse vectors of another length.
+    ``feature_dim`` (the backbone's, when known) lets the store refuse vectors of another length;
+    ``extra`` adds what else changes a feature (the runtime, its effective precision, the decoder).
     """
-    identity = extractor_identity(backbone, weights_id, preprocessing, precision, seed=seed, options=options, background=background)
+    identity = extractor_identity(backbone, weights_id, preprocessing, precision, seed=seed, options=options, background=background, extra=extra)
     return FeatureStore(root or cache_root(), identity, feature_dim=feature_dim)
 
 

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from tlkit.cache import FeatureStore, hash_files
 from tlkit.errors import DataError, DeviceError
-from tlkit.images import BACKGROUND, BadImage, open_rgb
+from tlkit.images import BACKGROUND, BadImage, pipeline_named
 from tlkit.pipeline import ImagePipeline, as_pipeline
 from tlkit.preprocessing import Preprocessing
 
@@ -89,11 +89,11 @@ class ImageFiles(Dataset[tuple[torch.Tensor, int, str]]):
     back (a crafted file) is interrupted and the file is reported like any other bad one.
     """
 
-    def __init__(self, paths: Sequence[Path], preprocessing: Preprocessing, background: tuple[int, int, int] = BACKGROUND) -> None:
+    def __init__(
+        self, paths: Sequence[Path], preprocessing: Preprocessing, background: tuple[int, int, int] = BACKGROUND, decoder: str = "reference"
+    ) -> None:
         self.paths = list(paths)
-        self.background = background
-        self.transform = preprocessing.transform()
-        self.min_size = preprocessing.resize_size
+        self.decode = pipeline_named(decoder, preprocessing, background)
         self.shape = (3, preprocessing.crop_size, preprocessing.crop_size)
         self.timeout_s = decode_timeout()
 
@@ -103,8 +103,7 @@ class ImageFiles(Dataset[tuple[torch.Tensor, int, str]]):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, str]:
         try:
             with _time_limit(self.timeout_s):
-                image = open_rgb(self.paths[index], min_size=self.min_size, background=self.background)
-                return self.transform(image), index, ""
+                return self.decode(self.paths[index]), index, ""
         except _DecodeTimeout:
             return torch.zeros(self.shape), index, f"took longer than {self.timeout_s:g} s to decode (a crafted or broken file?); {DECODE_TIMEOUT_ENV} sets the limit"
         except BadImage as exc:
@@ -222,13 +221,17 @@ def _hung(dataset: ImageFiles, done: int, batch_size: int) -> DataError:
     )
 
 
-def _forward(model: torch.nn.Module, batch: torch.Tensor, device: torch.device, precision: str) -> torch.Tensor:
-    """Features (n, D) float32 on the CPU for a batch of n preprocessed images."""
+def _forward(
+    model: torch.nn.Module, batch: torch.Tensor, device: torch.device, precision: str, forward: Callable[[torch.Tensor], torch.Tensor] | None = None
+) -> torch.Tensor:
+    """Features (n, D) float32 on the CPU for a batch of n preprocessed images (through ``forward`` when given)."""
     n = len(batch)
     if n == 1:
         # oneDNN takes another code path for a batch of one; its results differ in the last bits.
         # Computing the image twice keeps features identical to a full batch.
         batch = batch.expand(2, -1, -1, -1)
+    if forward is not None:  # a runtime from tlkit.runtimes: it handles device and precision itself
+        return forward(batch)[:n]
     batch = batch.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
     with autocast_context(device, precision):
         out = model(batch)[:n]
@@ -246,6 +249,7 @@ def extract(
     on_batch: Callable[[int], None] = lambda n: None,
     on_bad: Callable[[Path, str], None] | None = None,
     on_features: Callable[[list[int], torch.Tensor], None] | None = None,
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Extraction:
     """Features for ``paths`` (N, D) as float32 on the CPU; ``on_batch(n)`` after every batch of n files.
 
@@ -254,12 +258,13 @@ def extract(
     features)`` sees each batch's features as soon as they exist (the cache writes them in chunks
     from there). Features never depend on the batch size or on the number of workers: decoding is
     deterministic and each image is computed independently. A bare :class:`Preprocessing` means the
-    default decoding (white background) at fp32.
+    default decoding (white background) at fp32. ``forward`` (a :class:`tlkit.runtimes.Runtime`'s)
+    replaces ``model`` for the forward pass.
     """
     start = time.perf_counter()
     pipeline = as_pipeline(pipeline)
     device = device or torch.device("cpu")
-    dataset = ImageFiles(paths, pipeline.preprocessing, pipeline.background)
+    dataset = ImageFiles(paths, pipeline.preprocessing, pipeline.background, pipeline.decoder)
     chunks: list[torch.Tensor] = []
     kept: list[int] = []
     bad: list[tuple[Path, str]] = []
@@ -275,7 +280,7 @@ def extract(
                     if on_bad is not None:
                         on_bad(*bad[-1])
                 if good:
-                    feats = _forward(model, images[good] if len(good) < len(errors) else images, device, pipeline.precision)
+                    feats = _forward(model, images[good] if len(good) < len(errors) else images, device, pipeline.precision, forward)
                     chunks.append(feats)
                     kept.extend(int(indices[i]) for i in good)
                     if on_features is not None:
@@ -318,6 +323,7 @@ def extract_cached(
     task: Callable[[int], AbstractContextManager[Callable[[int], None]]] = _no_task,
     chunk_images: int = 256,
     on_bad: Callable[[Path, str], None] | None = None,
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Extraction:
     """Like :func:`extract`, reusing and filling ``store`` (``None``: no cache).
 
@@ -326,7 +332,7 @@ def extract_cached(
     every ``chunk_images`` images and when extraction stops for any reason, so work is never lost.
     """
     start = time.perf_counter()
-    options: dict[str, Any] = {"batch_size": batch_size, "workers": workers, "device": device, "on_bad": on_bad}
+    options: dict[str, Any] = {"batch_size": batch_size, "workers": workers, "device": device, "on_bad": on_bad, "forward": forward}
     if store is None:
         with task(len(paths)) as advance:
             return extract(model, paths, pipeline, on_batch=advance, **options)

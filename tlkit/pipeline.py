@@ -48,6 +48,7 @@ class ImagePipeline:
     decoding: ImageSettings
     preprocessing: Preprocessing
     precision: str = "fp32"
+    decoder: str = "reference"  # which decoder made the pixels (tlkit.images.DECODER_NAMES); issue 10
 
     @property
     def background(self) -> tuple[int, int, int]:
@@ -55,7 +56,7 @@ class ImagePipeline:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able data, saved whole in ``model.json``."""
-        return {**self.decoding.to_dict(), "preprocessing": self.preprocessing.to_dict(), "precision": self.precision}
+        return {**self.decoding.to_dict(), "preprocessing": self.preprocessing.to_dict(), "precision": self.precision, "decoder": self.decoder}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ImagePipeline:
@@ -70,6 +71,7 @@ class ImagePipeline:
             decoding=ImageSettings(on_bad_image=on_bad, background=background),  # type: ignore[arg-type]
             preprocessing=Preprocessing.from_dict(data["preprocessing"]),
             precision=str(data["precision"]),
+            decoder=str(data.get("decoder", "reference")),  # runs saved before issue 10 decoded with the reference path
         )
 
 

@@ -37,9 +37,18 @@ class ExtractSettings:
     workers: Annotated[int, Ge(0), Le(64)] | None = field(
         default=None, metadata={"help": "decoding worker processes (null = chosen for this machine)"}
     )
-    precision: Literal["fp32", "bf16", "fp16"] = field(default="fp32", metadata={"help": "autocast precision of the forward pass"})
+    precision: Literal["fp32", "bf16", "fp16", "int8"] = field(
+        default="fp32", metadata={"help": "precision of the forward pass (int8: calibrated, onnxruntime/openvino only)"}
+    )
     device: Literal["auto", "cpu", "cuda"] = field(default="auto", metadata={"help": "where the backbone runs"})
     cache: bool = field(default=True, metadata={"help": "reuse features from the feature cache"})
+    runtime: Literal["auto", "torch", "onnxruntime", "openvino"] = field(
+        default="auto", metadata={"help": "what runs the forward pass (auto: the fastest installed runtime that agrees with torch)"}
+    )
+    decoder: Literal["auto", "reference", "fast"] = field(
+        default="auto", metadata={"help": "reference: PIL + the backbone's transform; fast: simplejpeg + torch resizing (auto: fast where installed)"}
+    )
+    insist_precision: bool = field(default=False, metadata={"help": "run bf16/fp16 even on a CPU that can only emulate it (slow)"})
 
 
 MOVED_TO_IMAGES = tuple(f.name for f in dataclasses.fields(ImageSettings))

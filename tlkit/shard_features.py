@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from tlkit.cache import FeatureStore
 from tlkit.features import Extraction, _ChunkWriter, _forward, _no_task, _stop_workers, _worker_init, default_workers
-from tlkit.images import BACKGROUND, BadImage, open_rgb
+from tlkit.images import BACKGROUND, BadImage, pipeline_named
 from tlkit.pipeline import ImagePipeline, as_pipeline
 from tlkit.preprocessing import Preprocessing
 from tlkit.shards import stream
@@ -34,17 +34,17 @@ NOT_FOUND = "not found in its shard (was the shard rewritten after it was listed
 class ShardImages(IterableDataset[tuple[torch.Tensor, int, str]]):
     """Yields ``(tensor, index, error)`` for the wanted samples; each worker reads a disjoint set of shards."""
 
-    def __init__(self, samples: Sequence[Sample], preprocessing: Preprocessing, background: tuple[int, int, int] = BACKGROUND) -> None:
+    def __init__(
+        self, samples: Sequence[Sample], preprocessing: Preprocessing, background: tuple[int, int, int] = BACKGROUND, decoder: str = "reference"
+    ) -> None:
         self.index: dict[tuple[str, str], int] = {}
         for i, sample in enumerate(samples):
             if sample.member is None:
                 raise ValueError(f"{sample.path} is a file, not a shard member")
             self.index[(sample.member.shard, sample.member.name)] = i
         self.shards = list(dict.fromkeys(shard for shard, _ in self.index))
-        self.transform = preprocessing.transform()
-        self.min_size = preprocessing.resize_size
+        self.decode = pipeline_named(decoder, preprocessing, background)  # the run's own decoder, as for files
         self.shape = (3, preprocessing.crop_size, preprocessing.crop_size)
-        self.background = background
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, int, str]]:
         info = get_worker_info()
@@ -52,8 +52,7 @@ class ShardImages(IterableDataset[tuple[torch.Tensor, int, str]]):
         for member in stream(mine, wanted=lambda shard, name: (shard, name) in self.index):
             index = self.index[(member.shard, member.name)]
             try:
-                image = open_rgb(io.BytesIO(member.data), min_size=self.min_size, background=self.background)  # type: ignore[arg-type]
-                yield self.transform(image), index, ""
+                yield self.decode(io.BytesIO(member.data)), index, ""
             except BadImage as exc:
                 yield torch.zeros(self.shape), index, str(exc)
             except Exception as exc:  # noqa: BLE001 - one odd member must not kill the worker
@@ -64,12 +63,14 @@ def extract_members(
     model: torch.nn.Module, samples: Sequence[Sample], pipeline: ImagePipeline | Preprocessing, *, batch_size: int = 32,
     workers: int | None = None, device: torch.device | None = None, on_batch: Callable[[int], None] = lambda n: None,
     on_bad: Callable[[Path, str], None] | None = None, on_features: Callable[[list[int], torch.Tensor], None] | None = None,
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Extraction:
-    """Features (N, D) of shard-member ``samples`` in sample order; the callbacks are those of :func:`tlkit.features.extract`."""
+    """Features (N, D) of shard-member ``samples`` in sample order; the callbacks and ``forward`` (a runtime) are those of
+    :func:`tlkit.features.extract`."""
     start = time.perf_counter()
     pipeline = as_pipeline(pipeline)
     device = device or torch.device("cpu")
-    dataset = ShardImages(samples, pipeline.preprocessing, pipeline.background)
+    dataset = ShardImages(samples, pipeline.preprocessing, pipeline.background, pipeline.decoder)
     num_workers = min(default_workers() if workers is None else workers, len(dataset.shards))
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, worker_init_fn=_worker_init if num_workers else None)
     rows: dict[int, torch.Tensor] = {}
@@ -84,7 +85,7 @@ def extract_members(
                     if on_bad is not None:
                         on_bad(samples[int(indices[i])].path, errors[i])
                 if good:
-                    feats = _forward(model, images[good], device, pipeline.precision)
+                    feats = _forward(model, images[good], device, pipeline.precision, forward)
                     batch_kept = [int(indices[i]) for i in good]
                     rows.update(zip(batch_kept, feats))
                     if on_features is not None:

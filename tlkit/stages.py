@@ -25,13 +25,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from tlkit.cache import FeatureStore, open_store
+from tlkit.cache import FeatureStore, cache_root, open_store
 from tlkit.errors import DataError
 from tlkit.evaluate import RunMetrics, classification_metrics, misclassified, prediction_rows
-from tlkit.features import Extraction, extract_cached, prepare_model, resolve_device, slow_precision_note
+from tlkit.features import Extraction, extract_cached, prepare_model, resolve_device
+from tlkit.images import decoding_pipeline
 from tlkit.observer import Observer
 from tlkit.pipeline import ImagePipeline
 from tlkit.recipe import Recipe
+from tlkit.runtimes import Runtime, RuntimeChoice
+from tlkit.runtimes.stage import runtime_for
 from tlkit.specs import BuiltBackbone, Features, FitContext, LoadedDataset, Sample, TrainedHead
 
 SPLITS = ("train", "test")
@@ -53,6 +56,7 @@ class Prepared:
     dataset: LoadedDataset
     pipeline: ImagePipeline
     device: torch.device
+    runtime: Runtime | None = None  # what runs the forward pass (tlkit.runtimes); None: the eager module
 
     @property
     def classes(self) -> list[str]:
@@ -105,6 +109,7 @@ class SplitFeatures:
     extracted: int = 0
     seconds: float = 0.0
     cache: Path | None = None
+    runtime: RuntimeChoice | None = None
 
     @property
     def feature_dim(self) -> int:
@@ -142,11 +147,24 @@ def prepare(recipe: Recipe, observer: Observer | None = None) -> Prepared:
         observer.note(f"warning: the data set has one class ('{dataset.classes[0]}'): every image is predicted as it, so accuracy is 100% and means nothing")
     for line in dataset.notes:
         observer.note(line)
-    note = slow_precision_note(device, recipe.extract.precision)
-    if note:
-        observer.note(f"warning: {note}")
     built = dataclasses.replace(backbone, model=prepare_model(backbone.model, device))
-    return Prepared(recipe=recipe, backbone=built, dataset=dataset, pipeline=pipeline, device=device)
+    pipeline, runtime = _runtime(recipe, built.model, dataset, pipeline, device, observer)
+    return Prepared(recipe=recipe, backbone=built, dataset=dataset, pipeline=pipeline, device=device, runtime=runtime)
+
+
+def _runtime(
+    recipe: Recipe, model: torch.nn.Module, dataset: LoadedDataset, pipeline: ImagePipeline, device: torch.device, observer: Observer
+) -> tuple[ImagePipeline, Runtime]:
+    """The decoder and the runtime (issue 10); the pipeline records the decoder and the precision that really run."""
+    _, decoder = decoding_pipeline(recipe.extract.decoder, pipeline.preprocessing, pipeline.background)
+    pipeline = dataclasses.replace(pipeline, decoder=decoder)
+    observer.stage("choosing the runtime")
+    train = [s.path for s in dataset.splits["train"]]
+    total = sum(len(dataset.splits[split]) for split in SPLITS)
+    runtime = runtime_for(recipe, model, train, total, pipeline, device, cache_root())
+    if runtime.choice.note:
+        observer.note(runtime.choice.note)
+    return dataclasses.replace(pipeline, precision=runtime.choice.precision), runtime
 
 
 def feature_store(prepared: Prepared) -> FeatureStore | None:
@@ -163,6 +181,7 @@ def feature_store(prepared: Prepared) -> FeatureStore | None:
         options=recipe.backbone.options,
         background=prepared.pipeline.background,
         feature_dim=recipe.backbone.spec.feature_dim,  # chunks of vectors of another length are refused
+        extra={"decoder": prepared.pipeline.decoder, **(prepared.runtime.choice.cache_identity() if prepared.runtime else {})},
     )
 
 
@@ -186,6 +205,7 @@ def extract(prepared: Prepared, observer: Observer | None = None, *, shard: Shar
         extracted=sum(part[2].extracted for part in parts.values()),
         seconds=sum(part[2].seconds for part in parts.values()),
         cache=store.path if store else None,
+        runtime=prepared.runtime.choice if prepared.runtime else None,
     )
     observer.note(f"features: {features.cached} cached, {features.extracted} extracted" + ("" if store else " (cache off)"))
     for line in store.notes() if store else ():
@@ -222,6 +242,7 @@ def _extract_split(
         device=prepared.device,
         task=lambda total: observer.task(f"extracting {split}", total=total, unit="img"),
         on_bad=refuse,
+        forward=prepared.runtime.forward if prepared.runtime else None,
     )
     if result.bad:
         refuse(*result.bad[0])  # features that came from elsewhere (the cache) skip the decoder's check
@@ -284,7 +305,10 @@ def evaluate(prepared: Prepared, features: SplitFeatures, trained: TrainedHead, 
         feature_dim=features.feature_dim,
         skipped_images=len(features.bad),
         test_errors=len(misclassified(rows)),
-        features={"cached": features.cached, "extracted": features.extracted, "cache": str(features.cache) if features.cache else None},
+        features={
+            "cached": features.cached, "extracted": features.extracted, "cache": str(features.cache) if features.cache else None,
+            "decoder": prepared.pipeline.decoder, "runtime": features.runtime.to_dict() if features.runtime else None,
+        },
         history=[dict(point) for point in trained.history],
         timings_s=dict(timings or {}),
         head_choices=dict(trained.choices),
