@@ -174,7 +174,7 @@ def test_listings_show_description_and_options_from_the_plugins_own_declaration(
                 "description": "Shrunk class means, cosine logits.",
                 "options": [
                     {"name": "shrink", "type": "float", "default": 0.5, "help": "how much to shrink"},
-                    {"name": "classes", "type": "int | None", "default": None, "help": ""},
+                    {"name": "classes", "type": "int | null", "default": None, "help": ""},
                 ],
             }
         ]

@@ -20,9 +20,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tlkit.engine import run
-from tlkit.plugins import load_plugins
-from tlkit.recipe import load_recipe
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPE = REPO / "recipes" / "hymenoptera.yaml"
@@ -41,21 +38,25 @@ def _cached_features(cache: Path) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """The one-process Lite0 run: its metrics and its feature cache."""
+    """The one-process Lite0 run (in a process of its own, as a user runs it): its metrics and its feature cache."""
     from conftest import HYMENOPTERA as hymenoptera
 
     if not (hymenoptera / "train").is_dir():
         pytest.skip(f"ants/bees data not found at {hymenoptera}")
     cache = tmp_path_factory.mktemp("reference-cache")
-    old = os.environ.get("TLKIT_CACHE_DIR")
-    os.environ["TLKIT_CACHE_DIR"] = str(cache)
-    try:
-        plugins = load_plugins(entry_points=False)
-        recipe = load_recipe(RECIPE, plugins, ["backbone.name=efficientnet_lite0", f"dataset.root={hymenoptera}"])
-        result = run(recipe, tmp_path_factory.mktemp("reference") / "run")
-    finally:
-        os.environ["TLKIT_CACHE_DIR"] = old or ""
-    return result.metrics, cache
+    out = tmp_path_factory.mktemp("reference") / "run"
+    done = subprocess.run([sys.executable, "-m", "tlkit", "run", str(RECIPE), *_lite0(hymenoptera), "--out", str(out)],
+                          capture_output=True, text=True, env=_env(cache), timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return _Metrics(json.loads((out / "metrics.json").read_text())), cache
+
+
+class _Metrics:
+    """The headline figures of a metrics.json, as attributes."""
+
+    def __init__(self, data: dict) -> None:
+        self.test_accuracy, self.train_accuracy = data["test_accuracy"], data["train_accuracy"]
+        self.features, self.counts = data["features"], data["counts"]
 
 
 def _env(cache: Path) -> dict[str, str]:
@@ -132,12 +133,15 @@ def test_webdataset_shards_of_ants_bees_give_the_folder_accuracy(reference, hyme
         main(["shards", "make", str(hymenoptera), str(tmp_path / "shards"), "--shard-size", "50"])
     assert info.value.code == 0
     train, test = str(tmp_path / "shards" / "train-{000000..000004}.tar"), str(tmp_path / "shards" / "test-{000000..000003}.tar")
-    plugins = load_plugins(entry_points=False)
-    recipe = load_recipe(REPO / "recipes" / "hymenoptera-shards.yaml", plugins, ["dataset.train=" + train, "dataset.test=" + test])
-    result = run(recipe, tmp_path / "run")  # a fresh cache (the autouse fixture): every member is decoded from the shards
-    assert result.metrics.features["extracted"] == 397
-    assert result.metrics.counts == {"train": 244, "test": 153}
-    assert result.metrics.test_accuracy == metrics.test_accuracy
+    out = tmp_path / "run"  # a fresh cache: every member is decoded from the shards
+    done = subprocess.run([sys.executable, "-m", "tlkit", "run", str(REPO / "recipes" / "hymenoptera-shards.yaml"),
+                           "--set", "dataset.train=" + train, "--set", "dataset.test=" + test, "--out", str(out)],
+                          capture_output=True, text=True, env=_env(tmp_path / "cache"), timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = _Metrics(json.loads((out / "metrics.json").read_text()))
+    assert result.features["extracted"] == 397
+    assert result.counts == {"train": 244, "test": 153}
+    assert result.test_accuracy == metrics.test_accuracy
 
 
 def test_compare_ranks_pretrained_lite0_above_random_backbones(reference, hymenoptera, tmp_path):

@@ -59,7 +59,7 @@ def _store(model: SavedModel) -> Any:
     pipeline = model.pipeline
     return open_store(
         model.info["backbone"], model.info["weights_sha256"], pipeline.preprocessing, pipeline.precision,
-        seed=int(recipe.get("seed", 0)), options=options, background=pipeline.background,
+        seed=int(recipe.get("seed", 0)), options=options, background=pipeline.background, extra=model.info.get("cache_extra"),
     )
 
 

@@ -52,6 +52,8 @@ def backbone_saved_with_run(prepared: Prepared) -> bool:
 
 def model_info(prepared: Prepared, feature_dim: int) -> dict[str, Any]:
     """``model.json``: the backbone and its weights, the image pipeline, the head, the classes."""
+    from tlkit.stages import cache_extra
+
     recipe = prepared.recipe
     resolved = recipe.to_dict()
     weights_path = prepared.backbone.weights_path
@@ -63,6 +65,7 @@ def model_info(prepared: Prepared, feature_dim: int) -> dict[str, Any]:
         "backbone_options": resolved["backbone"],
         "weights_sha256": prepared.backbone.weights_id,
         "pipeline": prepared.pipeline.to_dict(),
+        "cache_extra": cache_extra(prepared),
         "extract": {"batch_size": recipe.extract.batch_size, "precision": recipe.extract.precision},
         "preprocessing": prepared.pipeline.preprocessing.to_dict(),
         "feature_dim": feature_dim,

@@ -181,8 +181,16 @@ def feature_store(prepared: Prepared) -> FeatureStore | None:
         options=recipe.backbone.options,
         background=prepared.pipeline.background,
         feature_dim=recipe.backbone.spec.feature_dim,  # chunks of vectors of another length are refused
-        extra={"decoder": prepared.pipeline.decoder, **(prepared.runtime.choice.cache_identity() if prepared.runtime else {})},
+        extra=cache_extra(prepared),
     )
+
+
+def cache_extra(prepared: Prepared) -> dict[str, Any]:
+    """What besides backbone, weights and pipeline keys the cache entry: the decoder, the runtime and its precision.
+
+    Saved in ``model.json`` so ``tlkit features`` finds the run's own entry again.
+    """
+    return {"decoder": prepared.pipeline.decoder, **(prepared.runtime.choice.cache_identity() if prepared.runtime else {})}
 
 
 def extract(prepared: Prepared, observer: Observer | None = None, *, shard: Shard | None = None, store: FeatureStore | None = None) -> SplitFeatures:
