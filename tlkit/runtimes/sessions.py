@@ -8,8 +8,10 @@ fp32 must say f32, or its features would silently depend on the machine.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -68,21 +70,30 @@ def onnxruntime_forward(path: Path, threads: int) -> Forward:
     return forward
 
 
+@functools.lru_cache(maxsize=1)
+def openvino_core() -> Any:
+    """The process's one OpenVINO ``Core``, never destroyed.
+
+    OpenVINO's guidance is one Core per process; a Core freed while models it compiled are still alive
+    (a local that went out of scope) leaves them to be torn down later, in whatever order the garbage
+    collector picks.
+    """
+    import openvino as ov
+
+    return ov.Core()
+
+
 def openvino_precision_supported(precision: str) -> bool:
     """Whether OpenVINO's CPU plugin runs ``precision`` natively here (bf16 needs AVX-512-BF16 or AMX)."""
     if precision in ("fp32", "int8"):
         return True
-    import openvino as ov
-
-    capabilities = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    capabilities = openvino_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     return {"bf16": "BF16", "fp16": "FP16"}[precision] in capabilities
 
 
 def openvino_forward(path: Path, precision: str, threads: int) -> Forward:
     """An OpenVINO CPU model compiled from ``path`` with an explicit inference precision hint."""
-    import openvino as ov
-
-    core = ov.Core()
+    core = openvino_core()
     config = {
         "INFERENCE_PRECISION_HINT": _OPENVINO_PRECISION[precision],
         "INFERENCE_NUM_THREADS": threads,
