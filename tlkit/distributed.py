@@ -167,13 +167,20 @@ def process_group(env: DistEnv, device: torch.device, timeout: float | None = No
     except Exception as exc:  # noqa: BLE001 - rendezvous failures come as RuntimeError, DistStoreError, TimeoutError
         raise DistributedError(f"{env.label()}: cannot join the process group at {env.master_addr}:{env.master_port} ({_first_line(exc)})") from None
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    stopped = DistributedError(
+        f"{env.label()} was stopped by the launcher (SIGTERM): another rank failed or the job was cancelled; "
+        "every feature extracted so far is in the feature cache, and a rerun resumes from it"
+    )
     try:
         yield
     except _Stopped:
-        raise DistributedError(
-            f"{env.label()} was stopped by the launcher (SIGTERM): another rank failed or the job was cancelled; "
-            "every feature extracted so far is in the feature cache, and a rerun resumes from it"
-        ) from None
+        raise stopped from None
+    except RuntimeError as exc:
+        # The launcher's SIGTERM reaches the whole process group: the decoding workers can die of it
+        # before this process does, and the DataLoader reports that as a RuntimeError of its own.
+        if "DataLoader worker" in str(exc) and "Terminated" in str(exc):
+            raise stopped from None
+        raise
     finally:
         signal.signal(signal.SIGTERM, previous)
         try:
