@@ -33,6 +33,7 @@ from pathlib import Path, PurePosixPath
 
 from tlkit.artifacts import current_umask
 from tlkit.errors import DataError
+from tlkit.units import human_bytes, positive_number
 from tlkit.weights import offline, sha256_file
 
 MIN_PROGRESS_BYTES = 64 * 1024
@@ -45,16 +46,10 @@ _progress: contextvars.ContextVar[Task | None] = contextvars.ContextVar("tlkit_d
 
 
 def _env_number(name: str, default: float) -> float:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
     try:
-        value = float(raw)
-    except ValueError:
-        raise DataError(f"{name}={raw!r} is not a number") from None
-    if not value > 0:
-        raise DataError(f"{name}={raw!r} must be greater than 0")
-    return value
+        return positive_number(name, default)
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -162,11 +157,7 @@ class _Budget:
 
 
 def _human(size: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} GiB"
+    return human_bytes(size, ("B", "KiB", "MiB", "GiB"))
 
 
 def _unpack_zip(archive: Path, dest: Path, label: str, limits: Limits) -> None:

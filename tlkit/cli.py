@@ -316,13 +316,14 @@ def cache_clear(
 ) -> None:
     """Remove cached features: everything, or the entries not used for --older-than."""
     from tlkit import cache
+    from tlkit.units import human_bytes
 
     try:
         seconds = cache.parse_duration(older_than) if older_than is not None else None
     except ValueError as exc:
         raise TlkitError(f"--older-than: {exc}") from None
     removed = cache.clear(older_than_s=seconds)
-    freed = cache.human_bytes(sum(e.bytes for e in removed))
+    freed = human_bytes(sum(e.bytes for e in removed))
     console.say(f"removed {len(removed)} cache entr{'y' if len(removed) == 1 else 'ies'} ({freed})")
 
 

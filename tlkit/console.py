@@ -363,7 +363,7 @@ def print_plugins(rows: Sequence[Mapping[str, Any]]) -> None:
 
 def print_cache_entries(entries: Sequence[Any], *, wide: bool = False) -> None:
     """Cache entries; keys and weights hashes cut short unless ``wide``."""
-    from tlkit.cache import human_bytes
+    from tlkit.units import human_bytes
 
     key_len, weights_len = (None, None) if wide else (12, 19)
     table(
@@ -377,7 +377,7 @@ def print_cache_entries(entries: Sequence[Any], *, wide: bool = False) -> None:
 
 
 def print_cache_summary(data: Mapping[str, Any]) -> None:
-    from tlkit.cache import human_bytes
+    from tlkit.units import human_bytes
 
     table(
         None,

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from tlkit.errors import TlkitError
+from tlkit.units import positive_number
 
 TIMEOUT_ENV = "TLKIT_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 1800.0
@@ -103,16 +104,10 @@ def detect(environ: Mapping[str, str] | None = None) -> DistEnv:
 
 def timeout_s(environ: Mapping[str, str] | None = None) -> float:
     """Seconds any collective may wait (``TLKIT_DIST_TIMEOUT``, default 30 minutes)."""
-    raw = (os.environ if environ is None else environ).get(TIMEOUT_ENV, "").strip()
-    if not raw:
-        return DEFAULT_TIMEOUT_S
     try:
-        value = float(raw)
-    except ValueError:
-        raise DistributedError(f"{TIMEOUT_ENV}={raw!r} is not a number of seconds") from None
-    if value <= 0:
-        raise DistributedError(f"{TIMEOUT_ENV} must be positive (got {raw})")
-    return value
+        return positive_number(TIMEOUT_ENV, DEFAULT_TIMEOUT_S, environ)
+    except ValueError as exc:
+        raise DistributedError(f"{exc} (seconds)") from None
 
 
 def device_for(env: DistEnv, setting: str = "auto") -> torch.device:
