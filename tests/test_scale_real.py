@@ -102,13 +102,16 @@ def test_a_killed_rank_ends_the_run_with_one_error_and_the_rerun_resumes(hymenop
     cache = tmp_path / "cache"
     command = [*TORCHRUN, "-m", "tlkit", "run", str(RECIPE), *_lite0(data), "--set", "extract.batch_size=4", "--out", str(tmp_path / "run")]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(cache), cwd=tmp_path)
-    lines, pid, killed = [], None, None
+    lines, pid, killed, rank0_has_features = [], None, None, False
     assert process.stdout is not None
     for line in process.stdout:
         lines.append(line)
         found = re.search(r"rank 1/2: pid (\d+)", line)
         pid = int(found.group(1)) if found else pid
-        if pid and killed is None and "[rank 1/2] extracting train" in line:
+        # rank 0 holds extracted features (its progress line counts some), so the launcher's SIGTERM
+        # must make it save them: killing rank 1 any earlier would leave nothing for the rerun to resume
+        rank0_has_features |= re.match(r"extracting train: [1-9]\d*/", line) is not None
+        if pid and killed is None and rank0_has_features:
             os.kill(pid, signal.SIGKILL)
             killed = time.monotonic()
     process.wait(timeout=300)
