@@ -8,7 +8,8 @@ them alike:
     python -c "import torch"   what any command that needs torch pays at least
 
 and prints the median, min and max of each, the ratio to ``import torch``, the CPU model and the
-flags that matter. Output of the commands is discarded (it is checked by the tests, not here).
+flags that matter. ``tlkit backbones`` answers from its listing index once one exists (every run
+after the first); ``backbones (no index)`` times the first run, with an empty cache folder each time. Output of the commands is discarded (it is checked by the tests, not here).
 Examples::
 
     python benchmarks/cli_latency.py
@@ -23,6 +24,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -45,10 +47,17 @@ def cpu_description() -> str:
     return f"{model}; {cores} cores; flags: {' '.join(shown) or 'none of avx2/avx512/amx'}; load {os.getloadavg()[0]:.1f}"
 
 
-def time_once(argv: list[str]) -> float:
-    started = time.perf_counter()
-    subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False, env={**os.environ, "TLKIT_LOAD_PLUGINS": ""})
-    return time.perf_counter() - started
+COLD = "backbones (no index)"
+
+
+def time_once(argv: list[str], cold: bool = False) -> float:
+    env = {**os.environ, "TLKIT_LOAD_PLUGINS": ""}
+    with tempfile.TemporaryDirectory() as empty:
+        if cold:
+            env["TLKIT_CACHE_DIR"] = empty
+        started = time.perf_counter()
+        subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False, env=env)
+        return time.perf_counter() - started
 
 
 def main() -> None:
@@ -58,21 +67,22 @@ def main() -> None:
     args = parser.parse_args()
     tlkit = str(Path(sys.executable).with_name("tlkit"))
     cases = {"python -c pass": [sys.executable, "-c", "pass"], "import torch": [sys.executable, "-c", "import torch"]}
-    cases.update({f"tlkit {c}": [tlkit, *shlex.split(c)] for c in (args.only.split(",") if args.only else COMMANDS)})
-    for argv in cases.values():  # warm the OS file cache and tlkit's own caches once
-        time_once(argv)
+    chosen = args.only.split(",") if args.only else [*COMMANDS, COLD]
+    cases.update({f"tlkit {c}": [tlkit, *shlex.split(c.removesuffix(" (no index)"))] for c in chosen})
+    for name, argv in cases.items():  # warm the OS file cache and tlkit's own caches once
+        time_once(argv, cold=name.endswith(COLD))
     times: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(args.repeat):
         for name, argv in cases.items():
-            times[name].append(time_once(argv))
+            times[name].append(time_once(argv, cold=name.endswith(COLD)))
     torch_median = statistics.median(times["import torch"])
     print(f"CPU: {cpu_description()}")
-    print(f"{'command':<24} {'median':>8} {'min':>7} {'max':>7} {'/ import torch':>15}  target")
+    print(f"{"command":<28} {'median':>8} {'min':>7} {'max':>7} {'/ import torch':>15}  target")
     for name, values in times.items():
         median = statistics.median(values)
         target = TARGETS_S.get(name.removeprefix("tlkit "))
         verdict = "" if target is None else f"< {target} s: {'yes' if median < target else 'NO'}"
-        print(f"{name:<24} {median:>7.2f}s {min(values):>6.2f}s {max(values):>6.2f}s {median / torch_median:>14.2f}x  {verdict}")
+        print(f"{name:<28} {median:>7.2f}s {min(values):>6.2f}s {max(values):>6.2f}s {median / torch_median:>14.2f}x  {verdict}")
 
 
 if __name__ == "__main__":

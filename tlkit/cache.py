@@ -36,11 +36,11 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
 from tlkit.atomic import write_atomic
+from tlkit.cache_location import CACHE_ENV, cache_root
 from tlkit.errors import OutputError
 from tlkit.hashing import sha256_of, stamp
 from tlkit.preprocessing import Preprocessing
 
-CACHE_ENV = "TLKIT_CACHE_DIR"
 FORMAT = 2  # 2: chunks and hash-index files carry checksums
 FEATURES_DIR = "features"
 HASH_DIR = "file-hashes"  # one file per writer (see FileHashes)
@@ -48,16 +48,6 @@ LEGACY_HASH_INDEX = "file-hashes.json"  # format 1: one file rewritten whole by 
 COMPACT_AT = 8  # merge the per-writer files once this many have piled up
 META = "entry.json"
 _STALE_TMP_S = 3600.0
-
-
-def cache_root() -> Path:
-    """``$TLKIT_CACHE_DIR``, else the platform's user cache folder for tlkit."""
-    configured = os.environ.get(CACHE_ENV, "").strip()
-    if configured:
-        return Path(configured).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("tlkit", appauthor=False))
 
 
 def extractor_identity(

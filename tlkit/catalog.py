@@ -1,19 +1,26 @@
 """What is registered, as plain rows: the data behind ``tlkit backbones|datasets|heads|plugins``.
 
 Options and their defaults are read from each plugin's own options dataclass, so listings never
-drift from what the recipe validator accepts.
+drift from what the recipe validator accepts. ``tlkit backbones`` reads its rows from the listing
+index (:mod:`tlkit.catalog_index`) when it is current, so it answers without importing torch; this
+module therefore imports the plugin machinery only where it builds rows.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import sys
 import types
 import typing
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
+from tlkit import catalog_index
 from tlkit.errors import RegistryError, did_you_mean
-from tlkit.plugins import Plugins
-from tlkit.recipe import option_fields
+from tlkit.registry import Registry
+
+if TYPE_CHECKING:
+    from tlkit.plugins import Plugins
 
 
 def _type_name(annotation: Any) -> str:
@@ -90,6 +97,8 @@ def describe(spec: Any) -> str:
 
 def describe_options(options_type: type) -> list[dict[str, Any]]:
     """One row per option: name, type, default (``"required"`` when none) and help."""
+    from tlkit.recipe import option_fields
+
     hints = typing.get_type_hints(options_type, include_extras=True)
     rows = []
     for f in option_fields(options_type):
@@ -101,6 +110,56 @@ def describe_options(options_type: type) -> list[dict[str, Any]]:
             default = "required"
         rows.append({"name": f.name, "type": _type_name(hints.get(f.name, f.type)), "default": default, "help": f.metadata.get("help", "")})
     return rows
+
+
+@dataclass(frozen=True)
+class ListedBackbone:
+    """A backbone as the listing index keeps it: its printed row, nothing to build it with."""
+
+    name: str
+    plugin: str
+    hidden: bool
+    row: dict[str, Any]
+
+
+def backbone_listing(pattern: str | None = None) -> tuple[list[dict[str, Any]], int]:
+    """The rows of ``tlkit backbones [PATTERN]`` and how many a plain listing leaves out.
+
+    From the listing index when it matches this environment (no torch import); otherwise from the
+    plugins, saving the index for next time when every plugin loaded.
+    """
+    listed = _indexed_backbones()
+    if listed is None:
+        from tlkit.plugins import get_plugins
+
+        plugins = get_plugins()
+        return backbones(plugins, pattern), plugins.backbones.hidden_count() if pattern is None else 0
+    return [listed.get(name).row for name in matching(listed, pattern)], listed.hidden_count() if pattern is None else 0
+
+
+def _indexed_backbones() -> Registry[ListedBackbone] | None:
+    """Every backbone from the index (built and saved first when stale); ``None`` to ask the plugins directly.
+
+    The plugins are asked directly when this process already loaded them (they may be a test's own
+    set, and asking is then cheap) or when plugin tracing is on (its point is to watch them load).
+    """
+    loading = sys.modules.get("tlkit.plugins")
+    if (loading is not None and loading.loaded() is not None) or catalog_index.tracing_plugins():
+        return None
+    key = catalog_index.fingerprint()
+    entries = catalog_index.load(key)
+    if entries is None:
+        from tlkit.console import json_ready
+        from tlkit.plugins import get_plugins
+
+        plugins = get_plugins()
+        entries = [{"hidden": plugins.backbones.get(row["name"]).hidden, "row": json_ready(row)} for row in backbones(plugins, "*")]
+        if not any(status.failed for status in plugins.status.values()):
+            catalog_index.save(key, entries)
+    listed: Registry[ListedBackbone] = Registry("backbone")
+    for entry in entries:
+        listed.add(ListedBackbone(entry["row"]["name"], entry["row"]["plugin"], entry["hidden"], entry["row"]))
+    return listed
 
 
 def backbones(plugins: Plugins, pattern: str | None = None) -> list[dict[str, Any]]:

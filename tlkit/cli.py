@@ -167,13 +167,11 @@ def backbones(
     """List backbones: feature dimension, input size, parameters, pretrained tag, licence, offline weights."""
     from tlkit import catalog
 
-    plugins = _plugins()
-    rows = catalog.backbones(plugins, pattern)
+    rows, hidden = catalog.backbone_listing(pattern)
     if json_:
         console.print_json(rows)
         return
     console.print_backbones(rows)
-    hidden = plugins.backbones.hidden_count() if pattern is None else 0
     if hidden:
         console.say(f"and {hidden} more from large catalogues: list them with a pattern, e.g. tlkit backbones 'timm:*'")
 

@@ -169,6 +169,11 @@ def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
+def json_ready(data: Any) -> Any:
+    """``data`` as :func:`print_json` prints it (tuples as lists, anything else JSON lacks as ``str``)."""
+    return json.loads(json.dumps(data, default=str))
+
+
 def print_json_line(data: Any) -> None:
     sys.stdout.write(json.dumps(data) + "\n")
 

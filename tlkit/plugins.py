@@ -28,6 +28,7 @@ from typing import Any
 import pluggy
 
 from tlkit import hookspecs
+from tlkit.catalog_index import tracing_plugins
 from tlkit.errors import did_you_mean
 from tlkit.preprocessing import Preprocessing
 from tlkit.registry import Registry
@@ -109,12 +110,8 @@ def _allowed_distributions() -> set[str] | None:
     return {_normalise(n) for n in raw.split(",") if n.strip()}
 
 
-def _tracing() -> bool:
-    return os.environ.get("TLKIT_TRACE_PLUGINS", "") not in ("", "0")
-
-
 def _trace(message: str) -> None:
-    if _tracing():
+    if tracing_plugins():
         print(f"[tlkit trace] {message}", file=sys.stderr)
 
 
@@ -258,7 +255,7 @@ def _valid_entries(status: PluginStatus, hook_name: str, attr: str, spec_type: t
 
 def _monitor_hook_calls(pm: pluggy.PluginManager) -> None:
     """With ``TLKIT_TRACE_PLUGINS``, log every hook call pluggy makes (which plugin, which hook)."""
-    if not _tracing():
+    if not tracing_plugins():
         return
 
     def before(hook_name: str, impls: Sequence[pluggy.HookImpl], kwargs: Mapping[str, Any]) -> None:
@@ -354,6 +351,11 @@ def get_plugins() -> Plugins:
     global _loaded
     if _loaded is None:
         _loaded = load_plugins()
+    return _loaded
+
+
+def loaded() -> Plugins | None:
+    """The process-wide plugins if something already loaded them (``None``: loading them is still to pay)."""
     return _loaded
 
 
