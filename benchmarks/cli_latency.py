@@ -77,7 +77,7 @@ def main() -> None:
             times[name].append(time_once(argv, cold=name.endswith(COLD)))
     torch_median = statistics.median(times["import torch"])
     print(f"CPU: {cpu_description()}")
-    print(f"{"command":<28} {'median':>8} {'min':>7} {'max':>7} {'/ import torch':>15}  target")
+    print(f"{'command':<28} {'median':>8} {'min':>7} {'max':>7} {'/ import torch':>15}  target")
     for name, values in times.items():
         median = statistics.median(values)
         target = TARGETS_S.get(name.removeprefix("tlkit "))
