@@ -142,6 +142,16 @@ def default_workers() -> int:
     return max(1, min(8, cores // 2))
 
 
+def loader_workers(images: int, batch_size: int, workers: int | None) -> int:
+    """DataLoader worker processes for ``images`` in batches: ``workers`` (``None``: :func:`default_workers`), fewer for few batches.
+
+    A single batch cannot overlap decoding with compute, so starting a worker would only cost time;
+    and no more workers than batches.
+    """
+    workers = default_workers() if workers is None else workers
+    return min(workers, max(1, images // batch_size)) if images > batch_size else 0
+
+
 def resolve_device(setting: str) -> torch.device:
     """``auto`` -> the GPU when there is one, else the CPU; asking for a GPU that is not there is a :class:`DeviceError`."""
     if setting == "auto":
@@ -190,9 +200,7 @@ def prepare_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Modu
 
 
 def _loader(dataset: ImageFiles, batch_size: int, workers: int | None, device: torch.device) -> DataLoader[Any]:
-    workers = default_workers() if workers is None else workers
-    # A single batch cannot overlap decoding with compute: starting a worker would only cost time.
-    num_workers = min(workers, max(1, len(dataset) // batch_size)) if len(dataset) > batch_size else 0
+    num_workers = loader_workers(len(dataset), batch_size, workers)
     return DataLoader(
         dataset,
         batch_size=batch_size,

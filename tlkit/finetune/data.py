@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from tlkit.features import _worker_init, default_workers
+from tlkit.features import _worker_init, loader_workers
 from tlkit.images import BadImage, open_rgb
 from tlkit.pipeline import ImagePipeline
 from tlkit.specs import Sample
@@ -61,8 +61,7 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 def epoch_loader(dataset: TrainImages, *, batch_size: int, workers: int | None, seed: int, epoch: int, pin: bool = False) -> DataLoader[Any]:
     """A shuffled loader for one epoch; a last batch of a single image is dropped (batch norm cannot train on it)."""
-    workers = default_workers() if workers is None else workers
-    num_workers = min(workers, max(1, len(dataset) // batch_size)) if len(dataset) > batch_size else 0
+    num_workers = loader_workers(len(dataset), batch_size, workers)
     return DataLoader(
         dataset,
         batch_size=batch_size,
