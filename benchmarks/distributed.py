@@ -114,7 +114,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2, help="take the best of this many timings of each")
     args = parser.parse_args()
     print(cpu_line())
-    rates = {"plain 1 x %d" % args.threads: 0.0, "tlkit 1 x %d" % args.threads: 0.0, "tlkit %d x 1" % args.procs: 0.0}
+    rates = {f"plain 1 x {args.threads}": 0.0, f"tlkit 1 x {args.threads}": 0.0, f"tlkit {args.procs} x 1": 0.0}
     for _ in range(args.repeat):  # interleaved, so a change in machine load hits all three alike
         names = list(rates)
         rates[names[0]] = max(rates[names[0]], plain(args))
