@@ -25,7 +25,7 @@ def fresh_process_plugins():
 
 def _listing(pattern: str | None = None) -> tuple[list[dict], int]:
     set_plugins(None)
-    return catalog.backbone_listing(pattern)
+    return catalog.listing("backbones", pattern)
 
 
 @pytest.mark.parametrize("env", [{}, {"TORCH_HOME": "/opt/th"}, {"XDG_CACHE_HOME": "/opt/xdg"}, {"TORCH_HOME": "~/th", "XDG_CACHE_HOME": "/x"}])
@@ -42,7 +42,7 @@ def test_rows_from_the_index_equal_the_plugins_rows(fresh_process_plugins, featu
     live = {p: json.loads(json.dumps(catalog.backbones(plugins, p), default=str)) for p in (None, "timm:resnet50.*", "torchvision:resnet1*")}
     hidden = plugins.backbones.hidden_count()
     built = _listing()  # no index yet: built from the plugins and saved
-    assert list((feature_cache_dir / "catalog").glob("backbones-*.json"))
+    assert list((feature_cache_dir / "catalog").glob("listings-*.json"))
     for pattern, rows in live.items():
         set_plugins(None)
         assert catalog_index.load(catalog_index.fingerprint()) is not None
@@ -51,6 +51,9 @@ def test_rows_from_the_index_equal_the_plugins_rows(fresh_process_plugins, featu
         assert from_index == rows and len(rows) > 1
         assert hidden_now == (hidden if pattern is None else 0)
     assert built == (live[None], hidden)
+    for kind, rows in (("heads", catalog.heads(plugins)), ("datasets", catalog.datasets(plugins))):
+        set_plugins(None)
+        assert catalog.listing(kind) == (json.loads(json.dumps(rows, default=str)), 0) and loaded() is None
 
 
 def test_an_unknown_name_gets_the_same_suggestion_from_the_index(fresh_process_plugins):
@@ -80,7 +83,7 @@ def test_a_download_shows_in_the_offline_column(fresh_process_plugins, tmp_path,
 
 def test_a_damaged_index_is_rebuilt_not_used(fresh_process_plugins, feature_cache_dir):
     rows, _ = _listing()
-    (index,) = (feature_cache_dir / "catalog").glob("backbones-*.json")
+    (index,) = (feature_cache_dir / "catalog").glob("listings-*.json")
     text = index.read_text()
     assert '"feature_dim": 512' in text
     index.write_text(text.replace('"feature_dim": 512', '"feature_dim": 999', 1))  # valid JSON, wrong rows
@@ -117,7 +120,7 @@ def test_a_failing_plugin_is_never_saved(fresh_process_plugins, tmp_path, monkey
         plugins = load_plugins(entry_points=False, extra=[Broken()])
     monkeypatch.setattr("tlkit.plugins.load_plugins", lambda: plugins)
     rows, _ = _listing()
-    assert rows and not list((feature_cache_dir / "catalog").glob("backbones-*.json"))
+    assert rows and not list((feature_cache_dir / "catalog").glob("listings-*.json"))
 
 
 def test_the_command_answers_from_the_index_without_torch_and_prints_the_same(tmp_path):

@@ -7,12 +7,12 @@ import json
 import socket
 from pathlib import Path
 
+import dist_workers
 import pytest
 import torch
 import torch.multiprocessing as mp
-
-import dist_workers
 from conftest import make_image_folder, write_recipe
+
 from tlkit import stages
 from tlkit.distributed import DistEnv, DistributedError, backend_for, detect, device_for, timeout_s
 from tlkit.distributed_run import RankPart, merge, positions_of
@@ -122,8 +122,9 @@ def test_two_ranks_give_the_one_process_run(tmp_path):
     assert len(rows) == 22 and len({(r["split"], r["path"]) for r in rows}) == 22
     assert {r["rank"] for r in rows} == {"0", "1"}
 
-    from tlkit.plugins import load_plugins
     from tiny import TinyPlugin
+
+    from tlkit.plugins import load_plugins
 
     plugins = load_plugins(entry_points=False, extra=[TinyPlugin()])
     recipe = load_recipe(recipe_file, plugins)
@@ -134,7 +135,7 @@ def test_two_ranks_give_the_one_process_run(tmp_path):
     reference = run(load_recipe(write_recipe(tmp_path / "r1.yaml", root, extract={"cache": False}), plugins), tmp_path / "single").metrics
     assert metrics["test_accuracy"] == reference.test_accuracy and metrics["train_accuracy"] == reference.train_accuracy
     assert [str(r["path"]) for r in rows if r["split"] == "train"] == [str(s.path) for s in single.samples["train"]]
-    from tlkit.cache import open_store, hash_files
+    from tlkit.cache import hash_files
 
     store = next((tmp_path / "cache" / "features").iterdir())
     from safetensors.torch import load_file
@@ -142,3 +143,27 @@ def test_two_ranks_give_the_one_process_run(tmp_path):
     cached = {k: v for chunk in store.glob("chunk-*.safetensors") for k, v in load_file(chunk).items()}
     hashes = hash_files([s.path for s in single.samples["train"]], tmp_path / "cache")
     assert torch.equal(torch.stack([cached[h] for h in hashes]), single.features["train"].x)  # the one-process run's batches: bit-identical
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_fine_tuning_or_resuming_under_torchrun_is_refused_before_any_work(tiny_plugins, image_folder, tmp_path, monkeypatch, resume):
+    from tlkit.distributed_run import launch
+    from tlkit.observer import Observer
+
+    for name, value in {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}.items():
+        monkeypatch.setenv(name, value)
+    recipe = load_recipe(_finetune_recipe(tmp_path, image_folder), tiny_plugins)
+    assert recipe.finetune is not None
+    with pytest.raises(DistributedError, match="without torchrun"):
+        launch(recipe, tmp_path / "run", Observer(), resume=tmp_path if resume else None)
+    assert not (tmp_path / "run").exists()
+
+
+def _finetune_recipe(tmp_path: Path, root: Path) -> Path:
+    import yaml
+
+    path = write_recipe(tmp_path / "r.yaml", root)
+    data = yaml.safe_load(path.read_text())
+    data.update(mode="finetune", finetune={"epochs": 1})
+    path.write_text(yaml.safe_dump(data))
+    return path

@@ -16,7 +16,7 @@ from finetune_helpers import make_data
 from safetensors.torch import load_file
 
 TESTS = Path(__file__).resolve().parent
-EPOCHS = 3
+EPOCHS = 8  # enough that the SIGKILL lands mid-run even when this process is descheduled for a few epochs
 
 SCRIPT = """
 import sys

@@ -231,7 +231,10 @@ def test_a_full_disk_while_writing_the_run_is_one_line(tmp_path: Path, room: int
     assert lines[-1] == "left ['filler']"  # no staging folder, no half run
 
 
-def test_sigterm_stops_a_run_like_ctrl_c(tmp_path: Path, feature_cache_dir: Path) -> None:
+@pytest.mark.parametrize("group", [False, True], ids=["process", "process-group"])
+def test_sigterm_stops_a_run_like_ctrl_c(tmp_path: Path, feature_cache_dir: Path, group: bool) -> None:
+    """SIGTERM to the process (``timeout``, docker stop) or to its whole group (a launcher, ``kill -TERM -PGID``:
+    the decoding worker may die of it before the main process handles it): the same clean stop."""
     root = make_image_folder(tmp_path / "data", n_train=30, n_test=6)
     recipe = tmp_path / "term.yaml"
     recipe.write_text(
@@ -241,7 +244,8 @@ def test_sigterm_stops_a_run_like_ctrl_c(tmp_path: Path, feature_cache_dir: Path
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TLKIT_LOAD_PLUGINS": "", "COLUMNS": "200", "TLKIT_CACHE_DIR": str(feature_cache_dir)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tlkit", "run", str(recipe), "--out", str(out)], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env
+        [sys.executable, "-m", "tlkit", "run", str(recipe), "--out", str(out)], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env,
+        start_new_session=group,
     )
     assert proc.stderr is not None
     lines: list[str] = []
@@ -249,7 +253,7 @@ def test_sigterm_stops_a_run_like_ctrl_c(tmp_path: Path, feature_cache_dir: Path
     for line in proc.stderr:
         lines.append(line)
         if line.startswith("extracting train: ") and "/" in line and not line.startswith("extracting train: 0/"):
-            proc.send_signal(signal.SIGTERM)  # what `timeout`, docker stop and schedulers send
+            os.killpg(proc.pid, signal.SIGTERM) if group else proc.send_signal(signal.SIGTERM)  # what `timeout`, docker stop and schedulers send
             break
         assert time.monotonic() < deadline, "".join(lines)
     else:

@@ -69,3 +69,24 @@ def test_auto_on_a_tiny_data_set_stays_on_torch_and_says_why_in_the_record(image
     record = metrics["features"]["runtime"]
     assert record["requested"] == "auto" and record["runtime"] == "torch" and "too few" in record["reason"]
     assert runtime_notes(notes) == []
+
+
+def test_a_run_on_int8_predicts_in_eager_fp32_with_its_own_classes(image_folder: Path, tmp_path: Path) -> None:
+    """model.json of an int8 run says int8; eager predict (no converted runtime) must still run, in fp32."""
+    from PIL import Image
+
+    import tlkit
+    from tlkit.plugins import load_plugins, set_plugins
+
+    metrics, _ = run_tiny(image_folder, tmp_path / "run", runtime="onnxruntime", precision="int8")
+    assert metrics["features"]["runtime"]["precision"] == "int8"
+    assert json.loads((tmp_path / "run" / "model.json").read_text())["pipeline"]["precision"] == "int8"
+    set_plugins(load_plugins(entry_points=False, extra=[TinyPlugin()]))
+    try:
+        model = tlkit.load(tmp_path / "run")
+        test_images = sorted((image_folder / "val").rglob("*.jpg"))
+        from_files, from_pil = model.predict(test_images), model.predict([Image.open(p) for p in test_images])
+    finally:
+        set_plugins(None)
+    assert len(from_files) == len(test_images) and [p.label for p in from_files] == [p.label for p in from_pil]
+    assert {p.label for p in from_files} <= {"cats", "dogs"}

@@ -114,6 +114,8 @@ def test_other_weights_are_another_model(root: Path) -> None:
     with torch.no_grad():
         other.conv.weight.mul_(-1)
     assert state_digest(model) != state_digest(other)
+    choose(model, root, "onnxruntime")
+    assert choose(model, root, "onnxruntime").choice.reused  # so a stored model is there to be wrongly reused
     changed = choose(other, root, "onnxruntime")
     assert not changed.choice.reused  # the stored model of `model` is not used for different weights
     x = torch.randn(3, *SHAPE)
@@ -158,10 +160,13 @@ def test_conversion_failure_falls_back_to_torch_and_is_remembered(tmp_path: Path
     model = frozen(CustomOp())
     found = choose(model, tmp_path, runtime)
     assert_torch_fallback(found, model, f"{runtime}: cannot convert this backbone")
-    verdicts = [json.loads(p.read_text()) for p in (tmp_path / "runtimes").glob(f"*/{MANIFEST}")]
-    assert len(verdicts) == 1 and verdicts[0]["main"] is None and verdicts[0]["files"] == {}
+    (manifest,) = (tmp_path / "runtimes").glob(f"*/{MANIFEST}")
+    verdict = json.loads(manifest.read_text())
+    assert verdict["main"] is None and verdict["files"] == {}
+    written = manifest.stat().st_mtime_ns
     again = choose(model, tmp_path, runtime)  # the verdict is stored: no second conversion attempt
     assert_torch_fallback(again, model, "cannot convert this backbone")
+    assert manifest.stat().st_mtime_ns == written  # read, not written again by a second attempt
 
 
 @pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])

@@ -20,7 +20,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-
 REPO = Path(__file__).resolve().parent.parent
 RECIPE = REPO / "recipes" / "hymenoptera.yaml"
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
@@ -78,6 +77,7 @@ def test_torchrun_two_ranks_equal_the_one_process_run(reference, hymenoptera, tm
     assert len(rows) == 397 and len({(r["split"], r["path"]) for r in rows}) == 397
     assert sorted({r["rank"] for r in rows}) == ["0", "1"]
     assert result["features"]["extracted"] == 397
+    assert result["features"]["runtime"]["runtime"] == metrics.features["runtime"]["runtime"]  # recorded, as in one process
     # the same features as the one-process run: each rank computes whole batches of that run, so bit-identical
     ours, theirs = _cached_features(cache), _cached_features(ref_cache)
     assert ours.keys() == theirs.keys() and len(ours) == 397
@@ -120,7 +120,7 @@ def test_a_killed_rank_ends_the_run_with_one_error_and_the_rerun_resumes(hymenop
     assert process.returncode != 0 and time.monotonic() - killed < 120, output[-3000:]
     errors = [line for line in lines if line.startswith("error:")]
     assert len(errors) == 1 and "rank 0/2" in errors[0] and "rerun resumes" in errors[0], output[-3000:]
-    assert 'tlkit/' not in "".join(l for l in lines if l.startswith("  File ")), "a traceback from tlkit code"
+    assert 'tlkit/' not in "".join(x for x in lines if x.startswith("  File ")), "a traceback from tlkit code"
     assert not (tmp_path / "run").exists()  # nothing half-written
     rerun = subprocess.run(command, capture_output=True, text=True, env=_env(cache), timeout=600, cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stderr[-3000:]

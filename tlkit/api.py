@@ -120,7 +120,7 @@ class Model:
     def _image_features(self, images: Sequence[Any]) -> torch.Tensor:
         from PIL import Image, ImageOps
 
-        from tlkit.features import autocast_context, prepare_model, resolve_device
+        from tlkit.features import batch_features, prepare_model, resolve_device
         from tlkit.images import _to_rgb
 
         transform = self.saved.preprocessing.transform()
@@ -131,16 +131,9 @@ class Model:
             tensors.append(transform(_to_rgb(ImageOps.exif_transpose(image), self.saved.pipeline.background)))
         device = resolve_device(self.device)
         backbone = prepare_model(self.saved.backbone, device)
-        rows = []
-        with torch.inference_mode():
-            for start in range(0, len(tensors), self.saved.batch_size):
-                batch = torch.stack(tensors[start : start + self.saved.batch_size])
-                n = len(batch)
-                batch = batch.expand(2, -1, -1, -1) if n == 1 else batch  # as extraction does for a batch of one
-                with autocast_context(device, self.saved.precision):
-                    out = backbone(batch.to(device).contiguous(memory_format=torch.channels_last))[:n]
-                rows.append(out.float().flatten(1).cpu())
-        return torch.cat(rows)
+        size = self.saved.batch_size
+        batches = (torch.stack(tensors[start : start + size]) for start in range(0, len(tensors), size))
+        return torch.cat([batch_features(backbone, batch, device, self.saved.pipeline.precision) for batch in batches])
 
 
 def _as_list(images: Source | Iterable[Source]) -> list[Source]:

@@ -1,9 +1,9 @@
 """What is registered, as plain rows: the data behind ``tlkit backbones|datasets|heads|plugins``.
 
 Options and their defaults are read from each plugin's own options dataclass, so listings never
-drift from what the recipe validator accepts. ``tlkit backbones`` reads its rows from the listing
-index (:mod:`tlkit.catalog_index`) when it is current, so it answers without importing torch; this
-module therefore imports the plugin machinery only where it builds rows.
+drift from what the recipe validator accepts. ``tlkit backbones|datasets|heads`` read their rows from
+the listing index (:mod:`tlkit.catalog_index`) when it is current, so they answer without importing
+torch; this module therefore imports the plugin machinery only where it builds rows.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import dataclasses
 import sys
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -113,8 +114,8 @@ def describe_options(options_type: type) -> list[dict[str, Any]]:
 
 
 @dataclass(frozen=True)
-class ListedBackbone:
-    """A backbone as the listing index keeps it: its printed row, nothing to build it with."""
+class Listed:
+    """An entry as the listing index keeps it: its printed row, nothing to build it with."""
 
     name: str
     plugin: str
@@ -122,23 +123,23 @@ class ListedBackbone:
     row: dict[str, Any]
 
 
-def backbone_listing(pattern: str | None = None) -> tuple[list[dict[str, Any]], int]:
-    """The rows of ``tlkit backbones [PATTERN]`` and how many a plain listing leaves out.
+def listing(kind: str, pattern: str | None = None) -> tuple[list[dict[str, Any]], int]:
+    """The rows of ``tlkit <kind> [PATTERN]`` (``backbones``, ``datasets``, ``heads``) and how many a plain listing leaves out.
 
     From the listing index when it matches this environment (no torch import); otherwise from the
     plugins, saving the index for next time when every plugin loaded.
     """
-    listed = _indexed_backbones()
+    listed = _indexed(kind)
     if listed is None:
         from tlkit.plugins import get_plugins
 
         plugins = get_plugins()
-        return backbones(plugins, pattern), plugins.backbones.hidden_count() if pattern is None else 0
+        return _ROWS[kind](plugins, pattern), getattr(plugins, kind).hidden_count() if pattern is None else 0
     return [listed.get(name).row for name in matching(listed, pattern)], listed.hidden_count() if pattern is None else 0
 
 
-def _indexed_backbones() -> Registry[ListedBackbone] | None:
-    """Every backbone from the index (built and saved first when stale); ``None`` to ask the plugins directly.
+def _indexed(kind: str) -> Registry[Listed] | None:
+    """Every entry of ``kind`` from the index (built and saved first when stale); ``None`` to ask the plugins directly.
 
     The plugins are asked directly when this process already loaded them (they may be a test's own
     set, and asking is then cheap) or when plugin tracing is on (its point is to watch them load).
@@ -147,18 +148,21 @@ def _indexed_backbones() -> Registry[ListedBackbone] | None:
     if (loading is not None and loading.loaded() is not None) or catalog_index.tracing_plugins():
         return None
     key = catalog_index.fingerprint()
-    entries = catalog_index.load(key)
-    if entries is None:
+    kinds = catalog_index.load(key)
+    if kinds is None:
         from tlkit.console import json_ready
         from tlkit.plugins import get_plugins
 
         plugins = get_plugins()
-        entries = [{"hidden": plugins.backbones.get(row["name"]).hidden, "row": json_ready(row)} for row in backbones(plugins, "*")]
+        kinds = {
+            name: [{"hidden": bool(getattr(getattr(plugins, name).get(row["name"]), "hidden", False)), "row": json_ready(row)} for row in rows(plugins, "*")]
+            for name, rows in _ROWS.items()
+        }
         if not any(status.failed for status in plugins.status.values()):
-            catalog_index.save(key, entries)
-    listed: Registry[ListedBackbone] = Registry("backbone")
-    for entry in entries:
-        listed.add(ListedBackbone(entry["row"]["name"], entry["row"]["plugin"], entry["hidden"], entry["row"]))
+            catalog_index.save(key, kinds)
+    listed: Registry[Listed] = Registry(kind.removesuffix("s"))
+    for entry in kinds[kind]:
+        listed.add(Listed(entry["row"]["name"], entry["row"]["plugin"], entry["hidden"], entry["row"]))
     return listed
 
 
@@ -211,6 +215,9 @@ def heads(plugins: Plugins, pattern: str | None = None) -> list[dict[str, Any]]:
         {"name": s.name, "plugin": s.plugin, "description": describe(s), "options": describe_options(s.options)}
         for s in (plugins.heads.get(n) for n in matching(plugins.heads, pattern))
     ]
+
+
+_ROWS: dict[str, Callable[[Plugins, str | None], list[dict[str, Any]]]] = {"backbones": backbones, "datasets": datasets, "heads": heads}
 
 
 def plugin_rows(plugins: Plugins, *, include_builtin: bool = False) -> list[dict[str, Any]]:

@@ -1,7 +1,7 @@
-"""The backbone listing kept on disk, so ``tlkit backbones`` answers without importing torch.
+"""The listings kept on disk, so ``tlkit backbones|datasets|heads`` answer without importing torch.
 
-Listing backbones means importing torchvision and timm (so torch: over a second before the first
-row) and asking the plugins about ~3,400 entries. What they answer changes only when the installed
+Listing means loading every plugin: importing torchvision and timm (so torch: over a second before
+the first row) and asking the plugins about ~3,400 backbones. What they answer changes only when the installed
 code or the weights on disk change, so the rows are kept in one JSON file under tlkit's cache
 folder, keyed by a fingerprint of exactly that:
 
@@ -102,33 +102,33 @@ def fingerprint() -> str:
 
 
 def _path(key: str) -> Path:
-    return cache_root() / FOLDER / f"backbones-{key[:32]}.json"
+    return cache_root() / FOLDER / f"listings-{key[:32]}.json"
 
 
 def _checksum(entries: Any) -> str:
     return hashlib.sha256(json.dumps(entries, sort_keys=True).encode()).hexdigest()
 
 
-def load(key: str) -> list[dict[str, Any]] | None:
-    """The saved entries (``{"hidden": bool, "row": {...}}``) for ``key``; ``None`` when absent or damaged."""
+def load(key: str) -> dict[str, list[dict[str, Any]]] | None:
+    """The saved entries per kind (``{"backbones": [{"hidden": bool, "row": {...}}, ...], ...}``) for ``key``; ``None`` when absent or damaged."""
     try:
         saved = json.loads(_path(key).read_text())
         entries = saved["entries"]
         if saved.get("format") == FORMAT and saved.get("key") == key and saved.get("sha256") == _checksum(entries):
-            return list(entries)
+            return dict(entries)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         pass
     return None
 
 
-def save(key: str, entries: list[dict[str, Any]]) -> None:
+def save(key: str, entries: dict[str, list[dict[str, Any]]]) -> None:
     """Keep ``entries`` for ``key``, atomically; an unwritable cache folder only means the next listing is slow too."""
     path = _path(key)
     data = {"format": FORMAT, "key": key, "sha256": _checksum(entries), "entries": entries}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, json.dumps(data).encode())
-        older = sorted(path.parent.glob("backbones-*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+        older = sorted(path.parent.glob("listings-*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
         for stale in older[KEEP:]:
             stale.unlink(missing_ok=True)
     except OSError:

@@ -167,7 +167,7 @@ def backbones(
     """List backbones: feature dimension, input size, parameters, pretrained tag, licence, offline weights."""
     from tlkit import catalog
 
-    rows, hidden = catalog.backbone_listing(pattern)
+    rows, hidden = catalog.listing("backbones", pattern)
     if json_:
         console.print_json(rows)
         return
@@ -184,7 +184,7 @@ def datasets(
     """List registered data set loaders and the options each accepts."""
     from tlkit import catalog
 
-    rows = catalog.datasets(_plugins(), pattern)
+    rows, _ = catalog.listing("datasets", pattern)
     if json_:
         console.print_json(rows)
         return
@@ -199,7 +199,7 @@ def heads(
     """List registered heads and the options each accepts."""
     from tlkit import catalog
 
-    rows = catalog.heads(_plugins(), pattern)
+    rows, _ = catalog.listing("heads", pattern)
     if json_:
         console.print_json(rows)
         return

@@ -168,14 +168,8 @@ def process_group(env: DistEnv, device: torch.device, timeout: float | None = No
     )
     try:
         yield
-    except _Stopped:
+    except _Stopped:  # also when decoding workers died of the launcher's SIGTERM first (features._guarded)
         raise stopped from None
-    except RuntimeError as exc:
-        # The launcher's SIGTERM reaches the whole process group: the decoding workers can die of it
-        # before this process does, and the DataLoader reports that as a RuntimeError of its own.
-        if "DataLoader worker" in str(exc) and "Terminated" in str(exc):
-            raise stopped from None
-        raise
     finally:
         signal.signal(signal.SIGTERM, previous)
         try:

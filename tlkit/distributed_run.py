@@ -129,7 +129,7 @@ def merge(parts: Sequence[RankPart], sizes: dict[str, int], block: int = 1) -> t
     features = SplitFeatures(
         features=merged, samples=samples, bad=tuple(b for p in parts for b in p.features.bad),
         cached=sum(p.features.cached for p in parts), extracted=sum(p.features.extracted for p in parts),
-        seconds=max(p.features.seconds for p in parts), cache=first.cache,
+        seconds=max(p.features.seconds for p in parts), cache=first.cache, runtime=first.runtime,
     )
     return features, log
 
@@ -196,6 +196,8 @@ def launch(recipe: Recipe, out_dir: Path | None, observer: Observer, *, resume: 
         return RankOutcome(result=run(recipe, out_dir, observer, resume=resume), summary="")
     if resume is not None:
         raise DistributedError("--resume continues a fine-tuning run in one process; run it without torchrun")
+    if recipe.finetune is not None:  # ranks would extract frozen features and skip the training asked for
+        raise DistributedError("mode: finetune runs in one process (fine-tuning across ranks with DDP is not built yet); run it without torchrun")
     return run_ranks(recipe, out_dir, observer, env)
 
 

@@ -171,9 +171,21 @@ def resolve_device(setting: str) -> torch.device:
 
 
 def autocast_context(device: torch.device, precision: str) -> Any:
-    if precision == "fp32":
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=_DTYPES[precision])
+    """Autocast at bf16/fp16; anything else runs fp32 in eager torch (``int8`` is a converted runtime's
+    precision: a run's ``model.json`` may say it, and eager predict then computes in fp32)."""
+    dtype = _DTYPES.get(precision)
+    return nullcontext() if dtype is None else torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def torch_forward(model: torch.nn.Module, device: torch.device, precision: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The eager forward pass: channels-last input on ``device``, autocast per ``precision``, (N, D) float32 on the CPU."""
+
+    def forward(batch: torch.Tensor) -> torch.Tensor:
+        batch = batch.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), autocast_context(device, precision):
+            return model(batch).float().flatten(1).cpu()
+
+    return forward
 
 
 def slow_precision_note(device: torch.device, precision: str) -> str | None:
@@ -229,7 +241,7 @@ def _hung(dataset: ImageFiles, done: int, batch_size: int) -> DataError:
     )
 
 
-def _forward(
+def batch_features(
     model: torch.nn.Module, batch: torch.Tensor, device: torch.device, precision: str, forward: Callable[[torch.Tensor], torch.Tensor] | None = None
 ) -> torch.Tensor:
     """Features (n, D) float32 on the CPU for a batch of n preprocessed images (through ``forward`` when given)."""
@@ -238,12 +250,8 @@ def _forward(
         # oneDNN takes another code path for a batch of one; its results differ in the last bits.
         # Computing the image twice keeps features identical to a full batch.
         batch = batch.expand(2, -1, -1, -1)
-    if forward is not None:  # a runtime from tlkit.runtimes: it handles device and precision itself
-        return forward(batch)[:n]
-    batch = batch.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-    with autocast_context(device, precision):
-        out = model(batch)[:n]
-    return out.float().flatten(1).cpu()
+    # a runtime from tlkit.runtimes handles device and precision itself
+    return (forward or torch_forward(model, device, precision))(batch)[:n]
 
 
 def extract(
@@ -288,7 +296,7 @@ def extract(
                     if on_bad is not None:
                         on_bad(*bad[-1])
                 if good:
-                    feats = _forward(model, images[good] if len(good) < len(errors) else images, device, pipeline.precision, forward)
+                    feats = batch_features(model, images[good] if len(good) < len(errors) else images, device, pipeline.precision, forward)
                     chunks.append(feats)
                     kept.extend(int(indices[i]) for i in good)
                     if on_features is not None:
@@ -300,16 +308,24 @@ def extract(
     return Extraction(features=features, kept=kept, bad=bad, seconds=time.perf_counter() - start, extracted=len(kept))
 
 
-def _guarded(batches: Iterator[Any], hung: Callable[[], DataError]) -> Iterator[Any]:
-    """The batches, with the DataLoader's timeout turned into the one-line error ``hung()`` builds."""
+def _guarded(batches: Iterator[Any], hung: Callable[[], DataError] | None = None) -> Iterator[Any]:
+    """The batches, with the DataLoader's timeout turned into the one-line error ``hung()`` builds.
+
+    A worker killed by SIGTERM means the process group got it (a launcher, ``kill -TERM -PGID``) and
+    this process may not have run its own handler yet: it is handled as this process's SIGTERM, so
+    the run stops the way that handler stops it (exit 143, or a rank's "stopped by the launcher").
+    """
     while True:
         try:
             batch = next(batches)
         except StopIteration:
             return
         except RuntimeError as exc:
-            if "DataLoader timed out" in str(exc):
+            if hung is not None and "DataLoader timed out" in str(exc):
                 raise hung() from None
+            handler = signal.getsignal(signal.SIGTERM)
+            if "DataLoader worker" in str(exc) and "Terminated" in str(exc) and callable(handler):
+                handler(signal.SIGTERM, None)
             raise
         yield batch
 

@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from tlkit.cache import FeatureStore
-from tlkit.features import Extraction, _ChunkWriter, _forward, _no_task, _stop_workers, _worker_init, default_workers
+from tlkit.features import Extraction, _ChunkWriter, _guarded, _no_task, _stop_workers, _worker_init, batch_features, default_workers
 from tlkit.images import BACKGROUND, BadImage, pipeline_named
 from tlkit.pipeline import ImagePipeline, as_pipeline
 from tlkit.preprocessing import Preprocessing
@@ -78,14 +78,14 @@ def extract_members(
     batches = iter(loader)
     try:
         with torch.inference_mode():
-            for images, indices, errors in batches:
+            for images, indices, errors in _guarded(batches):
                 good = [i for i, err in enumerate(errors) if not err]
                 for i in (i for i, err in enumerate(errors) if err):
                     bad[int(indices[i])] = errors[i]
                     if on_bad is not None:
                         on_bad(samples[int(indices[i])].path, errors[i])
                 if good:
-                    feats = _forward(model, images[good], device, pipeline.precision, forward)
+                    feats = batch_features(model, images[good], device, pipeline.precision, forward)
                     batch_kept = [int(indices[i]) for i in good]
                     rows.update(zip(batch_kept, feats))
                     if on_features is not None:

@@ -148,23 +148,22 @@ def prepare(recipe: Recipe, observer: Observer | None = None) -> Prepared:
     for line in dataset.notes:
         observer.note(line)
     built = dataclasses.replace(backbone, model=prepare_model(backbone.model, device))
-    pipeline, runtime = _runtime(recipe, built.model, dataset, pipeline, device, observer)
-    return Prepared(recipe=recipe, backbone=built, dataset=dataset, pipeline=pipeline, device=device, runtime=runtime)
-
-
-def _runtime(
-    recipe: Recipe, model: torch.nn.Module, dataset: LoadedDataset, pipeline: ImagePipeline, device: torch.device, observer: Observer
-) -> tuple[ImagePipeline, Runtime]:
-    """The decoder and the runtime (issue 10); the pipeline records the decoder and the precision that really run."""
     _, decoder = decoding_pipeline(recipe.extract.decoder, pipeline.preprocessing, pipeline.background)
-    pipeline = dataclasses.replace(pipeline, decoder=decoder)
+    prepared = Prepared(recipe=recipe, backbone=built, dataset=dataset, pipeline=dataclasses.replace(pipeline, decoder=decoder), device=device)
+    # fine-tuning changes the weights: its runtime is chosen for the trained backbone (tlkit.finetune.stage)
+    return prepared if recipe.finetune is not None else with_runtime(prepared, observer)
+
+
+def with_runtime(prepared: Prepared, observer: Observer | None = None) -> Prepared:
+    """``prepared`` with the runtime (issue 10) chosen for its backbone as it is now; the pipeline records the precision that really runs."""
+    observer = observer or Observer()
     observer.stage("choosing the runtime")
-    train = [s.path for s in dataset.splits["train"]]
-    total = sum(len(dataset.splits[split]) for split in SPLITS)
-    runtime = runtime_for(recipe, model, train, total, pipeline, device, cache_root())
+    train = [s.path for s in prepared.dataset.splits["train"]]
+    total = sum(len(prepared.dataset.splits[split]) for split in SPLITS)
+    runtime = runtime_for(prepared.recipe, prepared.backbone.model, train, total, prepared.pipeline, prepared.device, cache_root())
     if runtime.choice.note:
         observer.note(runtime.choice.note)
-    return dataclasses.replace(pipeline, precision=runtime.choice.precision), runtime
+    return dataclasses.replace(prepared, pipeline=dataclasses.replace(prepared.pipeline, precision=runtime.choice.precision), runtime=runtime)
 
 
 def feature_store(prepared: Prepared) -> FeatureStore | None:

@@ -24,7 +24,7 @@ from tlkit.finetune.settings import FinetuneSettings
 from tlkit.finetune.trainer import FinetuneJob, FinetuneResult, Trainer
 from tlkit.observer import Observer
 from tlkit.specs import TrainedHead
-from tlkit.stages import Prepared
+from tlkit.stages import Prepared, with_runtime
 
 CHECKPOINTS = "checkpoints"
 
@@ -80,4 +80,4 @@ def finetune(
         choices={"epoch": result.best_epoch},
         notes=(f"fine-tuned ({settings.strategy}); kept epoch {result.best_epoch} of {settings.epochs}",),
     )
-    return dataclasses.replace(prepared, backbone=built), head, result
+    return with_runtime(dataclasses.replace(prepared, backbone=built), observer), head, result

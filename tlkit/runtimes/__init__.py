@@ -5,6 +5,7 @@ extraction loop uses in place of the torch module, and a :class:`RuntimeChoice` 
 chosen (runtime, effective precision, agreement with eager fp32, conversion time, the one note).
 """
 
-from tlkit.runtimes.choice import AGREEMENT, AUTO_ORDER, PRECISIONS, RUNTIMES, Runtime, RuntimeChoice, choose_runtime, effective_precision, torch_forward
+from tlkit.features import torch_forward
+from tlkit.runtimes.choice import AGREEMENT, AUTO_ORDER, PRECISIONS, RUNTIMES, Runtime, RuntimeChoice, choose_runtime, effective_precision
 
 __all__ = ["AGREEMENT", "AUTO_ORDER", "PRECISIONS", "RUNTIMES", "Runtime", "RuntimeChoice", "choose_runtime", "effective_precision", "torch_forward"]

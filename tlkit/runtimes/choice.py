@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from tlkit.features import torch_forward
 from tlkit.runtimes import sessions
 from tlkit.runtimes.conversion import ConversionFailed, ModelStore, StoredModel, convert_files, model_key, state_digest
 
@@ -99,18 +100,6 @@ def effective_precision(precision: str, device: torch.device, insist: bool, fast
     if insist:
         return precision, f"this CPU has no fast {precision} path: {precision} is emulated, much slower than fp32 (as insisted)"
     return "fp32", f"this CPU has no fast {precision} path, so {precision} would be emulated: fp32 runs instead (extract.insist_precision: true emulates it)"
-
-
-def torch_forward(model: torch.nn.Module, device: torch.device, precision: str) -> Forward:
-    """The eager path: channels-last input, autocast at bf16/fp16, float32 (N, D) features on the CPU."""
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-
-    def forward(batch: torch.Tensor) -> torch.Tensor:
-        batch = batch.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            return model(batch).float().flatten(1).cpu()
-
-    return forward
 
 
 def agreement(reference: torch.Tensor, candidate: torch.Tensor) -> tuple[float, float]:
