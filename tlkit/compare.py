@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from tlkit.atomic import atomic_path, write_atomic
 from tlkit.errors import RecipeError, TlkitError, WeightsError, did_you_mean
 from tlkit.observer import Observer
 from tlkit.recipe import Choice, Recipe, validate_options
@@ -228,13 +229,10 @@ def comparison_png(labels: Sequence[str], accuracy: Sequence[float], intervals: 
     ax.grid(axis="x", alpha=0.3)
     FigureCanvasAgg(figure)
     figure.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(tmp, dpi=100)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=100, format="png")
     return path
 
 
 def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    write_atomic(path, text.encode("utf-8"))

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import sys
-import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from functools import cache
@@ -288,20 +286,16 @@ def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
 
     columns = ["path", "class", "probability", "top_k", "error"]
     path = Path(path)
+    from tlkit.atomic import atomic_path
+
     try:
-        fd, staging = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.", suffix=".partial")
-    except OSError as exc:
-        raise OutputError(f"cannot write {path} ({exc.strerror or exc})") from None
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
+        with atomic_path(path) as staging, staging.open("w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=columns)
             writer.writeheader()
             for row in rows:
                 top = "; ".join(f"{t['class']} {t['probability']:.6f}" for t in row.get("top_k", []))
                 writer.writerow({**{k: row.get(k, "") for k in ("path", "class", "probability", "error")}, "top_k": top})
-        os.replace(staging, path)
     except OSError as exc:
-        Path(staging).unlink(missing_ok=True)
         raise OutputError(f"cannot write {path} ({exc.strerror or exc}); nothing was written there") from None
 
 

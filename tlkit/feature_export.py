@@ -10,8 +10,6 @@ entry where it still holds them (the usual case: nothing is recomputed) and are 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -21,6 +19,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from tlkit.atomic import atomic_path
 from tlkit.errors import OutputError, RunError, TlkitError
 from tlkit.model import SavedModel, load_model
 from tlkit.splits import read_split
@@ -129,13 +128,8 @@ def write_features(run_dir: Path | str, out: Path, plugins: Any, task: Callable[
     arrays, cached, skipped = split_arrays(model, task)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".part")
-        os.close(fd)
-        try:
-            (_write_npz if out.suffix.lower() == ".npz" else _write_parquet)(Path(tmp), arrays, model.classes)
-            os.replace(tmp, out)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        with atomic_path(out) as tmp:
+            (_write_npz if out.suffix.lower() == ".npz" else _write_parquet)(tmp, arrays, model.classes)
     except OSError as exc:
         raise OutputError(f"cannot write {out} ({exc.strerror or exc}); choose another --out") from None
     dim = next((int(a.x.shape[1]) for a in arrays.values() if a.x.ndim == 2 and len(a.x)), 0)

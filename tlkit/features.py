@@ -30,6 +30,7 @@ from tlkit.errors import DataError, DeviceError
 from tlkit.images import BACKGROUND, BadImage, pipeline_named
 from tlkit.pipeline import ImagePipeline, as_pipeline
 from tlkit.preprocessing import Preprocessing
+from tlkit.units import positive_number
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -53,10 +54,9 @@ DECODE_TIMEOUT_S = 30.0  # a photo decodes in milliseconds; a file that takes th
 def decode_timeout() -> float:
     """Seconds one file may take to decode and preprocess (``$TLKIT_DECODE_TIMEOUT_S``, default 30)."""
     try:
-        value = float(os.environ.get(DECODE_TIMEOUT_ENV, "") or DECODE_TIMEOUT_S)
-    except ValueError:
-        return DECODE_TIMEOUT_S
-    return value if value > 0 else DECODE_TIMEOUT_S
+        return positive_number(DECODE_TIMEOUT_ENV, DECODE_TIMEOUT_S)
+    except ValueError as exc:
+        raise DataError(f"{exc}: give the seconds one image may take to decode, e.g. {DECODE_TIMEOUT_ENV}=30") from None
 
 
 class _DecodeTimeout(Exception):

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tlkit.atomic import atomic_path
 from tlkit.errors import DataError, OutputError
 from tlkit.specs import LoadedDataset, Sample
 
@@ -82,9 +83,8 @@ def _write_shard(shard: Path, items: Sequence[Sample], first: int, root: Path, c
     """One tar, written to a temporary name and renamed into place (never a half shard under the real name)."""
     import webdataset as wds
 
-    tmp = shard.with_name(f".{shard.name}.tmp")
     try:
-        with open(tmp, "wb") as fh, wds.TarWriter(fh, encoder=False, mtime=0) as sink:
+        with atomic_path(shard) as tmp, open(tmp, "wb") as fh, wds.TarWriter(fh, encoder=False, mtime=0) as sink:
             for offset, (path, label, _) in enumerate(items):
                 ext = path.suffix.lower().lstrip(".") or "img"
                 meta = {"class": classes[label], "label": label, "path": _relative(path, root)}
@@ -94,11 +94,8 @@ def _write_shard(shard: Path, items: Sequence[Sample], first: int, root: Path, c
                     "cls": str(label).encode(),
                     "json": json.dumps(meta).encode(),
                 })
-        tmp.replace(shard)
     except OSError as exc:
         raise OutputError(f"cannot write {shard} ({exc.strerror or exc})") from None
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -153,17 +150,18 @@ def _parse(group: dict[str, Any], url: str) -> Member | None:
     return Member(url, str(group["__key__"]), f"{group['__key__']}.{ext}", data, cls, meta)
 
 
-def stream(urls: Sequence[str], *, wanted: Callable[[str, str], bool] | None = None, split_by_worker: bool = False) -> Iterator[Member]:
+def stream(urls: Sequence[str], *, wanted: Callable[[str, str], bool] | None = None) -> Iterator[Member]:
     """The image members of ``urls`` in order, read front to back without unpacking anything.
 
     ``wanted(shard, member name)`` filters before a member is handed on (its bytes are read anyway:
-    a tar is sequential). With ``split_by_worker`` each DataLoader worker reads its own shards.
+    a tar is sequential). Every shard in ``urls`` is read: callers that split work (ranks, decoding
+    workers) pass each part its own shards (see ``tlkit.shard_features``).
     """
     import webdataset as wds
 
     pipeline = wds.WebDataset(
         list(urls), shardshuffle=False, empty_check=False,
-        workersplitter=wds.split_by_worker if split_by_worker else None, nodesplitter=None,
+        workersplitter=None, nodesplitter=None,
         handler=_raise,
     )
     for group in pipeline:

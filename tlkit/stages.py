@@ -251,8 +251,6 @@ def _extract_split(
         on_bad=refuse,
         forward=prepared.runtime.forward if prepared.runtime else None,
     )
-    if result.bad:
-        refuse(*result.bad[0])  # features that came from elsewhere (the cache) skip the decoder's check
     if not result.kept and samples:
         reason = f" ({result.bad[0][0]}: {result.bad[0][1]})" if result.bad else ""
         raise DataError(f"no image of the {split} split could be decoded{reason}")

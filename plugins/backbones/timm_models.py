@@ -21,13 +21,6 @@ from tlkit.backbones import timm_backbone, timm_preprocessing, timm_weights_avai
 PREFIX = "timm:"
 
 
-def _pretrained_cfg(arch: str) -> Any:
-    try:
-        return timm.models.get_pretrained_cfg(arch)
-    except (RuntimeError, ValueError):
-        return None
-
-
 def _card(arch: str) -> dict[str, Any]:
     """Input size, default pretrained tag and licence from timm's pretrained config (nothing is built)."""
     cfg = timm.models.get_pretrained_cfg(arch)
