@@ -145,10 +145,15 @@ def _key(request: _Request, runtime: str, shape: tuple[int, ...]) -> tuple[str, 
     return model_key(identity), identity
 
 
-def _build(request: _Request, runtime: str, key: str, identity: dict[str, Any]) -> tuple[StoredModel, float]:
-    """Convert, check agreement on the probe batch, and store the model or the verdict against it."""
+def _build(request: _Request, runtime: str, key: str, identity: dict[str, Any]) -> tuple[StoredModel, float, Forward | None]:
+    """Convert, check agreement on the probe batch, and store the model or the verdict against it.
+
+    Also returns the session the agreement check ran on (``None`` when rejected), so a model just
+    built is not compiled a second time to run.
+    """
     probe = request.probe_batch()
     threshold = AGREEMENT[request.precision]
+    checked: list[Forward] = []
 
     def build(folder: Path) -> tuple[Path | None, dict[str, Any]]:
         try:
@@ -160,11 +165,12 @@ def _build(request: _Request, runtime: str, key: str, identity: dict[str, Any]) 
             return None, {"rejected": f"cannot convert this backbone ({exc})"}
         if not cosine >= threshold:
             return None, {"rejected": f"features disagree with eager fp32 (cosine {cosine:.6f} < {threshold})", "agreement": cosine}
+        checked.append(forward)
         return main, {"agreement": cosine, "max_abs_diff": diff}
 
     start = time.perf_counter()
     stored = request.store.save(key, build, {"identity": identity})
-    return stored, time.perf_counter() - start
+    return stored, time.perf_counter() - start, checked[0] if checked and stored.main is not None else None
 
 
 def _try(request: _Request, runtime: str, shape: tuple[int, ...]) -> tuple[Runtime | None, str]:
@@ -181,13 +187,14 @@ def _try(request: _Request, runtime: str, shape: tuple[int, ...]) -> tuple[Runti
         stored, spent, reused = request.store.load(key), 0.0, True
     except ValueError as exc:
         stored, damaged = None, f"stored model was damaged ({exc}), rebuilt; "
+    built: Forward | None = None
     if stored is None:
-        stored, spent = _build(request, runtime, key, identity)
+        stored, spent, built = _build(request, runtime, key, identity)
         reused = False
     if stored.main is None:
         return None, f"{runtime}: {damaged}{stored.manifest.get('rejected', 'rejected')}"
     start = time.perf_counter()
-    forward = sessions.load(runtime, stored.main, request.precision, request.threads)
+    forward = built or sessions.load(runtime, stored.main, request.precision, request.threads)
     choice = RuntimeChoice(
         requested="", runtime=runtime, precision=request.precision, version=sessions.version(runtime),
         agreement=stored.manifest.get("agreement"), max_abs_diff=stored.manifest.get("max_abs_diff"),
