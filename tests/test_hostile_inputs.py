@@ -337,6 +337,20 @@ def test_a_file_whose_decoding_hangs_is_skipped_and_reported(tmp_path: Path, mon
     assert torch.equal(result.features, plain.features)  # the others are unaffected
 
 
+@pytest.mark.parametrize("value", ["soon", "0", "-3"])
+def test_a_malformed_decode_timeout_is_one_line_naming_the_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    from feature_helpers import TinyCNN
+
+    from tlkit.features import extract, prepare_model
+
+    monkeypatch.setenv("TLKIT_DECODE_TIMEOUT_S", value)
+    model = prepare_model(TinyCNN(), torch.device("cpu"))
+    with pytest.raises(DataError) as info:
+        extract(model, _images(tmp_path), _hanging_preprocessing(0), batch_size=2, workers=0)
+    message = _one_line(info.value)
+    assert f"TLKIT_DECODE_TIMEOUT_S={value!r}" in message and "TLKIT_DECODE_TIMEOUT_S=30" in message
+
+
 def test_a_decoder_stuck_beyond_signals_ends_the_wait_naming_the_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from feature_helpers import TinyCNN
 

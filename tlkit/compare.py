@@ -209,11 +209,13 @@ def write(results: list[Result], skipped: list[tuple[str, str]], out_dir: Path, 
     writer.writeheader()
     writer.writerows({**row, "ties_with": " ".join(str(t) for t in row["ties_with"])} for row in rows)
     _atomic_text(files["csv"], buffer.getvalue())
-    comparison_png([f"{r.backbone.label} + {r.head}" for r in results], [r.test_accuracy for r in results], [r.ci for r in results], files["png"])
+    test_images = len(results[0].correct) if results else 0
+    title = f"tlkit compare: {recipe.name}, {len(results)} results on {test_images} test images"
+    comparison_png([f"{r.backbone.label} + {r.head}" for r in results], [r.test_accuracy for r in results], [r.ci for r in results], files["png"], title)
     return files
 
 
-def comparison_png(labels: Sequence[str], accuracy: Sequence[float], intervals: Sequence[tuple[float, float]], path: Path) -> Path:
+def comparison_png(labels: Sequence[str], accuracy: Sequence[float], intervals: Sequence[tuple[float, float]], path: Path, title: str = "") -> Path:
     """Test accuracy per result, best on top, with its bootstrap 95% interval as an error bar."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -225,6 +227,8 @@ def comparison_png(labels: Sequence[str], accuracy: Sequence[float], intervals: 
     ax.errorbar(accuracy, ys, xerr=errors, fmt="o", capsize=4)
     ax.set_yticks(ys, labels)
     ax.set_xlabel("test accuracy (bootstrap 95% interval)")
+    if title:
+        ax.set_title(title, fontsize=10)
     ax.set_xlim(0, 1.02)
     ax.grid(axis="x", alpha=0.3)
     FigureCanvasAgg(figure)

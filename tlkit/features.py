@@ -118,10 +118,20 @@ def _stop_workers(batches: Any) -> None:
     On an exception (Ctrl-C included) the traceback keeps the iterator alive, so without this the
     workers would linger until interpreter exit. ``_shutdown_workers`` is what the iterator's own
     ``__del__`` calls; a single-process iterator has nothing to stop.
+
+    A worker found dead while stopping them died of the same signal that stopped this process (a
+    SIGTERM or Ctrl-C sent to the whole process group): the DataLoader reports it as a RuntimeError
+    from its SIGCHLD handler, which would replace the interrupt being handled. It is stopped, which
+    is what was wanted, so that report is dropped.
     """
     shutdown = getattr(batches, "_shutdown_workers", None)
-    if shutdown is not None:
+    if shutdown is None:
+        return
+    try:
         shutdown()
+    except RuntimeError as exc:
+        if not ("DataLoader worker" in str(exc) and "killed by signal" in str(exc)):
+            raise
 
 
 def _worker_init(_: int) -> None:
