@@ -337,6 +337,33 @@ def test_a_file_whose_decoding_hangs_is_skipped_and_reported(tmp_path: Path, mon
     assert torch.equal(result.features, plain.features)  # the others are unaffected
 
 
+def test_a_shard_member_whose_decoding_hangs_is_skipped_and_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from feature_helpers import TinyCNN, TinyPlugin
+
+    from tlkit.features import prepare_model
+    from tlkit.shard_features import extract_members
+    from tlkit.shards import make_from_folder
+
+    monkeypatch.setenv("TLKIT_DECODE_TIMEOUT_S", "1")
+    for split in ("train", "val"):
+        for path in _images(tmp_path / "images"):
+            (tmp_path / "data" / split / "c").mkdir(parents=True, exist_ok=True)
+            path.replace(tmp_path / "data" / split / "c" / path.name)
+    plugins = load_plugins(entry_points=False, extra=[TinyPlugin()])
+    written = make_from_folder(plugins, tmp_path / "data", tmp_path / "shards", 3)
+    spec = plugins.datasets.get("webdataset")
+    samples = list(spec.load(spec.options(train=written.pattern("train"), test=written.pattern("test"))).splits["train"])
+    assert len(samples) == 6 and any(s.member is not None and s.member.name.endswith(".jpg") for s in samples)
+    model = prepare_model(TinyCNN(), torch.device("cpu"))
+    started = time.perf_counter()
+    result = extract_members(model, samples, _hanging_preprocessing(47), batch_size=2, workers=1)
+    assert time.perf_counter() - started < 30
+    assert len(result.bad) == 1 and "took longer than 1 s to decode" in result.bad[0][1], result.bad
+    assert len(result.kept) == 5  # the others are unaffected
+    plain = extract_members(model, [samples[i] for i in result.kept], _hanging_preprocessing(0), batch_size=2, workers=1)
+    assert torch.equal(result.features, plain.features)
+
+
 @pytest.mark.parametrize("value", ["soon", "0", "-3"])
 def test_a_malformed_decode_timeout_is_one_line_naming_the_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str) -> None:
     from feature_helpers import TinyCNN

@@ -101,15 +101,25 @@ class ImageFiles(Dataset[tuple[torch.Tensor, int, str]]):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, str]:
-        try:
-            with _time_limit(self.timeout_s):
-                return self.decode(self.paths[index]), index, ""
-        except _DecodeTimeout:
-            return torch.zeros(self.shape), index, f"took longer than {self.timeout_s:g} s to decode (a crafted or broken file?); {DECODE_TIMEOUT_ENV} sets the limit"
-        except BadImage as exc:
-            return torch.zeros(self.shape), index, str(exc)
-        except Exception as exc:  # noqa: BLE001 - a transform failing on one odd image must not kill the worker
-            return torch.zeros(self.shape), index, f"cannot be preprocessed ({type(exc).__name__}: {str(exc)[:100]})"
+        return decode_item(self.decode, self.paths[index], index, self.shape, self.timeout_s)
+
+
+def decode_item(decode: Callable[[Any], torch.Tensor], source: Any, index: int, shape: tuple[int, ...], timeout_s: float) -> tuple[torch.Tensor, int, str]:
+    """``(tensor, index, "")`` for an image that decodes; ``(zeros, index, reason)`` for one that does not.
+
+    ``source`` is a path or a file object (a shard member's bytes). In a worker process the decoding
+    gets ``timeout_s`` seconds: a decoder that does not come back (a crafted file) is interrupted and
+    the image is reported like any other bad one. Nothing one image does kills the worker.
+    """
+    try:
+        with _time_limit(timeout_s):
+            return decode(source), index, ""
+    except _DecodeTimeout:
+        return torch.zeros(shape), index, f"took longer than {timeout_s:g} s to decode (a crafted or broken file?); {DECODE_TIMEOUT_ENV} sets the limit"
+    except BadImage as exc:
+        return torch.zeros(shape), index, str(exc)
+    except Exception as exc:  # noqa: BLE001 - a transform failing on one odd image must not kill the worker
+        return torch.zeros(shape), index, f"cannot be preprocessed ({type(exc).__name__}: {str(exc)[:100]})"
 
 
 def _stop_workers(batches: Any) -> None:

@@ -21,8 +21,19 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from tlkit.cache import FeatureStore
-from tlkit.features import Extraction, _ChunkWriter, _guarded, _no_task, _stop_workers, _worker_init, batch_features, default_workers
-from tlkit.images import BACKGROUND, BadImage, pipeline_named
+from tlkit.features import (
+    Extraction,
+    _ChunkWriter,
+    _guarded,
+    _no_task,
+    _stop_workers,
+    _worker_init,
+    batch_features,
+    decode_item,
+    decode_timeout,
+    default_workers,
+)
+from tlkit.images import BACKGROUND, pipeline_named
 from tlkit.pipeline import ImagePipeline, as_pipeline
 from tlkit.preprocessing import Preprocessing
 from tlkit.shards import stream
@@ -45,18 +56,14 @@ class ShardImages(IterableDataset[tuple[torch.Tensor, int, str]]):
         self.shards = list(dict.fromkeys(shard for shard, _ in self.index))
         self.decode = pipeline_named(decoder, preprocessing, background)  # the run's own decoder, as for files
         self.shape = (3, preprocessing.crop_size, preprocessing.crop_size)
+        self.timeout_s = decode_timeout()
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, int, str]]:
         info = get_worker_info()
         mine = self.shards if info is None else self.shards[info.id:: info.num_workers]
         for member in stream(mine, wanted=lambda shard, name: (shard, name) in self.index):
-            index = self.index[(member.shard, member.name)]
-            try:
-                yield self.decode(io.BytesIO(member.data)), index, ""
-            except BadImage as exc:
-                yield torch.zeros(self.shape), index, str(exc)
-            except Exception as exc:  # noqa: BLE001 - one odd member must not kill the worker
-                yield torch.zeros(self.shape), index, f"cannot be decoded ({type(exc).__name__}: {str(exc)[:100]})"
+            # the time limit bounds decoding only: reading the shard streams (a slow network is not a hang)
+            yield decode_item(self.decode, io.BytesIO(member.data), self.index[(member.shard, member.name)], self.shape, self.timeout_s)
 
 
 def extract_members(
