@@ -47,11 +47,19 @@ class CosineKNN(torch.nn.Module):
         self.register_buffer("k", torch.tensor(int(k)))
         self.neighbours = int(k)
 
+    def similarities(self, x: torch.Tensor) -> torch.Tensor:
+        """Cosine similarity of each (centred) row of ``x`` to every image in the bank."""
+        return F.normalize(self.scale(x), dim=1) @ self.bank.T
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        sims = F.normalize(self.scale(x), dim=1) @ self.bank.T
-        kth = sims.topk(self.neighbours, dim=1).values[:, -1:]
-        votes = (sims >= kth).to(sims.dtype) @ self.onehot  # ties at the k-th similarity all vote
-        return torch.log(votes / votes.sum(1, keepdim=True) + FLOOR)
+        return vote(self.similarities(x), self.onehot, self.neighbours)
+
+
+def vote(sims: torch.Tensor, onehot: torch.Tensor, k: int) -> torch.Tensor:
+    """Log class probabilities from the ``k`` most similar bank images (ties at the k-th similarity all vote)."""
+    kth = sims.topk(k, dim=1).values[:, -1:]
+    votes = (sims >= kth).to(sims.dtype) @ onehot
+    return torch.log(votes / votes.sum(1, keepdim=True) + FLOOR)
 
 
 def _build(x: torch.Tensor, y: torch.Tensor, num_classes: int, k: int, center: bool) -> CosineKNN:
@@ -70,12 +78,13 @@ def choose_k(train: tlkit.Features, num_classes: int, options: KNNOptions, seed:
     x_val, y_val = train.x[split.val], train.y[split.val]
     best: tuple[float, float, int] | None = None
     tried: list[dict[str, float]] = []
+    bank = _build(train.x[split.fit], train.y[split.fit], num_classes, 1, options.center)
+    with torch.no_grad():
+        sims = bank.similarities(x_val)  # the same for every k: computed once
     for k in K_GRID:
         if k > len(split.fit):
             break
-        model = _build(train.x[split.fit], train.y[split.fit], num_classes, k, options.center)
-        with torch.no_grad():
-            logits = model(x_val)
+        logits = vote(sims, bank.onehot, k)
         score = (accuracy(logits, y_val), float(logits.softmax(1)[torch.arange(len(y_val)), y_val].mean()), k)
         tried.append({"k": k, "val_accuracy": score[0], "val_true_class_probability": score[1]})
         if best is None or score >= best:
