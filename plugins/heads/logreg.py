@@ -61,6 +61,11 @@ def _objective(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tenso
     return F.cross_entropy(x @ w + b, y) + 0.5 * l2 * (w * w).sum()
 
 
+def span_basis(x: torch.Tensor) -> torch.Tensor | None:
+    """Orthonormal columns (D, r) spanning the rows of ``x`` when it has more dimensions than rows, else ``None``."""
+    return torch.linalg.svd(x, full_matrices=False).Vh.T if x.shape[1] > x.shape[0] else None
+
+
 def fit_lbfgs(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -69,18 +74,19 @@ def fit_lbfgs(
     max_iter: int,
     start: Weights | None = None,
     on_iteration: Callable[[int, float, Weights], None] | None = None,
+    basis: torch.Tensor | None = None,
 ) -> Weights:
     """Minimise mean cross-entropy + ``l2/2 * |W|^2`` (bias unpenalised) with full-batch L-BFGS in float64.
 
     With more feature dimensions than examples the optimum lies in the span of the examples
     (representer theorem), so the fit runs on their coordinates in that span: same answer, a
-    fraction of the work. ``on_iteration(i, loss, weights)`` sees every iteration (one L-BFGS step
-    per call then); without it the whole fit is one call.
+    fraction of the work. ``basis`` is :func:`span_basis` of ``x``, when the caller fits the same
+    ``x`` many times (an L2 sweep). ``on_iteration(i, loss, weights)`` sees every iteration (one
+    L-BFGS step per call then); without it the whole fit is one call.
     """
     dim = x.shape[1]
-    basis: torch.Tensor | None = None
-    if dim > x.shape[0]:
-        basis = torch.linalg.svd(x, full_matrices=False).Vh.T  # (D, r), orthonormal columns
+    basis = span_basis(x) if basis is None else basis
+    if basis is not None:
         x = x @ basis
 
     def full(w: torch.Tensor) -> torch.Tensor:
@@ -136,13 +142,14 @@ def choose_l2(x: torch.Tensor, y: torch.Tensor, num_classes: int, options: LogRe
         return 1e-2, []
     x_fit, y_fit, x_val, y_val = x[split.fit], y[split.fit], x[split.val], y[split.val]
     tried: dict[float, tuple[float, float]] = {}
+    basis = span_basis(x_fit)  # the same for every L2: decomposed once
 
     def sweep(grid: list[float]) -> None:
         start: Weights | None = None
         for l2 in sorted(grid, reverse=True):
             if l2 in tried:
                 continue
-            start = fit_lbfgs(x_fit, y_fit, num_classes, l2, options.max_iter, start)
+            start = fit_lbfgs(x_fit, y_fit, num_classes, l2, options.max_iter, start, basis=basis)
             tried[l2] = _score(x_val, y_val, start)
 
     def best() -> float:
