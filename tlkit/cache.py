@@ -38,7 +38,7 @@ from safetensors.torch import save
 from tlkit.atomic import write_atomic
 from tlkit.cache_location import CACHE_ENV, cache_root
 from tlkit.errors import OutputError
-from tlkit.hashing import sha256_of, stamp
+from tlkit.hashing import json_sha256, sha256_of, stamp
 from tlkit.preprocessing import Preprocessing
 
 FORMAT = 2  # 2: chunks and hash-index files carry checksums
@@ -83,17 +83,12 @@ def extractor_identity(
 
 def identity_key(identity: Mapping[str, Any]) -> str:
     """A short stable digest of an extractor identity: the entry's folder name."""
-    text = json.dumps(identity, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
+    return json_sha256(identity)[:32]
 
 
 def _space_hint(exc: OSError) -> str:
     full = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
     return "free some disk space" if full else "check the folder's permissions"
-
-
-def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -160,7 +155,7 @@ class FileHashes:
             self._drop(path, f"unreadable ({type(exc).__name__})")
             return
         entries = data.get("entries") if isinstance(data, dict) else None
-        if not isinstance(entries, dict) or data.get("sha256") != _digest(_canonical(entries)):
+        if not isinstance(entries, dict) or data.get("sha256") != json_sha256(entries):
             self._drop(path, "checksum mismatch")
             return
         self.read_files.append(path)
@@ -196,7 +191,7 @@ class FileHashes:
             return
         compact = len(self.read_files) >= COMPACT_AT
         entries = self.entries if compact else self.new
-        body = {"format": FORMAT, "sha256": _digest(_canonical(entries)), "entries": entries}
+        body = {"format": FORMAT, "sha256": json_sha256(entries), "entries": entries}
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             write_atomic(self.dir / f"w-{uuid.uuid4().hex}.json", json.dumps(body, separators=(",", ":")).encode())
@@ -207,10 +202,6 @@ class FileHashes:
             for merged in self.read_files:
                 merged.unlink(missing_ok=True)
             self.read_files = []
-
-
-def _canonical(entries: Mapping[str, Any]) -> str:
-    return json.dumps(entries, sort_keys=True, separators=(",", ":"))
 
 
 class DamagedChunk(Exception):

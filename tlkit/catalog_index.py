@@ -20,7 +20,6 @@ plugins, and are saved again when every plugin loaded. What prints is the same e
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -30,19 +29,18 @@ from typing import Any
 
 from tlkit.atomic import write_atomic
 from tlkit.cache_location import cache_root
+from tlkit.hashing import json_sha256
 
 FORMAT = 1
 FOLDER = "catalog"
 KEEP = 4  # listings of other environments sharing the cache folder (venvs), newest first
 ENV_VARS = (
     "TLKIT_LOAD_PLUGINS",
-    "TLKIT_PLUGINS",
     "TORCH_HOME",
     "XDG_CACHE_HOME",
     "HF_HOME",
     "HF_HUB_CACHE",
     "HUGGINGFACE_HUB_CACHE",
-    "HF_HUB_OFFLINE",
 )
 
 
@@ -98,15 +96,11 @@ def fingerprint() -> str:
         "env": {name: os.environ.get(name) for name in ENV_VARS},
         "weights": [_stamp(p) for p in _weights_folders()],
     }
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+    return json_sha256(parts)
 
 
 def _path(key: str) -> Path:
     return cache_root() / FOLDER / f"listings-{key[:32]}.json"
-
-
-def _checksum(entries: Any) -> str:
-    return hashlib.sha256(json.dumps(entries, sort_keys=True).encode()).hexdigest()
 
 
 def load(key: str) -> dict[str, list[dict[str, Any]]] | None:
@@ -114,7 +108,7 @@ def load(key: str) -> dict[str, list[dict[str, Any]]] | None:
     try:
         saved = json.loads(_path(key).read_text())
         entries = saved["entries"]
-        if saved.get("format") == FORMAT and saved.get("key") == key and saved.get("sha256") == _checksum(entries):
+        if saved.get("format") == FORMAT and saved.get("key") == key and saved.get("sha256") == json_sha256(entries):
             return dict(entries)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         pass
@@ -124,7 +118,7 @@ def load(key: str) -> dict[str, list[dict[str, Any]]] | None:
 def save(key: str, entries: dict[str, list[dict[str, Any]]]) -> None:
     """Keep ``entries`` for ``key``, atomically; an unwritable cache folder only means the next listing is slow too."""
     path = _path(key)
-    data = {"format": FORMAT, "key": key, "sha256": _checksum(entries), "entries": entries}
+    data = {"format": FORMAT, "key": key, "sha256": json_sha256(entries), "entries": entries}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, json.dumps(data).encode())

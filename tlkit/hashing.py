@@ -11,8 +11,10 @@ asks this memo on a miss, so no file is read twice in one process whoever asks.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 Stamp = tuple[str, int, int, int]
 
@@ -26,6 +28,15 @@ def file_sha256(path: Path | str) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def json_sha256(data: Any) -> str:
+    """sha256 of ``data`` as canonical JSON (sorted keys, no spaces, ``str()`` for what JSON lacks).
+
+    The one way tlkit names or checks a record by its content: cache entries, converted models,
+    the file-hash index, the listing index.
+    """
+    return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
 
 
 def stamp(path: Path | str) -> Stamp:

@@ -32,6 +32,8 @@ from typing import Any
 
 import torch
 
+from tlkit.hashing import file_sha256, json_sha256
+
 MANIFEST = "manifest.json"
 RUNTIMES_DIR = "runtimes"
 FORMAT = 1
@@ -57,16 +59,7 @@ def state_digest(model: torch.nn.Module) -> str:
 
 def model_key(identity: Mapping[str, Any]) -> str:
     """The folder name of a converted model: a digest of everything that makes it what it is."""
-    text = json.dumps({"format": FORMAT, **identity}, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return json_sha256({"format": FORMAT, **identity})[:32]
 
 
 def _one_line(exc: BaseException) -> str:
@@ -171,7 +164,7 @@ class ModelStore:
             path = folder / name
             if not path.is_file():
                 raise ValueError(f"{name} is missing")
-            if _file_sha256(path) != expected:
+            if file_sha256(path) != expected:
                 raise ValueError(f"{name} does not match its recorded sha256")
         main = manifest.get("main")
         return StoredModel(folder, folder / str(main) if main else None, manifest)
@@ -193,7 +186,7 @@ class ModelStore:
             if main is None:
                 for leftover in tmp.iterdir():
                     shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
-            files = {p.name: _file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+            files = {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
             manifest = {
                 **record, **facts, "main": main.name if main else None, "files": files,
                 "conversion_s": round(time.perf_counter() - start, 3), "created": time.time(),
