@@ -203,12 +203,12 @@ def write(results: list[Result], skipped: list[tuple[str, str]], out_dir: Path, 
     files = {"json": out_dir / "compare.json", "csv": out_dir / "compare.csv", "png": out_dir / "compare.png"}
     payload = {"recipe": recipe.name, "created": time.time(), "bootstrap_samples": BOOTSTRAP_SAMPLES, "interval": 0.95,
                "results": rows, "skipped": [{"backbone": n, "reason": why} for n, why in skipped]}
-    _atomic_text(files["json"], json.dumps(payload, indent=2))
+    write_atomic(files["json"], json.dumps(payload, indent=2).encode("utf-8"))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, extrasaction="ignore")
     writer.writeheader()
     writer.writerows({**row, "ties_with": " ".join(str(t) for t in row["ties_with"])} for row in rows)
-    _atomic_text(files["csv"], buffer.getvalue())
+    write_atomic(files["csv"], buffer.getvalue().encode("utf-8"))
     test_images = len(results[0].correct) if results else 0
     title = f"tlkit compare: {recipe.name}, {len(results)} results on {test_images} test images"
     comparison_png([f"{r.backbone.label} + {r.head}" for r in results], [r.test_accuracy for r in results], [r.ci for r in results], files["png"], title)
@@ -236,7 +236,3 @@ def comparison_png(labels: Sequence[str], accuracy: Sequence[float], intervals: 
     with atomic_path(path) as tmp:
         figure.savefig(tmp, dpi=100, format="png")
     return path
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    write_atomic(path, text.encode("utf-8"))
