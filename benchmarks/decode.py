@@ -1,7 +1,7 @@
 """Time JPEG decoding + preprocessing per image on one core, and how far each path's pixels move.
 
 Every path ends in the same normalised (3, crop, crop) float tensor. ``reference`` is today's path
-(``tlkit.images.open_rgb`` + ``Preprocessing.transform()``: PIL decode with draft, torchvision
+(``tlkit.extract.decode.open_rgb`` + ``Preprocessing.transform()``: PIL decode with draft, torchvision
 Resize/CenterCrop on the PIL image, ToImage/ToDtype/Normalize), the ground truth the others are
 compared with (largest and mean absolute difference, in normalised units). Example::
 
@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from tlkit import images
-from tlkit.preprocessing import Preprocessing
+from tlkit.contract.preprocessing import Preprocessing
+from tlkit.extract import decode
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hymenoptera_data"
 PRE = Preprocessing(crop_size=224, resize_size=256, interpolation="bicubic", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
@@ -37,7 +37,7 @@ def normalise(hwc: np.ndarray) -> torch.Tensor:
 
 def reference() -> Callable[[Path], torch.Tensor]:
     tf = PRE.transform()
-    return lambda p: tf(images.open_rgb(p, min_size=PRE.resize_size))
+    return lambda p: tf(decode.open_rgb(p, min_size=PRE.resize_size))
 
 
 def pil_box(decode: Callable[[Path], Image.Image]) -> Callable[[Path], torch.Tensor]:
@@ -58,7 +58,7 @@ def pil_box(decode: Callable[[Path], Image.Image]) -> Callable[[Path], torch.Ten
 
 
 def pil_decode(p: Path) -> Image.Image:
-    return images.open_rgb(p, min_size=PRE.resize_size)
+    return decode.open_rgb(p, min_size=PRE.resize_size)
 
 
 def simplejpeg_decode(p: Path) -> Image.Image:
@@ -101,7 +101,7 @@ def cv2_resize(flag_name: str) -> Callable[[Path], torch.Tensor]:
 
 PATHS: dict[str, Callable[[], Callable[[Path], torch.Tensor]]] = {
     "reference (PIL + torchvision on PIL)": reference,
-    "tlkit fast (images.FastPipeline)": lambda: images.FastPipeline(PRE),
+    "tlkit fast (decode.FastPipeline)": lambda: decode.FastPipeline(PRE),
     "PIL decode + PIL resize(box=crop)": lambda: pil_box(pil_decode),
     "PIL decode + torch uint8 resize": lambda: tensor_resize(pil_decode),
     "simplejpeg (7/8 DCT scaling) + torch uint8 resize": lambda: tensor_resize(simplejpeg_decode),

@@ -4,8 +4,8 @@ In one run, on the same images (the ants/bees train split by default) and the sa
 
 (a) plain:    the tutorial's loop (torchvision ImageFolder + Resize/CenterCrop/ToTensor/Normalize,
               DataLoader(batch_size=32, num_workers=0), forward under no_grad), 1 process x T threads;
-(b) 1 x T:    ``tlkit.stages.extract`` (cache off, decoding workers 0), 1 process x T threads;
-(c) P x 1:    ``tlkit.stages.extract(shard=Shard(rank, P))`` in P processes x 1 thread each, started
+(b) 1 x T:    ``tlkit.run.stages.extract`` (cache off, decoding workers 0), 1 process x T threads;
+(c) P x 1:    ``tlkit.run.stages.extract(shard=Shard(rank, P))`` in P processes x 1 thread each, started
               together; wall time is the slowest rank's (the gather of the features is not included:
               for 244 x 1280 floats it is milliseconds).
 
@@ -44,8 +44,8 @@ def cpu_line() -> str:
 
 
 def _recipe(args: argparse.Namespace):
-    from tlkit.plugins import load_plugins
-    from tlkit.recipe import resolve
+    from tlkit.contract.plugin_manager import load_plugins
+    from tlkit.recipe.loader import resolve
 
     return resolve(
         {"name": "bench", "dataset": {"root": str(args.data)}, "backbone": {"name": args.backbone, "weights": args.weights},
@@ -60,7 +60,7 @@ def plain(args: argparse.Namespace) -> float:
     from torchvision import datasets, transforms
 
     torch.set_num_threads(args.threads)
-    from tlkit import stages
+    from tlkit.run import stages
 
     prepared = stages.prepare(_recipe(args))
     pre = prepared.pipeline.preprocessing
@@ -81,7 +81,7 @@ def one_rank(args: argparse.Namespace, rank: int, world: int, threads: int, barr
     import torch
 
     torch.set_num_threads(threads)
-    from tlkit import stages
+    from tlkit.run import stages
 
     prepared = stages.prepare(_recipe(args))
     barrier.wait()

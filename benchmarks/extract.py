@@ -4,7 +4,7 @@ In one process, on the same images and the same backbone, each repeat times:
 
 (a) plain:    torchvision ``ImageFolder`` + Resize(256)/CenterCrop(224)/ToTensor/Normalize,
               ``DataLoader(batch_size=32)``, forward under ``torch.no_grad`` (the tutorial's loop);
-(b) tlkit:    ``tlkit.features.extract`` with the cache off, per runtime (torch, onnxruntime, openvino),
+(b) tlkit:    ``tlkit.extract.features.extract`` with the cache off, per runtime (torch, onnxruntime, openvino),
               with the chosen decoder (fast by default): images/s end to end, decoding included;
 (c) forward:  each runtime's forward pass alone on pre-made batches of real preprocessed images,
 
@@ -43,12 +43,12 @@ from PIL import Image
 from torch.utils.data import ConcatDataset, DataLoader
 from torchvision import datasets, transforms
 
-from tlkit.features import default_workers, extract, prepare_model
-from tlkit.images import decoding_pipeline, pipeline_named
-from tlkit.pipeline import ImagePipeline, ImageSettings
-from tlkit.plugins import load_plugins
-from tlkit.runtimes.choice import agreement
-from tlkit.weights import WeightsRequest
+from tlkit.contract.plugin_manager import load_plugins
+from tlkit.contract.weights_request import WeightsRequest
+from tlkit.extract.decode import decoding_pipeline, pipeline_named
+from tlkit.extract.features import default_workers, extract, prepare_model
+from tlkit.extract.pipeline import ImagePipeline, ImageSettings
+from tlkit.extract.runtimes.choice import agreement
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hymenoptera_data"
 
@@ -157,8 +157,8 @@ def parse_args() -> argparse.Namespace:
 
 def build_runtimes(args, spec, model, pipeline, paths) -> dict:
     """Each requested runtime, chosen (converted or loaded) exactly as a run would."""
-    from tlkit.runtimes import choose_runtime
-    from tlkit.runtimes.stage import CALIBRATION_IMAGES, PROBE_IMAGES, _decoded
+    from tlkit.extract.runtimes import choose_runtime
+    from tlkit.extract.runtimes.stage import CALIBRATION_IMAGES, PROBE_IMAGES, _decoded
 
     if args.fresh:
         shutil.rmtree(args.model_cache, ignore_errors=True)

@@ -13,7 +13,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/tiny.py importable as `tiny`
 
-from tlkit.plugins import Plugins, load_plugins, set_plugins
+from tlkit.contract.plugin_manager import Plugins, load_plugins, set_plugins
 
 REPO = Path(__file__).resolve().parent.parent
 HYMENOPTERA = (REPO.parent / "shared" / "data" / "hymenoptera_data").resolve()

@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def _env(rank: int, world: int, port: int):
-    from tlkit.distributed import DistEnv
+    from tlkit.run.ranks import DistEnv
 
     return DistEnv(rank, world, rank, "127.0.0.1", str(port), "test")
 
@@ -21,7 +21,7 @@ def collectives(rank: int, world: int, port: int, out: str, skip_rank: int) -> N
     """A gather and a broadcast of all ranks, then a second gather that ``skip_rank`` never comes to."""
     import torch
 
-    from tlkit.distributed import DistributedError, broadcast_from_main, gather_to_main, process_group
+    from tlkit.run.ranks import DistributedError, broadcast_from_main, gather_to_main, process_group
 
     env = _env(rank, world, port)
     result: dict = {"rank": rank}
@@ -49,10 +49,10 @@ def run_recipe(rank: int, world: int, port: int, recipe_file: str, run_dir: str,
     torch.set_num_threads(1)
     from tiny import TinyPlugin
 
-    from tlkit.distributed_run import run_ranks
-    from tlkit.observer import Observer
-    from tlkit.plugins import load_plugins, set_plugins
-    from tlkit.recipe import load_recipe
+    from tlkit.contract.observer import Observer
+    from tlkit.contract.plugin_manager import load_plugins, set_plugins
+    from tlkit.recipe.loader import load_recipe
+    from tlkit.run.launch import run_ranks
 
     class Notes(Observer):
         def __init__(self) -> None:

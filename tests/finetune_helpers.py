@@ -9,9 +9,9 @@ from typing import Any
 
 import timm
 import torch
+from conftest import make_image_folder
 
 import tlkit
-from conftest import make_image_folder
 
 ARCH = "test_efficientnet"
 PRE = tlkit.Preprocessing(crop_size=32, resize_size=36, interpolation="bilinear", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))

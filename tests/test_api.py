@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from tiny_runs import ARCH, make_data, make_weights
 
 import tlkit
-from tiny_runs import ARCH, make_data, make_weights
-from tlkit.cli import main
+from tlkit.cli.app import main
 from tlkit.errors import DataError
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -29,13 +29,13 @@ RUN_CACHE: list[str] = []  # the feature-cache folder the module's run used
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(data root, run directory) of one logreg run with the feature cache on (the session's cache folder)."""
-    from tlkit.plugins import load_plugins
+    from tlkit.contract.plugin_manager import load_plugins
 
     base = tmp_path_factory.mktemp("api")
     root = make_data(base / "data")
     weights = make_weights(base / "weights.pth")
-    from tlkit.engine import run
-    from tlkit.recipe import resolve
+    from tlkit.recipe.loader import resolve
+    from tlkit.run.engine import run
 
     recipe = resolve(
         {"name": "api", "dataset": {"root": str(root)}, "backbone": {"name": f"timm:{ARCH}", "weights": str(weights)},

@@ -15,10 +15,10 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-
 from conftest import make_image
-from tlkit.archives import fetch, unpack
+
 from tlkit.errors import DataError
+from tlkit.sources.archives import fetch, unpack
 
 
 @pytest.fixture
@@ -157,7 +157,7 @@ def test_a_damaged_archive_is_an_error(tmp_path: Path) -> None:
 
 
 def test_imagefolder_fetches_from_a_recipe_url(tmp_path: Path, served: tuple[Path, str], plugins: object) -> None:
-    from tlkit.recipe import load_recipe
+    from tlkit.recipe.loader import load_recipe
 
     folder, base = served
     archive = good_zip(folder / "data.zip", _image_bytes(tmp_path))

@@ -9,9 +9,10 @@ import timm
 import torch
 import torchvision
 
+from tlkit.contract.preprocessing import Preprocessing
+from tlkit.contract.weights_request import WeightsRequest
 from tlkit.errors import WeightsError
-from tlkit.weights import WeightsRequest, sha256_file
-from tlkit.preprocessing import Preprocessing
+from tlkit.sources.weights import sha256_file
 from tlkit_plugins.backbones.efficientnet_lite import map_efficientnet_pytorch_keys, packaged_weights_file
 
 

@@ -11,8 +11,9 @@ from safetensors.torch import save_file
 import tlkit
 import tlkit.testing
 from tlkit.backbones import build_registered, derived_spec, registered, state_sha256, wrap_module
+from tlkit.contract.weights_request import WeightsRequest
 from tlkit.errors import RegistryError, WeightsError
-from tlkit.weights import WeightsRequest, sha256_file
+from tlkit.sources.weights import sha256_file
 
 PRE = tlkit.Preprocessing(crop_size=32, resize_size=36, interpolation="bilinear", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 

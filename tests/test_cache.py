@@ -18,9 +18,9 @@ from feature_helpers import TINY_PRE, TinyCNN, TinyPlugin
 from typer.testing import CliRunner
 
 import tlkit
-from tlkit import cache
-from tlkit.cache import FeatureStore, extractor_identity, identity_key, open_store, parse_duration
-from tlkit.features import extract, extract_cached, prepare_model
+from tlkit.extract import cache
+from tlkit.extract.cache import FeatureStore, extractor_identity, identity_key, open_store, parse_duration
+from tlkit.extract.features import extract, extract_cached, prepare_model
 
 TESTS = Path(__file__).resolve().parent
 
@@ -50,10 +50,10 @@ def test_second_extraction_comes_from_the_cache_without_reading_an_image(
     def no_reading(path: Path) -> str:
         raise AssertionError(f"{path} was read again")
 
-    import tlkit.hashing
+    import tlkit.util.hashing
 
-    monkeypatch.setattr(tlkit.hashing, "file_sha256", no_reading)  # unchanged files are known by (size, mtime)
-    monkeypatch.setattr(tlkit.hashing, "_MEMO", {})  # ... from the cache's own index, not this process's memo
+    monkeypatch.setattr(tlkit.util.hashing, "file_sha256", no_reading)  # unchanged files are known by (size, mtime)
+    monkeypatch.setattr(tlkit.util.hashing, "_MEMO", {})  # ... from the cache's own index, not this process's memo
     started = time.perf_counter()
     second = extract_cached(model, paths, TINY_PRE, store, batch_size=4, workers=0)
     assert (second.cached, second.extracted) == (len(paths), 0)
@@ -129,8 +129,8 @@ _CHILD = textwrap.dedent(
     import torch
     sys.path.insert(0, {tests!r})
     from feature_helpers import TINY_PRE, TinyCNN
-    from tlkit.cache import open_store
-    from tlkit.features import extract_cached, prepare_model
+    from tlkit.extract.cache import open_store
+    from tlkit.extract.features import extract_cached, prepare_model
 
     paths = sorted(Path({folder!r}).rglob("*.jpg"))
     store = open_store("tiny_cnn", "random", TINY_PRE, "fp32", seed=0)
@@ -186,10 +186,10 @@ def test_parse_duration() -> None:
 
 
 def _run_recipe(folder: Path, tmp_path: Path, out: str, seed: int = 0, **extract_settings: object) -> dict:
-    from tlkit.engine import run
-    from tlkit.observer import Observer
-    from tlkit.plugins import load_plugins
-    from tlkit.recipe import resolve
+    from tlkit.contract.observer import Observer
+    from tlkit.contract.plugin_manager import load_plugins
+    from tlkit.recipe.loader import resolve
+    from tlkit.run.engine import run
 
     plugins = load_plugins(entry_points=False, extra=[TinyPlugin()])
     data = {
@@ -233,7 +233,7 @@ def test_cache_false_neither_reads_nor_writes(image_folder: Path, tmp_path: Path
 
 
 def test_cache_commands(image_folder: Path, model: torch.nn.Module, store: FeatureStore, feature_cache_dir: Path) -> None:
-    from tlkit.cli import app
+    from tlkit.cli.app import app
 
     extract_cached(model, _paths(image_folder), TINY_PRE, store, workers=0)
     runner = CliRunner()
@@ -254,7 +254,7 @@ def test_cache_commands(image_folder: Path, model: torch.nn.Module, store: Featu
 
 
 def test_cache_clear_rejects_a_bad_duration_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
-    from tlkit.cli import main
+    from tlkit.cli.app import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["cache", "clear", "--older-than", "soon"])
@@ -268,10 +268,10 @@ def test_lite0_recipe_second_run_extracts_nothing_and_one_changed_image_once(hym
     """The real ants/bees recipe on Lite0: 397 features once, then all from the cache in under a second."""
     import shutil
 
-    from tlkit.engine import run
-    from tlkit.observer import Observer
-    from tlkit.plugins import load_plugins
-    from tlkit.recipe import load_recipe
+    from tlkit.contract.observer import Observer
+    from tlkit.contract.plugin_manager import load_plugins
+    from tlkit.recipe.loader import load_recipe
+    from tlkit.run.engine import run
 
     data = tmp_path / "hymenoptera_data"
     shutil.copytree(hymenoptera, data)  # a copy we may edit; features are found by content, not path
@@ -293,14 +293,14 @@ def test_lite0_recipe_second_run_extracts_nothing_and_one_changed_image_once(hym
 
 def test_one_hash_memo_serves_weights_and_images(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A file hashed once in a process (as weights or as an image) is not read again while unchanged."""
-    import tlkit.hashing
-    from tlkit.weights import sha256_file
+    import tlkit.util.hashing
+    from tlkit.sources.weights import sha256_file
 
     path = tmp_path / "w.bin"
     path.write_bytes(b"x" * 1000)
     reads: list[str] = []
-    real = tlkit.hashing.file_sha256
-    monkeypatch.setattr(tlkit.hashing, "file_sha256", lambda p: reads.append(str(p)) or real(p))
+    real = tlkit.util.hashing.file_sha256
+    monkeypatch.setattr(tlkit.util.hashing, "file_sha256", lambda p: reads.append(str(p)) or real(p))
     first = sha256_file(path)
     assert cache.FileHashes(tmp_path / "cache").sha256(path) == first and len(reads) == 1
     path.write_bytes(b"y" * 1000)  # same size, new content: the stamp changes, so it is read again

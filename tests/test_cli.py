@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import write_recipe
 from safetensors.torch import load_file
 
-from conftest import write_recipe
-from tlkit.cli import main
+from tlkit.cli.app import main
 
 
 def cli(*args: str) -> int:

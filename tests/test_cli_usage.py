@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 import typer
-
 from conftest import make_image
 from tiny_runs import make_data, make_run, make_weights
+
 from tlkit import __version__
-from tlkit.cli import app, main
-from tlkit.plugins import load_plugins
+from tlkit.cli.app import app, main
+from tlkit.contract.plugin_manager import load_plugins
 
 
 def cli(*args: str) -> int:
@@ -124,7 +124,7 @@ def test_installed_command_answers_help_and_version_without_torch(tmp_path: Path
     assert version.returncode == 0 and version.stdout.strip() == f"tlkit {__version__}"
     bare = subprocess.run([str(tlkit_bin)], capture_output=True, text=True, env=env, timeout=120)
     assert bare.returncode == 2 and "Commands:" in bare.stdout and "Traceback" not in bare.stderr
-    probe = "import sys; from tlkit.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\nprint('torch' in sys.modules, file=sys.stderr)"
+    probe = "import sys; from tlkit.cli.app import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\nprint('torch' in sys.modules, file=sys.stderr)"
     for args in (["--help"], ["--version"], ["run", "--help"]):
         result = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, env=env, timeout=120)
         assert result.stderr.strip() == "False", (args, result.stderr)
@@ -239,7 +239,8 @@ def test_summary_and_cache_tables_have_no_empty_header_and_wide_shows_the_full_h
     import re
 
     from conftest import write_recipe
-    from tlkit import cache
+
+    from tlkit.extract import cache
 
     recipe = write_recipe(tmp_path / "r.yaml", image_folder)
     assert cli("run", str(recipe), "--out", str(tmp_path / "o")) == 0

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import make_image_folder, write_recipe
-from tlkit.cli import main
-from tlkit.compare import Candidate, Result, bootstrap, expand_backbones
+
+from tlkit.cli.app import main
 from tlkit.errors import RecipeError
+from tlkit.run.compare import Candidate, Result, bootstrap, expand_backbones
 
 
 def _result(name: str, correct: list[bool]) -> Result:

@@ -14,8 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from tlkit.images import FAST_DECODER, BadImage, FastPipeline, ReferencePipeline, decoding_pipeline
-from tlkit.preprocessing import Preprocessing
+from tlkit.contract.preprocessing import Preprocessing
+from tlkit.extract.decode import FAST_DECODER, BadImage, FastPipeline, ReferencePipeline, decoding_pipeline
 
 pytest.importorskip("simplejpeg")
 

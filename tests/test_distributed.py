@@ -13,12 +13,12 @@ import torch
 import torch.multiprocessing as mp
 from conftest import make_image_folder, write_recipe
 
-from tlkit import stages
-from tlkit.distributed import DistEnv, DistributedError, backend_for, detect, device_for, timeout_s
-from tlkit.distributed_run import RankPart, merge, positions_of
-from tlkit.recipe import load_recipe
-from tlkit.specs import Features, Sample
-from tlkit.stages import Shard, SplitFeatures
+from tlkit.contract.specs import Features, Sample
+from tlkit.recipe.loader import load_recipe
+from tlkit.run import stages
+from tlkit.run.launch import RankPart, merge, positions_of
+from tlkit.run.ranks import DistEnv, DistributedError, backend_for, detect, device_for, timeout_s
+from tlkit.run.stages import Shard, SplitFeatures
 
 
 def _free_port() -> int:
@@ -124,18 +124,18 @@ def test_two_ranks_give_the_one_process_run(tmp_path):
 
     from tiny import TinyPlugin
 
-    from tlkit.plugins import load_plugins
+    from tlkit.contract.plugin_manager import load_plugins
 
     plugins = load_plugins(entry_points=False, extra=[TinyPlugin()])
     recipe = load_recipe(recipe_file, plugins)
     single = stages.extract(stages.prepare(recipe), store=None)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    from tlkit.engine import run
+    from tlkit.run.engine import run
 
     reference = run(load_recipe(write_recipe(tmp_path / "r1.yaml", root, extract={"cache": False}), plugins), tmp_path / "single").metrics
     assert metrics["test_accuracy"] == reference.test_accuracy and metrics["train_accuracy"] == reference.train_accuracy
     assert [str(r["path"]) for r in rows if r["split"] == "train"] == [str(s.path) for s in single.samples["train"]]
-    from tlkit.cache import hash_files
+    from tlkit.extract.cache import hash_files
 
     store = next((tmp_path / "cache" / "features").iterdir())
     from safetensors.torch import load_file
@@ -147,8 +147,8 @@ def test_two_ranks_give_the_one_process_run(tmp_path):
 
 @pytest.mark.parametrize("resume", [False, True])
 def test_fine_tuning_or_resuming_under_torchrun_is_refused_before_any_work(tiny_plugins, image_folder, tmp_path, monkeypatch, resume):
-    from tlkit.distributed_run import launch
-    from tlkit.observer import Observer
+    from tlkit.contract.observer import Observer
+    from tlkit.run.launch import launch
 
     for name, value in {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}.items():
         monkeypatch.setenv(name, value)

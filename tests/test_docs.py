@@ -1,6 +1,6 @@
 """The README's "Writing a plugin" section is complete and true.
 
-Every hook in ``tlkit/hookspecs.py`` has a ``### <hook>`` heading with an example and a test (as
+Every hook in ``tlkit/contract/hookspecs.py`` has a ``### <hook>`` heading with an example and a test (as
 datasette's ``test_docs.py`` checks). And the section's own code blocks, pasted into a package
 exactly as the README lays it out, make a plugin that installs, lists and runs: someone with only
 the README can write a working plugin.
@@ -15,12 +15,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from typer.testing import CliRunner
-
 from conftest import CLASS_COLOURS, make_image
 from plugin_packages import REPO, pip_install
-from tlkit import cli, hookspecs
-from tlkit.plugins import PluginWarning, load_plugins, set_plugins
+from typer.testing import CliRunner
+
+from tlkit.cli import app as cli
+from tlkit.contract import hookspecs
+from tlkit.contract.plugin_manager import PluginWarning, load_plugins, set_plugins
 
 README = REPO / "README.md"
 HOOKS = sorted(name for name, value in vars(hookspecs).items() if hasattr(value, "tlkit_spec"))
@@ -58,7 +59,7 @@ def test_every_hook_has_a_heading_with_a_complete_example(hook: str) -> None:
 
 def test_every_hook_heading_names_a_real_hook() -> None:
     stale = [h for h in subsections() if h.startswith("register_") and h not in HOOKS]
-    assert not stale, f"README documents hooks that tlkit/hookspecs.py lacks: {stale}"
+    assert not stale, f"README documents hooks that tlkit/contract/hookspecs.py lacks: {stale}"
 
 
 @pytest.mark.parametrize("hook", HOOKS)

@@ -13,11 +13,11 @@ import pytest
 import torch
 import yaml
 from PIL import Image
-
 from tiny_runs import CLASSES, make_data, make_run, make_weights
-from tlkit import plots
-from tlkit.cli import main
-from tlkit.evaluate import classification_metrics, misclassified, prediction_rows
+
+from tlkit.cli.app import main
+from tlkit.outputs import plots
+from tlkit.outputs.metrics import classification_metrics, misclassified, prediction_rows
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:

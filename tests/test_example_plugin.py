@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from typer.testing import CliRunner
-
 from conftest import CLASS_COLOURS, make_image
 from plugin_packages import EXAMPLE, pip_install, run_tlkit, subprocess_env
-from tlkit.cli import app
-from tlkit.plugins import Plugins, load_plugins, set_plugins
+from typer.testing import CliRunner
+
+from tlkit.cli.app import app
+from tlkit.contract.plugin_manager import Plugins, load_plugins, set_plugins
 
 DIST = "tlkit-example-plugin"
 

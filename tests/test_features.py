@@ -11,8 +11,8 @@ import torchvision
 from feature_helpers import TINY_PRE, TinyCNN
 
 import tlkit
-from tlkit.pipeline import ImagePipeline, ImageSettings
-from tlkit.features import extract, prepare_model
+from tlkit.extract.features import extract, prepare_model
+from tlkit.extract.pipeline import ImagePipeline, ImageSettings
 
 
 def _paths(folder: Path) -> list[Path]:
@@ -82,7 +82,7 @@ def test_bf16_features_are_close_to_fp32(photos: list[Path]) -> None:
 
 @pytest.mark.parametrize(("precision", "check"), [("bf16", "_is_mkldnn_bf16_supported"), ("fp16", "_is_mkldnn_fp16_supported")])
 def test_emulated_precision_is_named_on_a_cpu_without_it(precision: str, check: str) -> None:
-    from tlkit.features import slow_precision_note
+    from tlkit.extract.features import slow_precision_note
 
     note = slow_precision_note(torch.device("cpu"), precision)
     assert (note is None) == bool(getattr(torch.ops.mkldnn, check)())

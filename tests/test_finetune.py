@@ -12,21 +12,21 @@ from pathlib import Path
 
 import pytest
 import torch
+from finetune_helpers import TinyBNPlugin, build_tiny_bn, make_data, recipe_data
 from safetensors.torch import load_file
 
-from finetune_helpers import TinyBNPlugin, build_tiny_bn, make_data, recipe_data
-from tlkit.engine import run
+from tlkit.contract.observer import Observer
+from tlkit.contract.plugin_manager import Plugins, load_plugins, set_plugins
 from tlkit.errors import RecipeError, RunError, RunInterrupted
 from tlkit.finetune.interrupts import TrainingStopped
 from tlkit.finetune.optim import build_optimizer, lr_factor
 from tlkit.finetune.parts import FinetuneNet, last_stage_parameters, stage_names
 from tlkit.finetune.settings import FinetuneSettings
-from tlkit.finetune.stage import finetune
 from tlkit.finetune.trainer import new_classifier
-from tlkit.observer import Observer
-from tlkit.plugins import Plugins, load_plugins, set_plugins
-from tlkit.recipe import resolve
-from tlkit.stages import prepare
+from tlkit.recipe.loader import resolve
+from tlkit.run.engine import run
+from tlkit.run.finetune_stage import finetune
+from tlkit.run.stages import prepare
 
 
 @pytest.fixture(autouse=True)
@@ -252,8 +252,8 @@ def test_resume_needs_an_interrupted_run(bn_plugins: Plugins, data: Path, tmp_pa
 def test_predict_and_export_reproduce_a_finetuned_run(bn_plugins: Plugins, data: Path, tmp_path: Path, runtime: str) -> None:
     """Also through a converted runtime: the run's final extraction must run the *trained* weights,
     which eager predict (the trained backbone from the run directory) then reproduces."""
-    from tlkit.export import export
-    from tlkit.model import load_model, predict
+    from tlkit.saved.export import export
+    from tlkit.saved.reader import load_model, predict
 
     if runtime != "torch":
         pytest.importorskip(runtime)

@@ -25,9 +25,9 @@ sys.path.insert(0, {tests!r})
 import torch
 torch.set_num_threads(1)
 from finetune_helpers import TinyBNPlugin, recipe_data
-from tlkit.engine import run
-from tlkit.plugins import load_plugins
-from tlkit.recipe import resolve
+from tlkit.run.engine import run
+from tlkit.contract.plugin_manager import load_plugins
+from tlkit.recipe.loader import resolve
 plugins = load_plugins(entry_points=False, extra=[TinyBNPlugin()])
 recipe = resolve(recipe_data(Path({root!r}), strategy="full", epochs={epochs}, optimizer="sgd", schedule="cosine", val_fraction=0.34), plugins)
 resume = {resume!r}

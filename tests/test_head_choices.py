@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from test_heads import blobs
+
+from tlkit.contract.plugin_manager import load_plugins
+from tlkit.contract.specs import FitContext, TrainedHead
 from tlkit.fitting import one_thread
-from tlkit.plugins import load_plugins
-from tlkit.specs import FitContext, TrainedHead
 
 PLUGINS = load_plugins(entry_points=False)
 

@@ -10,12 +10,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from tlkit.contract.plugin_manager import load_plugins
+from tlkit.contract.specs import Features, FitContext, HeadSpec
 from tlkit.errors import RecipeError, RunError
 from tlkit.fitting import Standardize, stratified_holdout
-from tlkit.head_files import head_metadata, head_tensors, load_head, read_head_file
-from tlkit.plugins import load_plugins
-from tlkit.recipe import resolve
-from tlkit.specs import Features, FitContext, HeadSpec
+from tlkit.recipe.loader import resolve
+from tlkit.saved.head_files import head_metadata, head_tensors, load_head, read_head_file
 
 HEADS = load_plugins(entry_points=False).heads.names()
 

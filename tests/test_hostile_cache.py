@@ -21,10 +21,10 @@ from conftest import make_image_folder
 from feature_helpers import TINY_PRE, TinyCNN
 from safetensors import safe_open
 
-from tlkit import cache
-from tlkit.cache import FeatureStore, FileHashes, hash_files, open_store
 from tlkit.errors import OutputError
-from tlkit.features import extract, extract_cached, prepare_model
+from tlkit.extract import cache
+from tlkit.extract.cache import FeatureStore, FileHashes, hash_files, open_store
+from tlkit.extract.features import extract, extract_cached, prepare_model
 
 TESTS = Path(__file__).resolve().parent
 
@@ -170,7 +170,7 @@ _RANK = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from tlkit.cache import hash_files
+    from tlkit.extract.cache import hash_files
     paths = sorted(Path(sys.argv[1]).rglob("*.jpg"))
     rank, world = int(sys.argv[2]), int(sys.argv[3])
     hash_files(paths[rank::world])
@@ -213,8 +213,8 @@ _READER = textwrap.dedent(
     import torch
     sys.path.insert(0, {tests!r})
     from feature_helpers import TINY_PRE, TinyCNN
-    from tlkit.cache import open_store
-    from tlkit.features import extract_cached, prepare_model
+    from tlkit.extract.cache import open_store
+    from tlkit.extract.features import extract_cached, prepare_model
     if os.geteuid() == 0:
         os.setgid(65534); os.setuid(65534)  # root ignores file modes: read as nobody (after the imports)
     paths = sorted(Path({folder!r}).rglob("*.jpg"))
@@ -269,7 +269,7 @@ _FULL = textwrap.dedent(
     import torch
     sys.path.insert(0, {tests!r})
     from feature_helpers import TINY_PRE
-    from tlkit.cache import open_store
+    from tlkit.extract.cache import open_store
     from tlkit.errors import OutputError
     store = open_store("tiny_cnn", "random", TINY_PRE, "fp32", seed=0)
     store.write({{"a" * 64: torch.ones(16)}})

@@ -21,13 +21,13 @@ import pytest
 import torch
 import yaml
 
-from tlkit import archives
-from tlkit.archives import Limits, fetch, unpack
+from tlkit.contract.plugin_manager import Plugins, load_plugins
+from tlkit.contract.specs import Features, FitContext
 from tlkit.errors import DataError, RecipeError, TlkitError
-from tlkit.plugins import Plugins, load_plugins
-from tlkit.recipe import load_recipe
-from tlkit.specs import Features, FitContext
-from tlkit.yaml_loading import MAX_NODES, expanded_size, safe_load
+from tlkit.recipe.loader import load_recipe
+from tlkit.recipe.yaml_loading import MAX_NODES, expanded_size, safe_load
+from tlkit.sources import archives
+from tlkit.sources.archives import Limits, fetch, unpack
 
 BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
     f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]\n" for i in range(8)
@@ -323,7 +323,7 @@ def _images(tmp_path: Path) -> list[Path]:
 def test_a_file_whose_decoding_hangs_is_skipped_and_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from feature_helpers import TinyCNN
 
-    from tlkit.features import extract, prepare_model
+    from tlkit.extract.features import extract, prepare_model
 
     monkeypatch.setenv("TLKIT_DECODE_TIMEOUT_S", "1")
     paths = _images(tmp_path)
@@ -340,9 +340,9 @@ def test_a_file_whose_decoding_hangs_is_skipped_and_reported(tmp_path: Path, mon
 def test_a_shard_member_whose_decoding_hangs_is_skipped_and_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from feature_helpers import TinyCNN, TinyPlugin
 
-    from tlkit.features import prepare_model
-    from tlkit.shard_features import extract_members
-    from tlkit.shards import make_from_folder
+    from tlkit.extract.features import prepare_model
+    from tlkit.extract.shard_members import extract_members
+    from tlkit.sources.shards import make_from_folder
 
     monkeypatch.setenv("TLKIT_DECODE_TIMEOUT_S", "1")
     for split in ("train", "val"):
@@ -368,7 +368,7 @@ def test_a_shard_member_whose_decoding_hangs_is_skipped_and_reported(tmp_path: P
 def test_a_malformed_decode_timeout_is_one_line_naming_the_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str) -> None:
     from feature_helpers import TinyCNN
 
-    from tlkit.features import extract, prepare_model
+    from tlkit.extract.features import extract, prepare_model
 
     monkeypatch.setenv("TLKIT_DECODE_TIMEOUT_S", value)
     model = prepare_model(TinyCNN(), torch.device("cpu"))
@@ -381,7 +381,7 @@ def test_a_malformed_decode_timeout_is_one_line_naming_the_variable(tmp_path: Pa
 def test_a_decoder_stuck_beyond_signals_ends_the_wait_naming_the_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from feature_helpers import TinyCNN
 
-    from tlkit.features import batch_timeout, extract, prepare_model
+    from tlkit.extract.features import batch_timeout, extract, prepare_model
 
     monkeypatch.setenv("TLKIT_DECODE_TIMEOUT_S", "1")
     paths = _images(tmp_path)

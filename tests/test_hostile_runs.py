@@ -21,14 +21,14 @@ import pytest
 from conftest import make_image, make_image_folder, write_recipe
 from safetensors.torch import load_file
 
-from tlkit.artifacts import MARKER, RunDirectory
-from tlkit.engine import run
+from tlkit.contract.observer import Observer
+from tlkit.contract.plugin_manager import Plugins, load_plugins, set_plugins
 from tlkit.errors import OutputError, RunError
-from tlkit.hashing import file_sha256
-from tlkit.model import load_model
-from tlkit.observer import Observer
-from tlkit.plugins import Plugins, load_plugins, set_plugins
-from tlkit.recipe import load_recipe
+from tlkit.recipe.loader import load_recipe
+from tlkit.run.engine import run
+from tlkit.saved.reader import load_model
+from tlkit.saved.run_directory import MARKER, RunDirectory
+from tlkit.util.hashing import file_sha256
 
 TESTS = Path(__file__).resolve().parent
 
@@ -129,7 +129,7 @@ def test_a_damaged_run_json_is_refused(finished: Path, tiny: Plugins, tmp_path: 
 
 
 def test_predict_on_a_damaged_run_exits_2_with_one_line(finished: Path, tiny: Plugins, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from tlkit.cli import main
+    from tlkit.cli.app import main
 
     run_dir = _copy(finished, tmp_path)
     _flip_last_byte(run_dir / "head.safetensors")
@@ -178,11 +178,11 @@ _FULL_PLOTS = textwrap.dedent(
     from pathlib import Path
     sys.path.insert(0, {tests!r})
     from tiny import TinyPlugin
-    from tlkit.engine import run
+    from tlkit.run.engine import run
     from tlkit.errors import OutputError
-    from tlkit.observer import Observer
-    from tlkit.plugins import load_plugins
-    from tlkit.recipe import load_recipe
+    from tlkit.contract.observer import Observer
+    from tlkit.contract.plugin_manager import load_plugins
+    from tlkit.recipe.loader import load_recipe
 
     out = Path({out!r})
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tlkit.cli import main
+from tlkit.cli.app import main
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPE = REPO / "recipes" / "hymenoptera.yaml"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import zipfile
 
 import pytest
-
 from conftest import make_image_folder
+
 from tlkit.errors import DataError
 from tlkit_plugins.datasets.imagefolder import ImageFolderOptions, load_imagefolder
 

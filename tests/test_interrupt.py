@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 import torch
-
 from conftest import make_image_folder
-from tlkit.engine import run
-from tlkit.recipe import load_recipe
+
+from tlkit.recipe.loader import load_recipe
+from tlkit.run.engine import run
 
 RECIPE = """\
 name: interrupt
@@ -36,7 +36,7 @@ head: {{name: linear, lr: 0.05, epochs: 3000, eval_every: 25}}
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A small data set, its recipe, and the metrics of an uninterrupted run of it (in-process)."""
-    from tlkit.plugins import load_plugins
+    from tlkit.contract.plugin_manager import load_plugins
 
     base = tmp_path_factory.mktemp("interrupt")
     root = make_image_folder(base / "data", n_train=30, n_test=6)

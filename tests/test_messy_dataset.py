@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import CLASS_COLOURS, make_image
 from PIL import Image
 
-from conftest import CLASS_COLOURS, make_image
-from tlkit.cli import main
-from tlkit.engine import run
+from tlkit.cli.app import main
 from tlkit.errors import DataError
-from tlkit.recipe import load_recipe
+from tlkit.recipe.loader import load_recipe
+from tlkit.run.engine import run
 
 
 def huge_png(path: Path, side: int = 20_000) -> Path:
@@ -44,7 +44,7 @@ def _colour_image(mode: str, colour: tuple[int, int, int], size: tuple[int, int]
         rgba.putalpha(200)
         return rgba
     if mode == "I;16":
-        return Image.fromarray((np.asarray(rgb.convert("L")).astype(np.uint16) * 256))
+        return Image.fromarray(np.asarray(rgb.convert("L")).astype(np.uint16) * 256)
     return rgb.convert(mode)
 
 

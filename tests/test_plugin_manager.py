@@ -5,11 +5,11 @@ from __future__ import annotations
 import warnings
 
 import pytest
+from tiny import TinyPlugin
 
 import tlkit
-from tiny import TinyPlugin
+from tlkit.contract.plugin_manager import DEFAULT_PLUGINS, PluginWarning, load_plugins
 from tlkit.errors import RegistryError
-from tlkit.plugins import DEFAULT_PLUGINS, PluginWarning, load_plugins
 
 
 def test_builtins_register_through_hooks():

@@ -17,14 +17,14 @@ from typing import Any
 import pytest
 import torch
 import yaml
+from conftest import make_image_folder
+from plugin_packages import pip_install, run_tlkit, write_package
 from typer.testing import CliRunner
 
 import tlkit
-from conftest import make_image_folder
-from plugin_packages import pip_install, run_tlkit, write_package
-from tlkit import cli
+from tlkit.cli import app as cli
+from tlkit.contract.plugin_manager import DEFAULT_PLUGINS, Plugins, PluginWarning, load_plugins, set_plugins
 from tlkit.errors import RegistryError
-from tlkit.plugins import DEFAULT_PLUGINS, PluginWarning, Plugins, load_plugins, set_plugins
 
 PRE = tlkit.Preprocessing(crop_size=32, resize_size=36, interpolation="bilinear", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 

@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from tiny_runs import make_data, make_run, make_weights
-from tlkit.cli import main
+
+from tlkit.cli.app import main
 from tlkit.errors import RunError, WeightsError
-from tlkit.export import export
-from tlkit.features import ImageFiles
-from tlkit.model import SavedModel, image_files, load_model, predict
+from tlkit.extract.features import ImageFiles
+from tlkit.saved.export import export
+from tlkit.saved.reader import SavedModel, image_files, load_model, predict
 
 TOLERANCE = 1e-4
 
@@ -47,7 +47,7 @@ def cli(args: list[str]) -> int:
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     """(data root, weights file, run directory) of one logreg run, shared by the tests below."""
-    from tlkit.plugins import load_plugins
+    from tlkit.contract.plugin_manager import load_plugins
 
     base = tmp_path_factory.mktemp("tiny")
     root = make_data(base / "data")
@@ -129,9 +129,9 @@ def test_every_head_exports_to_onnx(plugins, tiny_run: tuple[Path, Path, Path], 
     """kNN's top-k over its stored features, the centroids' cosines, the MLP: all survive ONNX."""
     import onnxruntime
 
-    from tlkit.features import extract
+    from tlkit.contract.specs import Features, FitContext
+    from tlkit.extract.features import extract
     from tlkit.fitting import one_thread
-    from tlkit.specs import Features, FitContext
 
     root, _, run_dir = tiny_run
     model = load_model(run_dir, plugins)
@@ -197,8 +197,8 @@ def test_bad_run_directories_and_inputs_are_one_line_errors(plugins, tiny_run: t
 @pytest.mark.slow
 def test_lite0_ants_bees_logreg_run_predict_and_exports_agree(plugins, hymenoptera: Path, tmp_path: Path) -> None:
     """The issue's must-hold points on the real data: logreg >= linear's 0.941, predict == run, exports == predict."""
-    from tlkit.engine import run
-    from tlkit.recipe import load_recipe
+    from tlkit.recipe.loader import load_recipe
+    from tlkit.run.engine import run
 
     recipe = load_recipe(
         Path(__file__).parent.parent / "recipes" / "hymenoptera.yaml",

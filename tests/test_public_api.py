@@ -87,10 +87,10 @@ def test_the_checker_catches_private_names() -> None:
     bad = (
         "import tlkit_plugins.backbones.timm_models\n"
         "from tlkit_plugins.backbones.efficientnet_lite import build_lite0\n"
-        "from tlkit.weights import load_into\n"
+        "from tlkit.sources.weights import load_into\n"
         "from tlkit.backbones import _reinitialise\n"
         "import tlkit\n"
-        "x = tlkit.engine.run\n"
+        "x = tlkit.run.engine.run\n"
     )
     assert len(private_uses(bad, "bad.py")) == 5
     good = "import tlkit\nimport tlkit.testing\nfrom tlkit.errors import DataError\nspec = tlkit.backbones.derived_spec\nr = tlkit.WeightsRequest.random()\n"

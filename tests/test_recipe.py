@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from tlkit.errors import RecipeError
-from tlkit.recipe import ExtractSettings, apply_overrides, load_recipe, resolve
+from tlkit.recipe.loader import ExtractSettings, apply_overrides, load_recipe, resolve
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -22,9 +22,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tlkit.contract.plugin_manager import Plugins, load_plugins
 from tlkit.errors import TlkitError
-from tlkit.plugins import Plugins, load_plugins
-from tlkit.recipe import Recipe, apply_overrides, load_recipe, read_yaml, resolve
+from tlkit.recipe.loader import Recipe, apply_overrides, load_recipe, read_yaml, resolve
 
 _PLUGINS: Plugins | None = None
 
@@ -214,7 +214,7 @@ def test_non_utf8_recipe_is_refused(tmp_path: Path) -> None:
 
 
 def test_malformed_recipe_on_the_command_line_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from tlkit.cli import main
+    from tlkit.cli.app import main
 
     path = tmp_path / "bad.yaml"
     path.write_text("dataset: {root: d}\nhead: {lr: -1}\n", encoding="utf-8")
@@ -301,7 +301,7 @@ argv_lists = st.builds(
 
 def _cli(argv: list[str]) -> tuple[int, str]:
     """Run ``tlkit argv`` in-process: (exit code, everything printed)."""
-    from tlkit.cli import main
+    from tlkit.cli.app import main
 
     out, err = io.StringIO(), io.StringIO()
     code: Any = 0

@@ -7,8 +7,8 @@ import dataclasses
 import pytest
 
 import tlkit
+from tlkit.contract.registry import Registry
 from tlkit.errors import RegistryError
-from tlkit.registry import Registry
 
 
 def _head(name: str, plugin: str = "p") -> tlkit.HeadSpec:

@@ -13,13 +13,13 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from PIL import Image
-
 from conftest import CLASS_COLOURS, make_image
+from PIL import Image
 from tiny_runs import make_data
-from tlkit import plots, report
-from tlkit.cli import main
-from tlkit.head_files import read_head_file
+
+from tlkit.cli.app import main
+from tlkit.outputs import plots, report
+from tlkit.saved.head_files import read_head_file
 
 
 class References(HTMLParser):
@@ -108,7 +108,8 @@ def test_report_html_is_self_contained_and_names_every_mistake(tmp_path: Path) -
 def tiny_runs_by_head(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, str]]:
     """One real run per choosing head through the CLI (tiny CNN, generated images): run dir and printed summary."""
     from tiny import TinyPlugin
-    from tlkit.plugins import load_plugins, set_plugins
+
+    from tlkit.contract.plugin_manager import load_plugins, set_plugins
 
     base = tmp_path_factory.mktemp("report-runs")
     root = make_data(base / "data")
@@ -176,10 +177,11 @@ def test_every_run_writes_errors_png_and_a_self_contained_report(head: str, tiny
 
 def test_a_head_without_epochs_shows_no_epoch_progress(tiny_runs_by_head, capfd) -> None:
     from tiny import TinyPlugin
-    from tlkit.engine import run
-    from tlkit.observer import Observer
-    from tlkit.plugins import load_plugins
-    from tlkit.recipe import resolve
+
+    from tlkit.contract.observer import Observer
+    from tlkit.contract.plugin_manager import load_plugins
+    from tlkit.recipe.loader import resolve
+    from tlkit.run.engine import run
 
     tasks: list[str] = []
 

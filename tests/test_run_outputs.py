@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tlkit.artifacts import INCOMPLETE, MARKER, RunDirectory
 from tlkit.errors import OutputError
+from tlkit.saved.run_directory import INCOMPLETE, MARKER, RunDirectory
 
 
 def test_staging_folder_is_marked_incomplete_until_commit(tmp_path: Path) -> None:
@@ -52,13 +52,13 @@ def test_too_little_free_space_is_an_error_before_work_starts(tmp_path: Path) ->
 @pytest.mark.parametrize("kind", ["json", "tensors"])
 def test_a_full_disk_during_writes_is_a_clean_error(tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """/dev/full answers every write with ENOSPC, exactly as a full disk does."""
-    import tlkit.atomic
+    import tlkit.util.atomic
 
     run_dir = RunDirectory(tmp_path / "run")
     name = "metrics.json" if kind == "json" else "head.safetensors"
     full = run_dir.path / f".tmp-full-{name}"
     full.symlink_to("/dev/full")  # the atomic writer's temporary file is this link, so its writes fail as on a full disk
-    monkeypatch.setattr(tlkit.atomic, "temporary_name", lambda target: full)
+    monkeypatch.setattr(tlkit.util.atomic, "temporary_name", lambda target: full)
     with pytest.raises(OutputError, match="free some disk space"):
         if kind == "json":
             run_dir.write_json(name, {"x": list(range(10_000))})
@@ -68,7 +68,7 @@ def test_a_full_disk_during_writes_is_a_clean_error(tmp_path: Path, kind: str, m
 
 
 def test_cli_reports_unwritable_out_in_one_line(tmp_path: Path, image_folder: Path, plugins: object, capsys: pytest.CaptureFixture[str]) -> None:
-    from tlkit.cli import main
+    from tlkit.cli.app import main
 
     (tmp_path / "a-file").write_text("x")
     recipe = tmp_path / "r.yaml"
@@ -118,9 +118,9 @@ def test_two_runs_on_the_same_data_at_the_same_time_both_succeed(tmp_path: Path,
     # Both runs wrote into one shared feature cache: only complete chunks, and together they hold every image.
     (entry,) = [p for p in (feature_cache_dir / "features").iterdir() if p.is_dir()]  # one extractor, one entry
     assert not [p for p in feature_cache_dir.rglob("*") if p.name.startswith(".") and p.suffix != ".json"]
-    from tlkit.engine import run
-    from tlkit.plugins import load_plugins
-    from tlkit.recipe import load_recipe
+    from tlkit.contract.plugin_manager import load_plugins
+    from tlkit.recipe.loader import load_recipe
+    from tlkit.run.engine import run
 
     third = run(load_recipe(recipe, load_plugins(entry_points=False)), tmp_path / "third")
     assert third.metrics.features["extracted"] == 0 and third.metrics.features["cached"] == 18

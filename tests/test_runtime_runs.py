@@ -17,10 +17,10 @@ pytest.importorskip("openvino")
 
 
 def run_tiny(folder: Path, out: Path, **extract: object) -> tuple[dict, list[str]]:
-    from tlkit.engine import run
-    from tlkit.observer import Observer
-    from tlkit.plugins import load_plugins
-    from tlkit.recipe import resolve
+    from tlkit.contract.observer import Observer
+    from tlkit.contract.plugin_manager import load_plugins
+    from tlkit.recipe.loader import resolve
+    from tlkit.run.engine import run
 
     plugins = load_plugins(entry_points=False, extra=[TinyPlugin()])
     data = {
@@ -76,7 +76,7 @@ def test_a_run_on_int8_predicts_in_eager_fp32_with_its_own_classes(image_folder:
     from PIL import Image
 
     import tlkit
-    from tlkit.plugins import load_plugins, set_plugins
+    from tlkit.contract.plugin_manager import load_plugins, set_plugins
 
     metrics, _ = run_tiny(image_folder, tmp_path / "run", runtime="onnxruntime", precision="int8")
     assert metrics["features"]["runtime"]["precision"] == "int8"

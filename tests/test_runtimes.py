@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tlkit.runtimes import choose_runtime, effective_precision, torch_forward
-from tlkit.runtimes.conversion import MANIFEST, ModelStore, state_digest
+from tlkit.extract.runtimes import choose_runtime, effective_precision, torch_forward
+from tlkit.extract.runtimes.conversion import MANIFEST, ModelStore, state_digest
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("openvino")

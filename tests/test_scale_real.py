@@ -129,7 +129,7 @@ def test_a_killed_rank_ends_the_run_with_one_error_and_the_rerun_resumes(hymenop
 
 
 def test_webdataset_shards_of_ants_bees_give_the_folder_accuracy(reference, hymenoptera, tmp_path):
-    from tlkit.cli import main
+    from tlkit.cli.app import main
 
     metrics, _ = reference
     with pytest.raises(SystemExit) as info:

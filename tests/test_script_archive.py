@@ -19,9 +19,10 @@ import pytest
 import torch
 from torchvision.models import resnet18
 
+from tlkit.contract.weights_request import WeightsRequest
 from tlkit.errors import WeightsError
-from tlkit.script_archive import is_script_archive, read_named_tensors
-from tlkit.weights import WeightsRequest, load_state_dict
+from tlkit.sources.script_archive import is_script_archive, read_named_tensors
+from tlkit.sources.weights import load_state_dict
 
 
 def write_tch_archive(state: dict[str, torch.Tensor], path: Path) -> Path:

@@ -9,10 +9,10 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import CLASS_COLOURS, make_image
+
 from tlkit.errors import DataError, RecipeError
-from tlkit.recipe import resolve
+from tlkit.recipe.loader import resolve
 
 
 def photos(root: Path, counts: dict[str, int]) -> Path:
@@ -80,7 +80,7 @@ def split_csv(run_dir: Path) -> list[tuple[str, str, str]]:
 
 
 def run_split(plugins, root: Path, out: Path, backbone: dict, seed: int = 7, head: str = "logreg") -> Path:
-    from tlkit.engine import run
+    from tlkit.run.engine import run
 
     recipe = resolve(
         {"name": "split", "dataset": {"root": str(root), "split": {"test_fraction": 0.2, "seed": seed}}, "backbone": backbone,
@@ -91,7 +91,7 @@ def run_split(plugins, root: Path, out: Path, backbone: dict, seed: int = 7, hea
 
 
 def check_predict_agrees(run_dir: Path, capsys) -> None:
-    from tlkit.cli import main
+    from tlkit.cli.app import main
 
     with (run_dir / "predictions.csv").open(newline="") as fh:
         row = next(csv.DictReader(fh))

@@ -10,18 +10,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
-
 from conftest import CLASS_COLOURS, make_image_folder
+from PIL import Image
 from tiny_runs import ARCH, make_weights
-from tlkit import stages
-from tlkit.artifacts import RunDirectory
-from tlkit.engine import run
+
 from tlkit.errors import DataError, RecipeError
-from tlkit.model import image_files, load_model, predict
-from tlkit.pipeline import ImagePipeline
-from tlkit.recipe import resolve
-from tlkit.run_files import write
+from tlkit.extract.pipeline import ImagePipeline
+from tlkit.recipe.loader import resolve
+from tlkit.run import stages
+from tlkit.run.engine import run
+from tlkit.run.write import write
+from tlkit.saved.reader import image_files, load_model, predict
+from tlkit.saved.run_directory import RunDirectory
 
 
 def _recipe(plugins, root: Path, **sections):
@@ -132,8 +132,8 @@ def _with_background(model, colour):
 
 
 def test_pipeline_record_round_trips_and_rejects_junk() -> None:
-    from tlkit.pipeline import ImageSettings
-    from tlkit.preprocessing import Preprocessing
+    from tlkit.contract.preprocessing import Preprocessing
+    from tlkit.extract.pipeline import ImageSettings
 
     pipeline = ImagePipeline(ImageSettings("error", (1, 2, 3)), Preprocessing(32, 36, "bilinear", (0.5,) * 3, (0.5,) * 3), "bf16")
     assert ImagePipeline.from_dict(json.loads(json.dumps(pipeline.to_dict()))) == pipeline

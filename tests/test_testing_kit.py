@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import make_image_folder
 
 import tlkit
 import tlkit.testing
-from conftest import make_image_folder
-from tlkit.plugins import Plugins, load_plugins
+from tlkit.contract.plugin_manager import Plugins, load_plugins
 
 PRE = tlkit.Preprocessing(crop_size=32, resize_size=36, interpolation="bilinear", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 

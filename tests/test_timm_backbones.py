@@ -15,11 +15,12 @@ from safetensors.torch import save_file
 from timm.data import create_transform, resolve_data_config
 from typer.testing import CliRunner
 
-from tlkit import cli
+from tlkit.cli import app as cli
+from tlkit.contract.preprocessing import Preprocessing
+from tlkit.contract.weights_request import WeightsRequest
 from tlkit.errors import WeightsError
-from tlkit.pretrained import reachable, timm_local_file
-from tlkit.preprocessing import Preprocessing
-from tlkit.weights import WeightsRequest, sha256_file
+from tlkit.sources.pretrained import reachable, timm_local_file
+from tlkit.sources.weights import sha256_file
 
 
 def _images(n: int = 10) -> list[Image.Image]:

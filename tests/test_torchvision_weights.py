@@ -15,9 +15,9 @@ import torch
 import torchvision
 from torchvision.models import ResNet50_Weights
 
+from tlkit.contract.weights_request import WeightsRequest
 from tlkit.errors import WeightsError
-from tlkit.pretrained import fetch_url
-from tlkit.weights import WeightsRequest
+from tlkit.sources.pretrained import fetch_url
 
 
 @pytest.fixture

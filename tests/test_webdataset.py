@@ -8,14 +8,13 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
-import torch
-
 from conftest import make_image_folder, write_recipe
-from tlkit.cli import main
-from tlkit.engine import run
+
+from tlkit.cli.app import main
 from tlkit.errors import DataError
-from tlkit.recipe import load_recipe
-from tlkit.shards import make_from_folder, stream
+from tlkit.recipe.loader import load_recipe
+from tlkit.run.engine import run
+from tlkit.sources.shards import make_from_folder, stream
 
 
 def _make(tmp_path: Path, plugins, shard_size: int = 4, **folder):

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import tlkit
+from tlkit.contract.weights_request import WeightsRequest
 from tlkit.errors import RecipeError
-from tlkit.weights import WeightsRequest
 
 
 def test_null_is_the_default_pretrained_weights() -> None:
@@ -71,7 +71,7 @@ def test_built_backbone_saves_random_weights_with_the_run_by_default() -> None:
 
 
 def test_the_recipe_hands_the_parsed_request_to_the_plugin(plugins, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tlkit.recipe import resolve
+    from tlkit.recipe.loader import resolve
 
     monkeypatch.chdir(tmp_path)
     recipe = resolve({"dataset": {"root": "d"}, "backbone": {"name": "resnet18", "weights": "w.pth"}}, plugins)

@@ -17,10 +17,10 @@ import torch
 from safetensors.torch import save_file
 from torchvision.models import get_model
 
+from tlkit.contract.plugin_manager import Plugins
+from tlkit.contract.specs import NoOptions
+from tlkit.contract.weights_request import WeightsRequest
 from tlkit.errors import WeightsError
-from tlkit.weights import WeightsRequest
-from tlkit.plugins import Plugins
-from tlkit.specs import NoOptions
 
 
 class _Payload:
@@ -165,7 +165,7 @@ def test_wrong_shapes_message_names_the_tensors(tmp_path: Path, plugins: Plugins
 
 
 def test_bad_weights_on_the_command_line_exit_2(tmp_path: Path, plugins: Plugins, image_folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from tlkit.cli import main
+    from tlkit.cli.app import main
 
     path = tmp_path / "empty.pth"
     path.write_bytes(b"")

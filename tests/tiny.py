@@ -25,7 +25,7 @@ def build_tiny(weights: tlkit.WeightsRequest, options: Any) -> tlkit.BuiltBackbo
     model = TinyCNN()
     torch.random.set_rng_state(generator_state)
     if weights.path is not None:
-        from tlkit.weights import load_into, load_state_dict, sha256_file
+        from tlkit.sources.weights import load_into, load_state_dict, sha256_file
 
         load_into(model, load_state_dict(weights.path), weights.path)
         return tlkit.BuiltBackbone(model=model, weights_id=sha256_file(weights.path))

@@ -9,11 +9,11 @@ from typing import Any
 
 import timm
 import torch
-
 from conftest import CLASS_COLOURS, make_image, make_image_folder
-from tlkit.engine import run
-from tlkit.plugins import Plugins
-from tlkit.recipe import resolve
+
+from tlkit.contract.plugin_manager import Plugins
+from tlkit.recipe.loader import resolve
+from tlkit.run.engine import run
 
 ARCH = "test_efficientnet"
 CLASSES = ("cats", "dogs", "fish")

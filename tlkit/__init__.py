@@ -14,14 +14,13 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from tlkit import errors
+from tlkit.contract.hookspecs import hookimpl
 from tlkit.errors import DataError, RecipeError, TlkitError, WeightsError
-from tlkit.hookspecs import hookimpl
 
 if TYPE_CHECKING:
     from tlkit import backbones
-    from tlkit.api import Model
-    from tlkit.preprocessing import Preprocessing
-    from tlkit.specs import (
+    from tlkit.contract.preprocessing import Preprocessing
+    from tlkit.contract.specs import (
         BackboneSpec,
         BuiltBackbone,
         DatasetSpec,
@@ -33,23 +32,24 @@ if TYPE_CHECKING:
         Sample,
         TrainedHead,
     )
-    from tlkit.weights import WeightsRequest
+    from tlkit.contract.weights_request import WeightsRequest
+    from tlkit.saved.model import Model
 
 __version__ = "0.1.0"
 
 _LAZY = {
-    "Preprocessing": "tlkit.preprocessing",
-    "BackboneSpec": "tlkit.specs",
-    "BuiltBackbone": "tlkit.specs",
-    "DatasetSpec": "tlkit.specs",
-    "Features": "tlkit.specs",
-    "FitContext": "tlkit.specs",
-    "HeadSpec": "tlkit.specs",
-    "LoadedDataset": "tlkit.specs",
-    "NoOptions": "tlkit.specs",
-    "Sample": "tlkit.specs",
-    "TrainedHead": "tlkit.specs",
-    "WeightsRequest": "tlkit.weights",
+    "Preprocessing": "tlkit.contract.preprocessing",
+    "BackboneSpec": "tlkit.contract.specs",
+    "BuiltBackbone": "tlkit.contract.specs",
+    "DatasetSpec": "tlkit.contract.specs",
+    "Features": "tlkit.contract.specs",
+    "FitContext": "tlkit.contract.specs",
+    "HeadSpec": "tlkit.contract.specs",
+    "LoadedDataset": "tlkit.contract.specs",
+    "NoOptions": "tlkit.contract.specs",
+    "Sample": "tlkit.contract.specs",
+    "TrainedHead": "tlkit.contract.specs",
+    "WeightsRequest": "tlkit.contract.weights_request",
 }
 
 
@@ -70,8 +70,8 @@ def __dir__() -> list[str]:
 
 
 def load(run_dir: str | os.PathLike[str], *, device: str = "cpu") -> Model:
-    """A finished run directory as a model: ``tlkit.load(run).predict([...])`` (see :mod:`tlkit.api`)."""
-    from tlkit.api import load as load_run
+    """A finished run directory as a model: ``tlkit.load(run).predict([...])`` (see :mod:`tlkit.saved.model`)."""
+    from tlkit.saved.model import load as load_run
 
     return load_run(run_dir, device=device)
 

@@ -1,5 +1,5 @@
 """``python -m tlkit`` is the ``tlkit`` command."""
 
-from tlkit.cli import main
+from tlkit.cli.app import main
 
 main()

@@ -24,10 +24,11 @@ from typing import Any
 
 import torch
 
+from tlkit.contract.preprocessing import Preprocessing
+from tlkit.contract.specs import BackboneSpec, BuiltBackbone, NoOptions
+from tlkit.contract.weights_request import WeightsRequest
 from tlkit.errors import RegistryError
-from tlkit.preprocessing import Preprocessing
-from tlkit.specs import BackboneSpec, BuiltBackbone, NoOptions
-from tlkit.weights import WeightsRequest, load_into, load_state_dict, sha256_file
+from tlkit.sources.weights import load_into, load_state_dict, sha256_file
 
 __all__ = [
     "build_registered",
@@ -89,7 +90,7 @@ def timm_preprocessing(name: str) -> Preprocessing:
 
 def timm_weights_available(name: str) -> bool:
     """Whether timm ``name``'s pretrained weights are on this machine (no network is tried)."""
-    from tlkit.pretrained import timm_cached_file
+    from tlkit.sources.pretrained import timm_cached_file
 
     return timm_cached_file(name) is not None
 
@@ -97,7 +98,7 @@ def timm_weights_available(name: str) -> bool:
 def timm_backbone(name: str, request: WeightsRequest, *, state_map: StateMap | None = None) -> BuiltBackbone:
     """timm ``arch`` or ``arch.tag`` without its classifier: pooled pre-logit features.
 
-    ``pretrained`` weights come from :func:`tlkit.pretrained.timm_weights_file` (plain ``arch`` means
+    ``pretrained`` weights come from :func:`tlkit.sources.pretrained.timm_weights_file` (plain ``arch`` means
     timm's default tag); ``file`` weights are loaded into the model before its classifier is removed.
     """
     import timm
@@ -107,7 +108,7 @@ def timm_backbone(name: str, request: WeightsRequest, *, state_map: StateMap | N
     if request.path is not None:
         path = request.path
     else:
-        from tlkit.pretrained import timm_weights_file
+        from tlkit.sources.pretrained import timm_weights_file
 
         path = timm_weights_file(name)
     model: Any = timm.create_model(name, pretrained=False)  # reset_classifier is timm's, not nn.Module's
@@ -168,7 +169,7 @@ def wrap_module(
 
 def registered(name: str) -> BackboneSpec:
     """The backbone registered as ``name`` in this process's plugins (unknown names suggest the closest)."""
-    from tlkit.plugins import get_plugins
+    from tlkit.contract.plugin_manager import get_plugins
 
     return get_plugins().backbones.get(name)
 

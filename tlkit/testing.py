@@ -31,16 +31,16 @@ from typing import Any
 import torch
 from PIL import Image
 
+from tlkit.contract.options import validate_options
+from tlkit.contract.plugin_manager import Plugins, PluginWarning, get_plugins, load_plugins
+from tlkit.contract.preprocessing import Preprocessing
+from tlkit.contract.registry import Registry
+from tlkit.contract.specs import BackboneSpec, BuiltBackbone, DatasetSpec, Features, FitContext, HeadSpec, LoadedDataset, Sample, TrainedHead
+from tlkit.contract.weights_request import WeightsRequest
 from tlkit.errors import TlkitError
-from tlkit.features import extract, prepare_model
-from tlkit.images import BadImage, open_rgb
-from tlkit.pipeline import ImagePipeline, ImageSettings
-from tlkit.plugins import Plugins, PluginWarning, get_plugins, load_plugins
-from tlkit.preprocessing import Preprocessing
-from tlkit.recipe import validate_options
-from tlkit.registry import Registry
-from tlkit.specs import BackboneSpec, BuiltBackbone, DatasetSpec, Features, FitContext, HeadSpec, LoadedDataset, Sample, TrainedHead
-from tlkit.weights import WeightsRequest
+from tlkit.extract.decode import BadImage, open_rgb
+from tlkit.extract.features import extract, prepare_model
+from tlkit.extract.pipeline import ImagePipeline, ImageSettings
 
 __all__ = ["BackboneReport", "HeadReport", "Plugins", "check_backbone", "check_dataset", "check_head", "load_plugin", "make_images", "make_features"]
 
@@ -315,7 +315,7 @@ def _saved_and_rebuilt(spec: HeadSpec, trained: TrainedHead, opts: Any) -> torch
     """The head saved as the run directory saves it (tensors + config metadata) and rebuilt from the file."""
     from safetensors.torch import save_file
 
-    from tlkit.head_files import build_head, head_metadata, head_tensors, read_head_file
+    from tlkit.saved.head_files import build_head, head_metadata, head_tensors, read_head_file
 
     name = spec.name
     with tempfile.TemporaryDirectory(prefix="tlkit-check-") as tmp:

@@ -1,6 +1,6 @@
 """Training transforms derived from the backbone's own preprocessing, the way timm builds them.
 
-The crop size, interpolation, mean and std come from the backbone's :class:`~tlkit.preprocessing.Preprocessing`
+The crop size, interpolation, mean and std come from the backbone's :class:`~tlkit.contract.preprocessing.Preprocessing`
 (the record extraction and predict use), so training sees images normalised exactly as evaluation
 does; only the geometry is random. timm's ``create_transform(is_training=True)`` does the work
 (random resized crop with the backbone's interpolation, flips, optional colour jitter and
@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from timm.data import create_transform
 
+from tlkit.contract.preprocessing import Preprocessing
 from tlkit.finetune.settings import AugmentSettings
-from tlkit.preprocessing import Preprocessing
 
 
 def train_transform(preprocessing: Preprocessing, augment: AugmentSettings) -> Callable[[Any], torch.Tensor]:

@@ -4,7 +4,7 @@ A checkpoint is two files in the run's ``checkpoints/`` folder: ``epoch-NNNN.saf
 tensor: the model's state, the best epoch's state when a held-out split chooses it, the optimiser's
 buffers, torch's random state) and ``checkpoint.json`` (the rest: epoch, optimiser hyper-parameters,
 scheduler step, Python's and numpy's random state, the history, the recipe it belongs to). Both are
-written with :func:`tlkit.atomic.write_atomic`, the tensors first and the state file last: the state
+written with :func:`tlkit.util.atomic.write_atomic`, the tensors first and the state file last: the state
 file names its tensor file and that file's sha256, so a kill at any moment leaves the previous
 checkpoint or the new one, never a mix. Older tensor files are deleted only after the new state file
 is in place.
@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from safetensors.torch import load, save
 
-from tlkit.atomic import write_atomic
 from tlkit.errors import OutputError, RunError
+from tlkit.util.atomic import write_atomic
 
 STATE_FILE = "checkpoint.json"
 FORMAT = 1

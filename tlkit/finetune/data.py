@@ -5,7 +5,7 @@ decides the shuffle and the seeds of the worker processes (which seed the random
 With workers, an epoch's batches therefore depend only on (seed, epoch); without them the transforms
 draw from the process's own random state, which every checkpoint saves and a resumed run restores.
 Either way a resumed run sees exactly the batches an uninterrupted one would. Files are decoded by the same
-:func:`tlkit.images.open_rgb` as extraction; a file that cannot be decoded comes back with its reason
+:func:`tlkit.extract.decode.open_rgb` as extraction; a file that cannot be decoded comes back with its reason
 and the trainer leaves it out of the batch.
 """
 
@@ -17,10 +17,10 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from tlkit.features import _worker_init, loader_workers
-from tlkit.images import BadImage, open_rgb
-from tlkit.pipeline import ImagePipeline
-from tlkit.specs import Sample
+from tlkit.contract.specs import Sample
+from tlkit.extract.decode import BadImage, open_rgb
+from tlkit.extract.features import _worker_init, loader_workers
+from tlkit.extract.pipeline import ImagePipeline
 
 EPOCH_SEED_STRIDE = 1_000_003  # a prime: (seed, epoch) pairs never collide for epochs below it
 

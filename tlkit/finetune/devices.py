@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from tlkit.errors import RecipeError
-from tlkit.features import slow_precision_note
+from tlkit.extract.features import slow_precision_note
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -2,7 +2,7 @@
 
 Every epoch: set what trains (:mod:`tlkit.finetune.parts`), one pass over the shuffled, augmented
 training images, then the held-out part (``val_fraction``) and the test split through the very
-extraction code a frozen run uses (:func:`tlkit.features.extract`, eval transform, ``extract.precision``),
+extraction code a frozen run uses (:func:`tlkit.extract.features.extract`, eval transform, ``extract.precision``),
 a progress point, and a checkpoint. The held-out accuracy (ties: lower loss) chooses the epoch whose
 weights are kept; the test accuracy is only reported, never used to choose. Without a held-out part
 the last epoch is kept.
@@ -19,8 +19,11 @@ from typing import Any
 
 import torch
 
+from tlkit.contract.observer import Observer
+from tlkit.contract.specs import Sample
 from tlkit.errors import DataError, RunError
-from tlkit.features import extract
+from tlkit.extract.features import extract
+from tlkit.extract.pipeline import ImagePipeline
 from tlkit.finetune import checkpoint as ckpt
 from tlkit.finetune.augment import train_transform
 from tlkit.finetune.data import TrainImages, epoch_loader, steps_per_epoch
@@ -30,9 +33,6 @@ from tlkit.finetune.optim import build_optimizer, build_scheduler
 from tlkit.finetune.parts import FinetuneNet, apply_phase, phase_for
 from tlkit.finetune.settings import FinetuneSettings
 from tlkit.fitting import stratified_holdout
-from tlkit.observer import Observer
-from tlkit.pipeline import ImagePipeline
-from tlkit.specs import Sample
 
 
 @dataclass(frozen=True)

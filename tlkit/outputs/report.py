@@ -1,0 +1,227 @@
+"""``report.html``: one self-contained page per run, for a person who wants to see how it went.
+
+Summary, per-class metrics, the confusion matrix, the training curve (and logreg's L2 sweep), the
+misclassified test images with their file names, and the resolved recipe. Every image is embedded
+as a ``data:`` URI and the styling is inline, so the page opens straight from the run directory (or
+an e-mail attachment) without a server, and it references no external URL at all.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; padding: 0 1em; color: #222; }
+h1 { font-size: 1.4em; } h2 { font-size: 1.15em; margin-top: 2em; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; margin: 0.5em 0; } td, th { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }
+th { background: #f3f3f3; } td.n { text-align: right; font-variant-numeric: tabular-nums; }
+img.plot { max-width: 100%; border: 1px solid #eee; } img.thumb { max-height: 96px; max-width: 128px; }
+pre { background: #f7f7f7; padding: 1em; overflow-x: auto; } .note { color: #555; }
+"""
+THUMBNAILS = 60  # the first this many mistakes get a thumbnail in the table (all are listed)
+
+
+@dataclass(frozen=True)
+class ReportInputs:
+    """Everything the page shows, as plain data: nothing here needs the engine or a model."""
+
+    title: str
+    summary: Sequence[tuple[str, str]]
+    metrics: Mapping[str, Any]
+    classes: Sequence[str]
+    errors: Sequence[Mapping[str, Any]]
+    recipe: Mapping[str, Any]
+    plots: Mapping[str, Path] = field(default_factory=dict)  # heading -> PNG file (missing files are left out)
+    notes: Sequence[str] = ()
+
+
+def data_uri(data: bytes, mime: str) -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def _thumbnail_uri(path: str, size: int = 128) -> str | None:
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as img:
+            small = ImageOps.exif_transpose(img).convert("RGB")
+            small.thumbnail((size, size))
+            buffer = io.BytesIO()
+            small.save(buffer, format="JPEG", quality=80)
+    except (OSError, ValueError):
+        return None
+    return data_uri(buffer.getvalue(), "image/jpeg")
+
+
+def _e(value: Any) -> str:
+    return html.escape("-" if value is None else str(value))
+
+
+def _number(value: Any) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], numeric: Sequence[bool] | None = None) -> str:
+    """An HTML table; cells are already-escaped HTML."""
+    numeric = numeric or [False] * len(header)
+    head = "".join(f"<th>{_e(h)}</th>" for h in header) if any(header) else ""  # no empty header row
+    body = "".join("<tr>" + "".join(f'<td class="n">{c}</td>' if n else f"<td>{c}</td>" for c, n in zip(row, numeric)) + "</tr>" for row in rows)
+    return f"<table>{f'<tr>{head}</tr>' if head else ''}{body}</table>"
+
+
+def _per_class(metrics: Mapping[str, Any], classes: Sequence[str]) -> str:
+    per_class = metrics.get("test", {}).get("per_class", {})
+    rows = [
+        [_e(name), _number(m.get("precision")), _number(m.get("recall")), _number(m.get("f1")), _e(m.get("support"))]
+        for name, m in ((name, per_class.get(name, {})) for name in classes)
+    ]
+    return _table(["class", "precision", "recall", "F1", "test images"], rows, [False, True, True, True, True])
+
+
+def _confusion(metrics: Mapping[str, Any], classes: Sequence[str]) -> str:
+    matrix = metrics.get("test", {}).get("confusion_matrix", [])
+    rows = [[f"<b>{_e(name)}</b>", *(_e(c) for c in row)] for name, row in zip(classes, matrix)]
+    return _table(["true \\ predicted", *classes], rows, [False, *([True] * len(classes))])
+
+
+def _errors(errors: Sequence[Mapping[str, Any]]) -> str:
+    if not errors:
+        return '<p class="note">no misclassified test images</p>'
+    rows = []
+    for index, row in enumerate(errors):
+        uri = _thumbnail_uri(str(row["path"])) if index < THUMBNAILS else None
+        image = f'<img class="thumb" alt="" src="{uri}">' if uri else ""
+        name = Path(str(row["path"])).name
+        rows.append([image, f'<span title="{_e(row["path"])}">{_e(name)}</span>', _e(row["true_class"]), _e(row["predicted_class"]), f"{float(row['confidence']):.3f}"])
+    return _table(["", "file", "true class", "predicted", "confidence"], rows, [False, False, False, False, True])
+
+
+def _plot(heading: str, path: Path) -> str:
+    if not path.is_file():
+        return ""
+    return f'<h2>{_e(heading)}</h2><img class="plot" alt="{_e(heading)}" src="{data_uri(path.read_bytes(), "image/png")}">'
+
+
+def report_html(inputs: ReportInputs) -> str:
+    """The whole page as one string."""
+    summary = _table(["", ""], [[_e(k), _e(v)] for k, v in inputs.summary])
+    notes = "".join(f"<li>{_e(n)}</li>" for n in inputs.notes)
+    recipe = yaml.safe_dump(dict(inputs.recipe), sort_keys=False)
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{_e(inputs.title)}</title><style>{STYLE}</style></head><body>",
+        f"<h1>{_e(inputs.title)}</h1>",
+        summary,
+        f"<ul>{notes}</ul>" if notes else "",
+        "<h2>per class (test)</h2>",
+        _per_class(inputs.metrics, inputs.classes),
+        "<h2>confusion matrix (test; rows: true class, columns: predicted)</h2>",
+        _confusion(inputs.metrics, inputs.classes),
+        *(_plot(heading, path) for heading, path in inputs.plots.items()),
+        f"<h2>misclassified test images ({len(inputs.errors)}), most confident first</h2>",
+        _errors(inputs.errors),
+        "<h2>resolved recipe</h2>",
+        f"<pre>{_e(recipe)}</pre>",
+        "</body></html>",
+    ]
+    return "\n".join(p for p in parts if p) + "\n"
+
+
+def write_report(path: Path, inputs: ReportInputs) -> Path:
+    path.write_text(report_html(inputs), encoding="utf-8")
+    return path
+
+
+def summary_rows(recipe_name: str, backbone: str, head: str, metrics: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The run summary as (label, value) rows, from ``metrics.json`` data."""
+
+    def percent(value: Any) -> str:
+        return "-" if value is None else f"{100 * value:.1f}%"
+
+    counts = metrics.get("counts", {})
+    rows = [
+        ("recipe", recipe_name),
+        ("backbone", backbone),
+        ("head", head),
+        ("images", f"train {counts.get('train', '-')}, test {counts.get('test', '-')}, skipped {metrics.get('skipped_images', 0)}"),
+        ("train accuracy", percent(metrics.get("train_accuracy"))),
+        ("test accuracy", percent(metrics.get("test_accuracy"))),
+        ("test balanced accuracy", percent(metrics.get("test_balanced_accuracy"))),
+        ("test errors", str(metrics.get("test_errors", "-"))),
+    ]
+    rows.extend((f"head chose {key}", _choice(value)) for key, value in metrics.get("head_choices", {}).items() if not isinstance(value, (list, dict)))
+    return rows
+
+
+def _choice(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+@contextmanager
+def _plain(folder: Path, name: str) -> Iterator[Path]:
+    yield folder / name
+
+
+def write_visuals(
+    folder: Path,
+    *,
+    recipe: Mapping[str, Any],
+    metrics: Mapping[str, Any],
+    test_rows: Sequence[Mapping[str, Any]],
+    notes: Sequence[str] = (),
+    opener: Callable[[str], AbstractContextManager[Path]] | None = None,
+) -> list[Path]:
+    """Every picture of a run, then ``report.html`` embedding them; returns the files written.
+
+    Plain inputs: the resolved recipe (``recipe.yaml`` data), ``metrics.json`` data (with
+    ``classes``, ``test``, ``history`` and ``head_choices``) and the test prediction rows.
+    ``opener(name)`` gives each file's path inside ``folder`` (the run directory passes its
+    ``writing``, which turns a full disk into an error naming that very file).
+    """
+    from tlkit.outputs import plots
+
+    def at(name: str) -> AbstractContextManager[Path]:
+        return opener(name) if opener is not None else _plain(folder, name)
+
+    backbone, head = str(recipe["backbone"]["name"]), str(recipe["head"]["name"])
+    title = plots.run_title(backbone, head, metrics.get("test_accuracy"))
+    classes = list(metrics["classes"])
+    choices = metrics.get("head_choices", {})
+    errors = sorted((r for r in test_rows if r["predicted_class"] != r["true_class"]), key=lambda r: -float(r["confidence"]))
+    written: list[Path | None] = []
+    with at("confusion_matrix.png") as path:
+        written.append(plots.confusion_matrix_png(metrics["test"]["confusion_matrix"], classes, path, title))
+    with at("errors.png") as path:
+        written.append(plots.errors_png(errors, path, title))
+    x_label = "L-BFGS iteration" if "l2" in choices else "epoch"  # logreg reports one point per iteration
+    with at("training_curve.png") as path:  # a head that keeps an earlier epoch says which
+        written.append(plots.training_curve_png(metrics.get("history", []), path, title, kept_epoch=choices.get("epoch"), x_label=x_label))
+    if "l2" in choices:
+        with at("l2_sweep.png") as path:
+            written.append(plots.l2_sweep_png(choices.get("l2_sweep", []), choices["l2"], path, title))
+    headings = {"confusion matrix": "confusion_matrix.png", "training curve": "training_curve.png", "L2 sweep": "l2_sweep.png", "errors grid": "errors.png"}
+    inputs = ReportInputs(
+        title=title,
+        summary=summary_rows(str(recipe.get("name", "")), backbone, head, metrics),
+        metrics=metrics,
+        classes=classes,
+        errors=errors,
+        recipe=recipe,
+        plots={heading: folder / name for heading, name in headings.items()},
+        notes=notes,
+    )
+    with at("report.html") as path:
+        written.append(write_report(path, inputs))
+    return [p for p in written if p is not None]

@@ -1,0 +1,1 @@
+"""Recipes: YAML read safely, ``--set`` overrides applied, every key validated before any image is opened."""

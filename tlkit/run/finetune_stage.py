@@ -1,0 +1,83 @@
+"""The fine-tune stage: a prepared recipe in, the same prepared recipe with a trained backbone (and its classifier as the head) out.
+
+It sits where ``fit`` sits in extract mode; everything around it is the extract-mode code. The
+engine then extracts features with the trained backbone through :func:`tlkit.run.stages.extract`,
+evaluates them with the classifier through :func:`tlkit.run.stages.evaluate` and writes the run
+directory with :func:`tlkit.run.write.write`, so the evaluation files, ``tlkit predict`` and
+``tlkit export`` are those of every other run. The classifier is an ``nn.Linear`` saved as the
+``linear`` head; the backbone's trained weights go into the run (``backbone.safetensors``) because
+its plugin cannot rebuild them, and ``weights_id`` becomes their sha256, so the feature cache never
+mixes them up with the pretrained weights' features.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from pathlib import Path
+
+import torch
+from safetensors.torch import save
+
+from tlkit.contract.observer import Observer
+from tlkit.contract.specs import TrainedHead
+from tlkit.extract.features import prepare_model
+from tlkit.finetune.settings import FinetuneSettings
+from tlkit.finetune.trainer import FinetuneJob, FinetuneResult, Trainer
+from tlkit.run.stages import Prepared, with_runtime
+
+CHECKPOINTS = "checkpoints"
+
+
+def feature_dim(prepared: Prepared) -> int:
+    """The backbone's feature size: the spec's, or one forward pass of a blank image."""
+    declared = prepared.recipe.backbone.spec.feature_dim
+    if declared:
+        return int(declared)
+    size = prepared.pipeline.preprocessing.crop_size
+    model = prepared.backbone.model.eval()
+    with torch.inference_mode():
+        return int(model(torch.zeros(2, 3, size, size, device=prepared.device)).flatten(1).shape[1])
+
+
+def weights_sha256(model: torch.nn.Module) -> str:
+    """The sha256 of the model's tensors as safetensors bytes: the trained weights' identity."""
+    return hashlib.sha256(save({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()})).hexdigest()
+
+
+def finetune(
+    prepared: Prepared, settings: FinetuneSettings, run_path: Path, observer: Observer | None = None, *, resume: bool = False
+) -> tuple[Prepared, TrainedHead, FinetuneResult]:
+    """Train ``prepared``'s backbone and a new linear classifier; checkpoints go to ``run_path/checkpoints``."""
+    observer = observer or Observer()
+    recipe = prepared.recipe
+    observer.stage("fine-tuning the backbone")
+    job = FinetuneJob(
+        backbone=prepared.backbone.model,
+        feature_dim=feature_dim(prepared),
+        classes=prepared.classes,
+        train=list(prepared.dataset.splits["train"]),
+        test=list(prepared.dataset.splits["test"]),
+        pipeline=prepared.pipeline,
+        settings=settings,
+        seed=recipe.seed,
+        checkpoints=run_path / CHECKPOINTS,
+        recipe=recipe.to_dict(),
+        eval_batch_size=recipe.extract.batch_size,
+        on_bad_image=prepared.pipeline.decoding.on_bad_image,
+    )
+    result = Trainer(job, observer).run(resume=resume)
+    for note in (f"skipped training image {path}: {reason}" for path, reason in result.bad):
+        observer.note(note)
+    observer.note(f"kept the weights of epoch {result.best_epoch}" + (" (best held-out accuracy)" if settings.val_fraction > 0 else " (the last)"))
+    backbone = prepare_model(result.net.backbone, prepared.device)
+    built = dataclasses.replace(prepared.backbone, model=backbone, weights_id=weights_sha256(backbone), saved_with_run=True)
+    classifier = result.net.classifier.cpu().eval()
+    head = TrainedHead(
+        module=classifier,
+        history=result.history,
+        config={"in_features": classifier.in_features, "out_features": classifier.out_features},  # the linear head's settings
+        choices={"epoch": result.best_epoch},
+        notes=(f"fine-tuned ({settings.strategy}); kept epoch {result.best_epoch} of {settings.epochs}",),
+    )
+    return with_runtime(dataclasses.replace(prepared, backbone=built), observer), head, result

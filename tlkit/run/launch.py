@@ -1,0 +1,234 @@
+"""``torchrun -m tlkit run RECIPE``: every rank extracts its shard, rank 0 trains and writes.
+
+The flow, through the stages of :mod:`tlkit.run.stages`, every wait bounded (:mod:`tlkit.run.ranks`):
+
+1. each rank runs ``prepare`` (same seed, so random weights agree) and ``extract(shard=...)``: only its
+   :class:`~tlkit.run.stages.Shard` of each split is hashed, decoded and pushed through the backbone,
+   filling the feature cache as it goes (a rerun after a failure resumes there);
+2. the ranks' features are gathered on rank 0 and put back in image order (:func:`merge`), so rank 0
+   holds exactly the :class:`~tlkit.run.stages.SplitFeatures` a one-process run would have;
+3. rank 0 alone runs ``fit``, ``evaluate`` and ``write`` (:func:`finish_run`), plus ``ranks.csv``:
+   which rank extracted which image;
+4. rank 0 sends its summary line (or its error) to every rank; all print it and exit alike.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tlkit import __version__
+from tlkit.contract.observer import Observer
+from tlkit.contract.specs import Features, Sample
+from tlkit.recipe.loader import Recipe
+from tlkit.run import stages
+from tlkit.run.ranks import DistEnv, DistributedError, broadcast_from_main, device_for, gather_to_main, process_group
+from tlkit.run.stages import Prepared, Shard, SplitFeatures
+from tlkit.saved.run_directory import RunDirectory, default_out_dir
+
+LOG_COLUMNS = ["split", "index", "path", "rank"]
+
+
+@dataclass(frozen=True)
+class RankOutcome:
+    """What a rank returns: the run (rank 0 only) and the summary line every rank prints."""
+
+    result: Any  # tlkit.run.engine.RunResult on rank 0, None elsewhere
+    summary: str
+
+
+class RankObserver(Observer):
+    """Prefixes every note and task of a non-zero rank with ``[rank r/N]`` so interleaved logs stay readable."""
+
+    def __init__(self, inner: Observer, env: DistEnv) -> None:
+        self.inner = inner
+        self.prefix = f"[{env.label()}] "
+
+    def note(self, text: str) -> None:
+        self.inner.note(self.prefix + text)
+
+    @contextmanager
+    def task(self, description: str, total: int | None, unit: str = "it") -> Iterator[Callable[[int], None]]:
+        with self.inner.task(self.prefix + description, total, unit) as advance:
+            yield advance
+
+
+@dataclass(frozen=True)
+class RankPart:
+    """What one rank sends to rank 0: per split, the positions (in the whole split) of the images it kept, and their features."""
+
+    rank: int
+    positions: dict[str, list[int]]
+    features: SplitFeatures
+
+
+def positions_of(kept: Sequence[Sample], shard_samples: Sequence[Sample], all_positions: Sequence[int]) -> list[int]:
+    """Where each kept sample sits in the whole split (kept is an ordered subsequence of the shard's samples)."""
+    result: list[int] = []
+    j = 0
+    for sample in kept:
+        while shard_samples[j] != sample:
+            j += 1
+        result.append(all_positions[j])
+        j += 1
+    return result
+
+
+def rank_shard(recipe: Recipe, env: DistEnv) -> Shard:
+    """This rank's images: whole batches dealt out in turn, so every batch is one the one-process run computes.
+
+    oneDNN picks its kernels by batch size, so a batch of other images (or of another size) can differ
+    in the last bits; batches identical to the one-process run's make the features bit-identical.
+    """
+    return Shard(env.rank, env.world_size, block=recipe.extract.batch_size)
+
+
+def _rank_part(prepared: Prepared, env: DistEnv, features: SplitFeatures) -> RankPart:
+    shard = rank_shard(prepared.recipe, env)
+    positions = {}
+    for split in stages.SPLITS:
+        samples = list(prepared.dataset.splits[split])
+        mine = shard.select(samples)
+        positions[split] = positions_of(features.samples[split], mine, shard.select(range(len(samples))))
+    return RankPart(env.rank, positions, features)
+
+
+def merge(parts: Sequence[RankPart], sizes: dict[str, int], block: int = 1) -> tuple[SplitFeatures, list[tuple[str, int, str, int]]]:
+    """The ranks' features in image order, as one :class:`SplitFeatures`; and (split, index, path, rank) per image.
+
+    An image claimed by two ranks, or outside its rank's shard, is a bug and is refused, never overwritten.
+    """
+    merged: dict[str, Features] = {}
+    samples: dict[str, tuple[Sample, ...]] = {}
+    log: list[tuple[str, int, str, int]] = []
+    for split in stages.SPLITS:
+        rows: list[tuple[int, int, Sample, torch.Tensor, torch.Tensor]] = []
+        for part in parts:
+            shard = Shard(part.rank, len(parts), block)
+            feats = part.features.features[split]
+            for k, (position, sample) in enumerate(zip(part.positions[split], part.features.samples[split])):
+                if not shard.owns(position) or not 0 <= position < sizes[split]:
+                    raise DistributedError(f"rank {part.rank} returned image {position} of {split}, which is not in its shard")
+                rows.append((position, part.rank, sample, feats.x[k], feats.y[k]))
+        rows.sort(key=lambda r: r[0])
+        if len({r[0] for r in rows}) != len(rows):
+            raise DistributedError(f"two ranks returned the same {split} image; every image must come from exactly one rank")
+        merged[split] = Features(torch.stack([r[3] for r in rows]) if rows else torch.empty(0, 0), torch.stack([r[4] for r in rows]) if rows else torch.empty(0, dtype=torch.long))
+        samples[split] = tuple(r[2] for r in rows)
+        log.extend((split, r[0], str(r[2].path), r[1]) for r in rows)
+    first = parts[0].features
+    features = SplitFeatures(
+        features=merged, samples=samples, bad=tuple(b for p in parts for b in p.features.bad),
+        cached=sum(p.features.cached for p in parts), extracted=sum(p.features.extracted for p in parts),
+        seconds=max(p.features.seconds for p in parts), cache=first.cache, runtime=first.runtime,
+    )
+    return features, log
+
+
+def finish_run(prepared: Prepared, features: SplitFeatures, out_dir: Path | None, observer: Observer,
+               timings: dict[str, float], extra: Callable[[RunDirectory], None] = lambda run_dir: None) -> Any:
+    """``fit`` -> ``evaluate`` -> ``write`` into a new run directory, committed whole or removed (as :func:`tlkit.run.engine.run`)."""
+    from tlkit.run.engine import RunResult
+    from tlkit.run.write import write
+
+    recipe = prepared.recipe
+    run_dir = RunDirectory(out_dir or default_out_dir(recipe.name), unique=out_dir is None)
+    try:
+        started = time.perf_counter()
+        trained = stages.fit(prepared, features, observer)
+        timings = {**timings, "train_head": time.perf_counter() - started}
+        timings["total"] = sum(timings.values())
+        evaluation = stages.evaluate(prepared, features, trained, timings)
+        observer.stage("writing the run directory")
+        write(run_dir, prepared, features, trained, evaluation)
+        extra(run_dir)
+        final = run_dir.commit({"tlkit": __version__, "recipe": recipe.name, "complete": True})
+        return RunResult(out_dir=final, metrics=evaluation.metrics, bad_images=features.bad)
+    except BaseException:
+        run_dir.discard()
+        raise
+
+
+def _write_rank_log(rows: list[tuple[str, int, str, int]]) -> Callable[[RunDirectory], None]:
+    def write(run_dir: RunDirectory) -> None:
+        with run_dir.file("ranks.csv").open("w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(LOG_COLUMNS)
+            writer.writerows(rows)
+
+    return write
+
+
+def summary_line(env: DistEnv, metrics: Any, out_dir: Path) -> str:
+    return (
+        f"{env.world_size} ranks done: test accuracy {metrics.test_accuracy:.4f}, "
+        f"{metrics.counts['train']} train and {metrics.counts['test']} test images; run directory {out_dir} (written by rank 0)"
+    )
+
+
+def _extract_mine(recipe: Recipe, env: DistEnv, observer: Observer, timings: dict[str, float]) -> tuple[Prepared, RankPart]:
+    started = time.perf_counter()
+    prepared = stages.prepare(recipe, observer)
+    timings["prepare"] = time.perf_counter() - started
+    started = time.perf_counter()
+    features = stages.extract(prepared, observer, shard=rank_shard(recipe, env))
+    timings["extract"] = time.perf_counter() - started
+    observer.note(f"extracted its shard (batches {env.rank}, {env.rank + env.world_size}, ... of each split): {features.extracted} extracted, {features.cached} cached")
+    return prepared, _rank_part(prepared, env, features)
+
+
+def launch(recipe: Recipe, out_dir: Path | None, observer: Observer, *, resume: Path | None = None) -> RankOutcome:
+    """``tlkit run``: one process (:func:`tlkit.run.engine.run`), or this rank's part when torchrun/srun started it."""
+    from tlkit.run.engine import run
+    from tlkit.run.ranks import detect
+
+    env = detect()
+    if not env.distributed:
+        return RankOutcome(result=run(recipe, out_dir, observer, resume=resume), summary="")
+    if resume is not None:
+        raise DistributedError("--resume continues a fine-tuning run in one process; run it without torchrun")
+    if recipe.finetune is not None:  # ranks would extract frozen features and skip the training asked for
+        raise DistributedError("mode: finetune runs in one process (fine-tuning across ranks with DDP is not built yet); run it without torchrun")
+    return run_ranks(recipe, out_dir, observer, env)
+
+
+def run_ranks(recipe: Recipe, out_dir: Path | None, observer: Observer, env: DistEnv) -> RankOutcome:
+    """This rank's part of a multi-process run; every rank returns (or raises) the same outcome."""
+    device = device_for(env, recipe.extract.device)
+    if device.type == "cuda":
+        recipe = dataclasses.replace(recipe, extract=dataclasses.replace(recipe.extract, device="cuda"))  # cuda = this rank's GPU (set_device)
+    rank_observer = observer if env.is_main else RankObserver(observer, env)
+    timings: dict[str, float] = {}
+    with process_group(env, device):
+        observer.note(f"{env.label()}: pid {os.getpid()} on {socket.gethostname()}, {device}, launched by {env.launcher}")
+        prepared, mine = _extract_mine(recipe, env, rank_observer, timings)
+        parts = gather_to_main(env, mine, "gathering the extracted features")
+        outcome: tuple[str, str] = ("error", "rank 0 stopped before it could report")
+        result = None
+        failure: Exception | None = None
+        try:
+            if parts is not None:
+                sizes = {split: len(prepared.dataset.splits[split]) for split in stages.SPLITS}
+                features, log = merge(parts, sizes, recipe.extract.batch_size)
+                observer.note(f"features: {features.cached} cached, {features.extracted} extracted by {env.world_size} ranks")
+                result = finish_run(prepared, features, out_dir, observer, timings, _write_rank_log(log))
+                outcome = ("ok", summary_line(env, result.metrics, result.out_dir))
+        except Exception as exc:  # noqa: BLE001 - told to every rank, then raised here unchanged
+            failure, outcome = exc, ("error", f"rank 0 failed: {exc}")
+        # Not in a finally: after SIGTERM or Ctrl-C the other ranks are going too, and nobody would answer.
+        outcome = broadcast_from_main(env, outcome, "waiting for rank 0 to train the head and write the run")
+        if failure is not None:
+            raise failure
+    if outcome[0] != "ok":
+        raise DistributedError(outcome[1])
+    return RankOutcome(result, outcome[1])

@@ -1,0 +1,98 @@
+"""The write stage: what a finished run leaves in its directory, and in which format.
+
+``recipe.yaml`` (the resolved recipe), ``metrics.json`` (from the typed :class:`~tlkit.outputs.metrics.RunMetrics`),
+``classes.json``, ``head.safetensors`` (with the head's constructor settings and choices in its metadata), ``model.json`` (everything needed to rebuild backbone + head
+and to decode images exactly as the run did), ``backbone.safetensors`` when the backbone's weights
+cannot be rebuilt by its plugin, ``predictions.csv``, ``errors.csv``, ``bad_images.csv``, ``split.csv`` (which file went
+where), the plots, ``errors.png`` and ``report.html`` (:mod:`tlkit.outputs.report`). Files go into the run directory's staging folder; :meth:`RunDirectory.commit` moves them into
+place, so a reader never sees half a run.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tlkit import __version__
+from tlkit.errors import OutputError
+from tlkit.outputs import report
+from tlkit.outputs.metrics import PREDICTION_COLUMNS
+from tlkit.saved.head_files import head_metadata, head_tensors
+from tlkit.saved.run_directory import RunDirectory
+from tlkit.saved.splits import write_split
+
+if TYPE_CHECKING:
+    from tlkit.contract.specs import TrainedHead
+    from tlkit.run.stages import BadFile, Evaluation, Prepared, SplitFeatures
+
+
+def write(run_dir: RunDirectory, prepared: Prepared, features: SplitFeatures, trained: TrainedHead, evaluation: Evaluation) -> None:
+    """Write every file of a finished run into ``run_dir``'s staging folder."""
+    recipe = prepared.recipe
+    run_dir.write_yaml("recipe.yaml", recipe.to_dict())
+    run_dir.write_json("metrics.json", evaluation.metrics.to_dict())
+    run_dir.write_json("classes.json", prepared.classes)
+    run_dir.write_tensors("head.safetensors", head_tensors(trained.module), metadata=head_metadata(recipe.head.name, trained))
+    if backbone_saved_with_run(prepared):
+        run_dir.write_tensors("backbone.safetensors", prepared.backbone.model.state_dict(), metadata={"backbone": recipe.backbone.name})
+    run_dir.write_json("model.json", {**model_info(prepared, features.feature_dim), "head_choices": dict(trained.choices)})
+    write_predictions(run_dir, evaluation.test_rows, evaluation.errors)
+    write_bad_images(run_dir.file("bad_images.csv"), features.bad)
+    write_split(run_dir.file("split.csv"), prepared.classes, prepared.dataset.splits)
+    metrics = evaluation.metrics.to_dict()
+    # the plots and the report, each through run_dir.writing: a full disk there is one line naming the file
+    report.write_visuals(run_dir.path, recipe=recipe.to_dict(), metrics=metrics, test_rows=evaluation.test_rows, notes=metrics["head_notes"], opener=run_dir.writing)
+
+
+def backbone_saved_with_run(prepared: Prepared) -> bool:
+    """True when the plugin cannot rebuild these exact weights (random today; fine-tuned ones later)."""
+    return bool(prepared.backbone.saved_with_run)
+
+
+def model_info(prepared: Prepared, feature_dim: int) -> dict[str, Any]:
+    """``model.json``: the backbone and its weights, the image pipeline, the head, the classes."""
+    from tlkit.run.stages import cache_extra
+
+    recipe = prepared.recipe
+    resolved = recipe.to_dict()
+    weights_path = prepared.backbone.weights_path
+    return {
+        "backbone": recipe.backbone.name,
+        "backbone_weights": recipe.weights.to_value(),
+        "backbone_in_run": backbone_saved_with_run(prepared),
+        "backbone_weights_file": str(Path(weights_path).resolve()) if weights_path else None,
+        "backbone_options": resolved["backbone"],
+        "weights_sha256": prepared.backbone.weights_id,
+        "pipeline": prepared.pipeline.to_dict(),
+        "cache_extra": cache_extra(prepared),
+        "extract": {"batch_size": recipe.extract.batch_size, "precision": recipe.extract.precision},
+        "preprocessing": prepared.pipeline.preprocessing.to_dict(),
+        "feature_dim": feature_dim,
+        "head": recipe.head.name,
+        "head_options": resolved["head"],
+        "classes": prepared.classes,
+        "tlkit_version": __version__,
+    }
+
+
+def write_predictions(run_dir: RunDirectory, rows: Sequence[dict[str, Any]], errors: Sequence[dict[str, Any]]) -> None:
+    """Every test prediction, and the mistakes (most confident first)."""
+    for name, selected in (("predictions.csv", rows), ("errors.csv", errors)):
+        _write_csv(run_dir.file(name), list(PREDICTION_COLUMNS), [[row[c] for c in PREDICTION_COLUMNS] for row in selected])
+
+
+def write_bad_images(path: Path, bad: Sequence[BadFile]) -> None:
+    """``split,path,reason`` for every file that was skipped (a header alone when none was)."""
+    _write_csv(path, ["split", "path", "reason"], [[item.split, str(item.path), item.reason] for item in bad])
+
+
+def _write_csv(path: Path, header: list[str], rows: Sequence[Sequence[Any]]) -> None:
+    try:
+        with path.open("w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(header)
+            writer.writerows(rows)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path} ({exc.strerror or exc}); free some space or choose another --out") from None

@@ -1,0 +1,136 @@
+"""``tlkit features RUN --out FILE.npz|.parquet``: a run's train and test features for other tools.
+
+For scikit-learn (``.npz``: ``x_train``, ``y_train``, ``paths_train``, the same for ``test``, and
+``classes``) or pandas (``.parquet``: one row per image with ``split``, ``path``, ``label``,
+``class`` and ``features``, a fixed-size list). The images are those of the run's ``split.csv``,
+with the run's backbone, preprocessing and precision; features come from the run's feature-cache
+entry where it still holds them (the usual case: nothing is recomputed) and are extracted otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from tlkit.errors import OutputError, RunError, TlkitError
+from tlkit.saved.reader import SavedModel, load_model
+from tlkit.saved.splits import read_split
+from tlkit.util.atomic import atomic_path
+
+FORMATS = (".npz", ".parquet")
+
+
+@dataclass(frozen=True)
+class SplitArrays:
+    x: np.ndarray
+    y: np.ndarray
+    paths: list[str]
+
+
+@dataclass(frozen=True)
+class FeatureExport:
+    path: Path
+    counts: dict[str, int]
+    feature_dim: int
+    cached: int
+    skipped: int
+
+
+def _store(model: SavedModel) -> Any:
+    """The run's feature-cache entry (the identity the run's extraction used), or None when its cache was off."""
+    from tlkit.extract.cache import open_store
+
+    path = model.run_dir / "recipe.yaml"
+    try:
+        recipe = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise RunError(f"{path} cannot be read ({exc}); run the recipe again") from None
+    if not isinstance(recipe, dict) or not (recipe.get("extract") or {}).get("cache", True):
+        return None
+    options = {k: v for k, v in (model.info.get("backbone_options") or {}).items() if k not in ("name", "weights")}
+    pipeline = model.pipeline
+    return open_store(
+        model.info["backbone"], model.info["weights_sha256"], pipeline.preprocessing, pipeline.precision,
+        seed=int(recipe.get("seed", 0)), options=options, background=pipeline.background, extra=model.info.get("cache_extra"),
+    )
+
+
+def split_arrays(
+    model: SavedModel, task: Callable[[int], AbstractContextManager[Callable[[int], None]]] | None = None
+) -> tuple[dict[str, SplitArrays], int, int]:
+    """Features of every split in ``split.csv``: ``({split: arrays}, cached count, skipped count)``."""
+    from tlkit.extract.features import extract_cached, prepare_model, resolve_device
+
+    listed = read_split(model.run_dir / "split.csv")
+    index = {name: i for i, name in enumerate(model.classes)}
+    store = _store(model)
+    device = resolve_device("auto")
+    backbone = prepare_model(model.backbone, device)
+    result: dict[str, SplitArrays] = {}
+    cached = skipped = 0
+    for split, rows in listed.items():
+        paths = [path for path, _ in rows]
+        extra: dict[str, Any] = {"task": task} if task is not None else {}
+        got = extract_cached(backbone, paths, model.pipeline, store, batch_size=model.batch_size, device=device, **extra)
+        cached += got.cached
+        skipped += len(paths) - len(got.kept)
+        result[split] = SplitArrays(
+            x=got.features.numpy().astype(np.float32),
+            y=np.array([index[rows[i][1]] for i in got.kept], dtype=np.int64),
+            paths=[str(paths[i]) for i in got.kept],
+        )
+    return result, cached, skipped
+
+
+def _write_npz(target: Path, arrays: dict[str, SplitArrays], classes: list[str]) -> None:
+    data: dict[str, np.ndarray] = {"classes": np.array(classes)}
+    for split, a in arrays.items():
+        data.update({f"x_{split}": a.x, f"y_{split}": a.y, f"paths_{split}": np.array(a.paths)})
+    with target.open("wb") as fh:
+        np.savez(fh, **data)  # type: ignore[arg-type]
+
+
+def _write_parquet(target: Path, arrays: dict[str, SplitArrays], classes: list[str]) -> None:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise TlkitError("writing .parquet needs pyarrow: pip install 'tlkit[parquet]' (or write .npz)") from None
+    dim = next((a.x.shape[1] for a in arrays.values() if a.x.ndim == 2 and len(a.x)), 0)
+    splits = [s for s, a in arrays.items() for _ in a.paths]
+    x = np.concatenate([a.x.reshape(len(a.paths), dim) for a in arrays.values()]) if splits else np.zeros((0, dim), np.float32)
+    labels = np.concatenate([a.y for a in arrays.values()]) if splits else np.zeros(0, np.int64)
+    table = pa.table(
+        {
+            "split": splits,
+            "path": [p for a in arrays.values() for p in a.paths],
+            "label": labels,
+            "class": [classes[int(y)] for y in labels],
+            "features": pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), dim),
+        }
+    )
+    pq.write_table(table.replace_schema_metadata({"classes": json.dumps(classes)}), str(target))
+
+
+def write_features(run_dir: Path | str, out: Path, plugins: Any, task: Callable[[int], AbstractContextManager[Callable[[int], None]]] | None = None) -> FeatureExport:
+    """Write the run's features to ``out`` (``.npz`` or ``.parquet``, by its suffix), atomically."""
+    out = Path(out)
+    if out.suffix.lower() not in FORMATS:
+        raise TlkitError(f"--out {out}: give a file ending in .npz (numpy, scikit-learn) or .parquet (pandas)")
+    model = load_model(run_dir, plugins)
+    arrays, cached, skipped = split_arrays(model, task)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out) as tmp:
+            (_write_npz if out.suffix.lower() == ".npz" else _write_parquet)(tmp, arrays, model.classes)
+    except OSError as exc:
+        raise OutputError(f"cannot write {out} ({exc.strerror or exc}); choose another --out") from None
+    dim = next((int(a.x.shape[1]) for a in arrays.values() if a.x.ndim == 2 and len(a.x)), 0)
+    return FeatureExport(path=out, counts={s: len(a.paths) for s, a in arrays.items()}, feature_dim=dim, cached=cached, skipped=skipped)

@@ -1,0 +1,42 @@
+"""``split.csv``: which file went to which split, saved with every run.
+
+A data set split by tlkit (``imagefolder``'s ``split: {test_fraction, seed}``) exists nowhere but
+here, so the run keeps the list: ``split,path,class`` per image, as the loader gave them (files
+later skipped as undecodable included; ``bad_images.csv`` names those). :func:`read_split` gives
+``tlkit.load`` and ``tlkit features`` the same list back.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from tlkit.contract.specs import Sample
+from tlkit.errors import OutputError, RunError
+
+COLUMNS = ("split", "path", "class")
+
+
+def write_split(path: Path, classes: Sequence[str], splits: Mapping[str, Sequence[Sample]]) -> Path:
+    """One row per image of every split, in the loader's order."""
+    try:
+        with path.open("w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(COLUMNS)
+            for split, samples in splits.items():
+                writer.writerows((split, str(sample.path), classes[sample.label]) for sample in samples)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path} ({exc.strerror or exc}); free some space or choose another --out") from None
+    return path
+
+
+def read_split(path: Path) -> dict[str, list[tuple[Path, str]]]:
+    """``split -> [(path, class), ...]`` from a run's ``split.csv``."""
+    if not path.is_file():
+        raise RunError(f"{path} is missing; the run was made by an older tlkit (run the recipe again to get it)")
+    result: dict[str, list[tuple[Path, str]]] = {}
+    with path.open(newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            result.setdefault(row["split"], []).append((Path(row["path"]), row["class"]))
+    return result

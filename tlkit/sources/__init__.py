@@ -1,0 +1,1 @@
+"""Bytes from strangers, read safely: image folders, archives, shards, weights files, pretrained downloads."""
