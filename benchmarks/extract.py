@@ -212,7 +212,7 @@ def main() -> None:
     # Each repeat measures everything back to back, so a ratio compares runs under the same machine load.
     for r in range(args.repeat):
         if args.only in (None, "plain"):
-            rate, n = plain_loop(plain_model, root)
+            rate, _n = plain_loop(plain_model, root)
             plain.append(rate)
             print(f"[{r + 1}] (a) plain loop            {rate:8.1f} img/s", flush=True)
         for name, runtime in runtimes.items():

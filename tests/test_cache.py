@@ -87,7 +87,7 @@ def test_moved_and_duplicated_files_are_found_by_content(image_folder: Path, mod
 
 
 def test_every_input_of_the_features_is_part_of_the_key() -> None:
-    base = dict(backbone="tiny_cnn", weights_id="ab" * 32, preprocessing=TINY_PRE, precision="fp32", seed=0)
+    base = {"backbone": "tiny_cnn", "weights_id": "ab" * 32, "preprocessing": TINY_PRE, "precision": "fp32", "seed": 0}
     key = identity_key(extractor_identity(**base))
     other_pre = tlkit.Preprocessing(crop_size=32, resize_size=40, interpolation="bilinear", mean=(0.5,) * 3, std=(0.5,) * 3)
     changes = [

@@ -38,7 +38,7 @@ def test_detect_reads_torchrun_then_slurm_and_defaults_to_one_process():
 
 
 @pytest.mark.parametrize(
-    "environ, message",
+    ("environ", "message"),
     [
         ({"RANK": "x", "WORLD_SIZE": "2"}, "RANK='x' is not an integer"),
         ({"RANK": "2", "WORLD_SIZE": "2"}, "RANK=2 does not fit WORLD_SIZE=2"),
@@ -57,7 +57,7 @@ def test_cpu_ranks_use_gloo():
     assert backend_for(torch.device("cuda", 1)) == "nccl"
 
 
-@pytest.mark.parametrize("n, world, block", [(0, 2, 1), (1, 2, 1), (7, 3, 1), (244, 2, 32), (153, 4, 32), (5, 8, 2), (65, 2, 32)])
+@pytest.mark.parametrize(("n", "world", "block"), [(0, 2, 1), (1, 2, 1), (7, 3, 1), (244, 2, 32), (153, 4, 32), (5, 8, 2), (65, 2, 32)])
 def test_shards_tile_every_split_without_padding(n, world, block):
     items = list(range(n))
     parts = [Shard(rank, world, block).select(items) for rank in range(world)]

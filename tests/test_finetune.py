@@ -59,7 +59,7 @@ def _tuned(plugins: Plugins, data: Path, tmp_path: Path, **settings: object) -> 
     prepared = prepare(recipe)
     before = {k: v.clone() for k, v in prepared.backbone.model.state_dict().items()}
     assert recipe.finetune is not None
-    tuned, head, result = finetune(prepared, recipe.finetune, tmp_path)
+    tuned, _head, result = finetune(prepared, recipe.finetune, tmp_path)
     return before, dict(tuned.backbone.model.state_dict()), result
 
 
@@ -174,7 +174,7 @@ def test_schedules() -> None:
 
 
 def test_val_fraction_keeps_the_best_held_out_epoch(bn_plugins: Plugins, data: Path, tmp_path: Path) -> None:
-    _, after, result = _tuned(bn_plugins, data, tmp_path, strategy="full", val_fraction=0.34, epochs=3, lr=0.2)
+    _, _after, result = _tuned(bn_plugins, data, tmp_path, strategy="full", val_fraction=0.34, epochs=3, lr=0.2)
     history = result.history  # type: ignore[attr-defined]
     scores = [(p["val_accuracy"], -p["val_loss"]) for p in history]
     assert result.best_epoch == 1 + scores.index(max(scores))  # type: ignore[attr-defined]

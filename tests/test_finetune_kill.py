@@ -41,7 +41,7 @@ def _process(root: Path, out: Path, resume: Path | None = None) -> subprocess.Po
 
 
 def _finish(process: subprocess.Popen[bytes]) -> None:
-    out, err = process.communicate(timeout=600)
+    _out, err = process.communicate(timeout=600)
     assert process.returncode == 0, err.decode()[-2000:]
 
 

@@ -112,7 +112,7 @@ def test_a_saved_head_is_rebuilt_from_its_saved_config(head: HeadSpec, tmp_path:
     trained = head.fit(train, head.options(), FitContext(num_classes=3, seed=0))
     path = tmp_path / "head.safetensors"
     save_file(head_tensors(trained.module), str(path), metadata=head_metadata(head.name, trained))
-    tensors, metadata = read_head_file(path)
+    _tensors, metadata = read_head_file(path)
     assert json.loads(metadata["config"]) == dict(trained.config) and trained.config  # the constructor settings travel
     rebuilt = load_head(head, path, head.options())
     x = blobs([7, 7, 7], dim=10, spread=4.0, seed=9).x

@@ -145,7 +145,7 @@ def test_sigint_exits_130_cleanly_and_the_next_run_matches(setup: dict[str, Any]
     assert not list(out.parent.glob(f"{out.name}.partial-*")), "an interrupted run left its staging folder"
 
     rerun = _tlkit(str(setup["recipe"]), "--out", str(out))
-    stdout, stderr = rerun.communicate(timeout=300)
+    _stdout, stderr = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, stderr
     _same_metrics(_metrics_without_timings(out / "metrics.json"), setup["metrics"])
     assert (out / "run.json").is_file() and not (out / "INCOMPLETE").exists()

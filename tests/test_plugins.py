@@ -116,17 +116,17 @@ def test_an_entry_registered_twice_by_one_plugin_is_malformed() -> None:
         register(_backbone("dup"))
         register(_backbone("dup"))
 
-    loaded, messages = _load(_module("tlkit_twice", register_backbones=twice))
+    _loaded, messages = _load(_module("tlkit_twice", register_backbones=twice))
     assert messages == ["plugin 'tlkit_twice' is skipped: registered a malformed backbone 'dup' (registered twice by register_backbones)"]
 
 
 def test_a_misspelt_hook_is_reported_with_the_right_name() -> None:
-    loaded, messages = _load(_module("tlkit_typo", register_backbone=lambda register: register(_backbone())))
+    _loaded, messages = _load(_module("tlkit_typo", register_backbone=lambda register: register(_backbone())))
     assert messages == ["plugin 'tlkit_typo' is skipped: implements unknown hook 'register_backbone'; did you mean 'register_backbones'?"]
 
 
 def test_a_hook_with_wrong_arguments_cannot_be_registered() -> None:
-    loaded, messages = _load(_module("tlkit_args", register_datasets=lambda callback: None))
+    _loaded, messages = _load(_module("tlkit_args", register_datasets=lambda callback: None))
     assert len(messages) == 1 and "could not be registered" in messages[0] and "callback" in messages[0]
 
 

@@ -135,7 +135,7 @@ def test_every_head_exports_to_onnx(plugins, tiny_run: tuple[Path, Path, Path], 
 
     root, _, run_dir = tiny_run
     model = load_model(run_dir, plugins)
-    train = [p for p in image_files([root / "train"])]
+    train = list(image_files([root / "train"]))
     features = extract(model.backbone, train, model.preprocessing, workers=0).features
     labels = torch.tensor([model.classes.index(p.parent.name) for p in train])
     spec = plugins.heads.get(head)
@@ -160,7 +160,7 @@ def test_default_export_path_is_in_the_run(plugins, tiny_run: tuple[Path, Path, 
 
 
 def test_changed_or_missing_backbone_weights_are_refused(plugins, tiny_run: tuple[Path, Path, Path], tmp_path: Path, capsys) -> None:
-    root, weights, run_dir = tiny_run
+    root, _weights, _run_dir = tiny_run
     own_weights = make_weights(tmp_path / "weights.pth")
     out = make_run(plugins, root, tmp_path / "run", str(own_weights), head="centroid")
     torch.save({k: v + 1 if v.is_floating_point() else v for k, v in torch.load(own_weights, weights_only=True).items()}, own_weights)

@@ -109,7 +109,7 @@ def test_two_runs_on_the_same_data_at_the_same_time_both_succeed(tmp_path: Path,
         for _ in range(2)
     ]
     results = [p.communicate(timeout=300) for p in procs]
-    for proc, (out, err) in zip(procs, results):
+    for proc, (_out, err) in zip(procs, results):
         assert proc.returncode == 0, err
     runs = sorted((tmp_path / "runs").iterdir())
     assert len(runs) == 2 and all((r / MARKER).is_file() for r in runs), runs

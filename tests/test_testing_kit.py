@@ -152,7 +152,7 @@ def one_thread() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def kit_plugins() -> Iterator[Plugins]:
+def kit_plugins() -> Plugins:
     """One in-process plugin with good and deliberately broken entries of each kind (no built-ins)."""
     module = types.ModuleType("tlkit_kit_fixture")
 
@@ -190,7 +190,7 @@ def kit_plugins() -> Iterator[Plugins]:
 
     for hook in (register_backbones, register_datasets, register_heads):
         setattr(module, hook.__name__, tlkit.hookimpl(hook))
-    yield tlkit.testing.load_plugin(module, builtins=False)
+    return tlkit.testing.load_plugin(module, builtins=False)
 
 
 def test_check_backbone_passes_on_a_good_backbone(kit_plugins: Plugins) -> None:

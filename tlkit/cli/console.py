@@ -303,7 +303,7 @@ def yaml_value(value: Any) -> str:
     """A default as a recipe would spell it: ``null``, ``true``, ``[0, 0, 0]``, ``val``."""
     import yaml
 
-    text = yaml.safe_dump(value, default_flow_style=True, width=1000).strip()
+    text: str = yaml.safe_dump(value, default_flow_style=True, width=1000).strip()
     return text[: -len("...")].strip() if text.endswith("...") else text
 
 

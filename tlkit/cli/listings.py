@@ -48,13 +48,13 @@ def _yaml_scalar(value: Any) -> str:
     """A Literal choice as a recipe spells it: ``fp32``, ``null``, ``true``."""
     import yaml
 
-    text = yaml.safe_dump(value, default_flow_style=True).strip()
+    text: str = yaml.safe_dump(value, default_flow_style=True).strip()
     return text[: -len("...")].strip() if text.endswith("...") else text
 
 
 def matching(registry: Any, pattern: str | None) -> list[str]:
     """Names matching ``pattern``; none is an error naming the closest names (exit 2, not an empty table)."""
-    names = registry.names(pattern)
+    names: list[str] = registry.names(pattern)
     if names or pattern is None:
         return names
     every = registry.names("*")

@@ -148,7 +148,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """Apply ``dotted.key=value`` overrides; values are parsed as YAML scalars (``1e-3``, ``true``, ``null``)."""
     _check_depth(data, "")
-    result = _deep_copy(data)
+    result: dict[str, Any] = _deep_copy(data)
     for item in overrides:
         key, sep, raw = item.partition("=")
         key = key.strip()

@@ -104,7 +104,8 @@ class BoundedSafeLoader(yaml.SafeLoader):
                 seen[key] = key_node
             except TypeError:
                 continue  # an unhashable key: SafeConstructor reports it
-        return super().construct_mapping(node, deep=deep)
+        mapping: dict[Any, Any] = super().construct_mapping(node, deep=deep)
+        return mapping
 
 
 BoundedSafeLoader.add_implicit_resolver(_FLOAT_TAG, _EXPONENT_FLOAT, list("-+0123456789"))
