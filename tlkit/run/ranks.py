@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from typing import Any
 import torch
 
 from tlkit.errors import TlkitError
+from tlkit.run.signals import sigterm_raises
 from tlkit.util.units import positive_number
 
 TIMEOUT_ENV = "TLKIT_DIST_TIMEOUT"
@@ -134,10 +134,6 @@ class _Stopped(BaseException):
     """SIGTERM from the launcher (torchrun stops every rank when one fails)."""
 
 
-def _on_sigterm(signum: int, frame: Any) -> None:
-    raise _Stopped()
-
-
 @contextmanager
 def process_group(env: DistEnv, device: torch.device, timeout: float | None = None) -> Iterator[None]:
     """Join the run's process group for the duration of the block, and leave it however the block ends.
@@ -161,17 +157,16 @@ def process_group(env: DistEnv, device: torch.device, timeout: float | None = No
         )
     except Exception as exc:  # noqa: BLE001 - rendezvous failures come as RuntimeError, DistStoreError, TimeoutError
         raise DistributedError(f"{env.label()}: cannot join the process group at {env.master_addr}:{env.master_port} ({_first_line(exc)})") from None
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     stopped = DistributedError(
         f"{env.label()} was stopped by the launcher (SIGTERM): another rank failed or the job was cancelled; "
         "every feature extracted so far is in the feature cache, and a rerun resumes from it"
     )
     try:
-        yield
+        with sigterm_raises(_Stopped):  # the workers the launcher's killpg also killed are not reported over it
+            yield
     except _Stopped:  # also when decoding workers died of the launcher's SIGTERM first (features._guarded)
         raise stopped from None
     finally:
-        signal.signal(signal.SIGTERM, previous)
         try:
             dist.destroy_process_group()
         except Exception:  # noqa: BLE001 - a broken group cannot be torn down cleanly; the process is ending anyway

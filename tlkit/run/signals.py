@@ -6,6 +6,13 @@ folder stays behind and nothing is said. Inside :func:`terminate_as_interrupt` i
 Ctrl-C takes runs: the feature cache saves what it holds, the DataLoader workers stop, the staging
 folder is removed, and the CLI prints one line and exits with 143 (128 + SIGTERM), what a shell
 reports for a terminated process.
+
+A SIGTERM sent to the whole process group (torchrun's ``os.killpg``, ``kill -TERM -PGID``, a container
+stop) kills the DataLoader's decoding workers too, and torch's SIGCHLD handler reports each death as
+``RuntimeError: DataLoader worker ... killed by signal: Terminated``, raised in whatever Python code runs
+when the report arrives: on a loaded machine, the very cleanup the SIGTERM started, replacing its
+one-line exit with a traceback (issue 17). :func:`sigterm_raises` therefore stops those reports once
+the SIGTERM is handled: the workers are being stopped, which is what the signal asked for.
 """
 
 from __future__ import annotations
@@ -26,10 +33,6 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM arrived; carries the exit code the CLI should end with."""
 
     exit_code = EXIT_CODE
-
-
-def _raise(signum: int, frame: FrameType | None) -> None:
-    raise Terminated()
 
 
 def _quiet_sharer(previous: Callable[..., Any]) -> Callable[..., Any]:
@@ -57,10 +60,37 @@ def terminate_as_interrupt() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _raise)
     if not getattr(sys.excepthook, "_tlkit_quiet", False):
         sys.excepthook = _quiet_sharer(sys.excepthook)  # left installed: the thread may report after the run ended
+    with sigterm_raises(Terminated):
+        yield
+
+
+def _ignore_child(signum: int, frame: FrameType | None) -> None:
+    """A Python-level no-op, not SIG_DFL: a SIGCHLD already pending would otherwise be reported as a "race condition"."""
+
+
+@contextmanager
+def sigterm_raises(stop: Callable[[], BaseException]) -> Iterator[None]:
+    """Within the block SIGTERM raises ``stop()``, and from then on the death of child processes is not reported.
+
+    The DataLoader's SIGCHLD handler (installed when its first workers start) is set aside when the
+    SIGTERM arrives and put back when the block ends; by then the workers are shut down, so it has
+    nothing left to report. The main thread only (signal handlers cannot be set elsewhere).
+    """
+    stopping: list[Any] = []
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if not stopping:
+            stopping.append(signal.getsignal(signal.SIGCHLD))
+            if callable(stopping[0]):  # a DataLoader's (the default needs no quieting)
+                signal.signal(signal.SIGCHLD, _ignore_child)
+        raise stop()
+
+    previous = signal.signal(signal.SIGTERM, handler)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if stopping and callable(stopping[0]):
+            signal.signal(signal.SIGCHLD, stopping[0])
