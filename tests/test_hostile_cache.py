@@ -206,7 +206,35 @@ def test_cache_files_and_folders_honour_the_umask(model: torch.nn.Module, paths:
     assert {_mode(d) for d in folders} == {0o777 & ~mask}
 
 
-_READER = textwrap.dedent(
+# Root ignores file modes and ownership through four capabilities; without them it meets the cache (made
+# nobody's below) as any other user would: someone else's, read-only. It stays uid 0 rather than becoming
+# nobody, because the virtualenv and the checkout it imports lazily from may sit in a folder no other
+# user can enter (a 0700 clone; issue 17), and those it still owns.
+_DROP_OVERRIDE = textwrap.dedent(
+    """
+    import ctypes
+
+    def drop_file_mode_override():
+        \"\"\"Clear CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH and CAP_FOWNER from this process (capset(2)).\"\"\"
+        class Header(ctypes.Structure):
+            _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+        class Data(ctypes.Structure):
+            _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        header, data = Header(0x20080522, 0), (Data * 2)()  # _LINUX_CAPABILITY_VERSION_3: two 32-bit words
+        if libc.capget(ctypes.byref(header), data) != 0:
+            raise OSError(ctypes.get_errno(), "capget")
+        keep = ~0b1111  # capabilities 0-3
+        data[0].effective &= keep
+        data[0].permitted &= keep
+        if libc.capset(ctypes.byref(header), data) != 0:
+            raise OSError(ctypes.get_errno(), "capset")
+    """
+)
+
+_READER = _DROP_OVERRIDE + textwrap.dedent(
     """
     import os, sys
     from pathlib import Path
@@ -216,7 +244,7 @@ _READER = textwrap.dedent(
     from tlkit.extract.cache import open_store
     from tlkit.extract.features import extract_cached, prepare_model
     if os.geteuid() == 0:
-        os.setgid(65534); os.setuid(65534)  # root ignores file modes: read as nobody (after the imports)
+        drop_file_mode_override()
     paths = sorted(Path({folder!r}).rglob("*.jpg"))
     try:
         open(Path({cache!r}) / "probe", "w")
@@ -232,9 +260,8 @@ _READER = textwrap.dedent(
 
 
 def test_read_only_populated_cache_is_used_for_reading(model: torch.nn.Module) -> None:
-    base = Path(tempfile.mkdtemp(prefix="tlkit-ro-"))  # outside pytest's 0700 tree, so another user can reach it
+    base = Path(tempfile.mkdtemp(prefix="tlkit-ro-"))
     try:
-        base.chmod(0o755)
         folder = make_image_folder(base / "data", n_train=3, n_test=1)
         root = base / "cache"
         env = {**os.environ, "TLKIT_CACHE_DIR": str(root)}
@@ -248,10 +275,11 @@ def test_read_only_populated_cache_is_used_for_reading(model: torch.nn.Module) -
             os.umask(old)
         for path in [root, *root.rglob("*")]:
             path.chmod(path.stat().st_mode & ~0o222)  # no one may write
+            if os.geteuid() == 0:
+                os.chown(path, 65534, 65534)  # filled by another user (nobody): not even its timestamps are ours to touch
         script, out = base / "reader.py", base / "features.pt"
         script.write_text(_READER.format(tests=str(TESTS), folder=str(folder), cache=str(root), out=str(out)))
         out.touch()
-        out.chmod(0o666)
         done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stdout + done.stderr
         assert done.stdout.split() == [str(len(paths)), "0", "True"]
