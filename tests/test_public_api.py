@@ -1,4 +1,4 @@
-"""Plugin code uses only public tlkit names: the example plugin and the README's plugin section are held to it.
+"""Plugin code uses only public tlkit names: the example plugin and the plugin page (docs/plugins.md) are held to it.
 
 Public: the names in ``tlkit.__all__`` and the modules ``tlkit.backbones``, ``tlkit.errors``,
 ``tlkit.fitting`` and ``tlkit.testing`` (their ``__all__`` where they have one, else their
@@ -77,10 +77,9 @@ def private_uses(source: str, where: str) -> list[str]:
 
 
 def readme_plugin_blocks() -> list[str]:
-    text = (REPO / "README.md").read_text()
-    start = text.index("\n## Writing a plugin\n")
-    end = text.find("\n## ", start + 1)
-    return re.findall(r"^```python\n(.*?)^```", text[start:end], flags=re.M | re.S)
+    """The python blocks of the plugin-writing page (once the README's "Writing a plugin" section)."""
+    text = (REPO / "docs" / "plugins.md").read_text()
+    return re.findall(r"^```python\n(.*?)^```", text, flags=re.M | re.S)
 
 
 def test_the_checker_catches_private_names() -> None:
