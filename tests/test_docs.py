@@ -27,7 +27,7 @@ from typer.testing import CliRunner
 
 from tlkit.cli import app as cli
 from tlkit.contract import hookspecs
-from tlkit.contract.plugin_manager import PluginWarning, Plugins, load_plugins, set_plugins
+from tlkit.contract.plugin_manager import Plugins, PluginWarning, load_plugins, set_plugins
 
 README = REPO / "README.md"
 PLUGINS_PAGE = REPO / "docs" / "plugins.md"

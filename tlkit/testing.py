@@ -1,7 +1,7 @@
 """Contract checks for plugin authors: run them in your plugin's own test suite.
 
 Each check builds or loads one registered entry the way ``tlkit run`` would and holds it to what
-the README's "Writing a plugin" section promises. A broken promise raises ``AssertionError`` with a
+docs/plugins.md ("Writing a plugin") promises. A broken promise raises ``AssertionError`` with a
 message that says what differs, e.g. ``backbone 'x' declares feature_dim 64 but produces 32-d
 features``, so a plain ``pytest`` run shows the author what to fix::
 

@@ -10,7 +10,7 @@ Files with the usual photo extensions (torchvision's list, as its ``ImageFolder`
 one, which keeps the ants/bees placeholder ``imageNotFound.gif`` out as in the reference) are images;
 everything else (hidden files, READMEs, links that lead nowhere or in a circle) is left out and named
 in a note. Whether an image file actually decodes is the engine's
-business (``dataset.on_bad_image``), not the loader's. Test classes must be train classes;
+business (``images.on_bad_image``), not the loader's. Test classes must be train classes;
 a train class with no test images is allowed and noted (its test recall simply cannot be measured).
 """
 
