@@ -7,6 +7,7 @@ Throwaway plugins are registered in-process (``load_plugins(extra=[...])``), as 
 from __future__ import annotations
 
 import json
+import re
 import types
 import warnings
 from collections.abc import Callable, Iterator
@@ -16,6 +17,7 @@ from typing import Any, Optional
 import pytest
 import torch
 from conftest import write_recipe
+from tiny import TinyCNN
 from typer.testing import CliRunner
 
 import tlkit
@@ -24,6 +26,7 @@ from tlkit.cli import listing_index, listings
 from tlkit.contract import plugin_manager
 from tlkit.contract.plugin_manager import Plugins, PluginWarning, load_plugins, set_plugins
 from tlkit.errors import RegistryError
+from tlkit.testing import check_backbone, load_plugin
 
 PRE = tlkit.Preprocessing(crop_size=32, resize_size=36, interpolation="bilinear", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 CALLED: list[str] = []  # what the old builders were asked to do: must stay empty
@@ -266,3 +269,31 @@ def test_the_listing_index_is_not_saved_while_a_plugin_is_incompatible(monkeypat
             listings.listing("backbones", "old-net")
     finally:
         set_plugins(None)
+
+
+def _docs_plugin(name: str, source: str) -> types.ModuleType:
+    module = types.ModuleType(name)
+    module.TinyCNN = TinyCNN  # type: ignore[attr-defined]
+    exec(compile(source, f"docs/plugin-api.md ({name})", "exec"), module.__dict__)
+    spec = tlkit.BackboneSpec(name=name, build=module.build_tiny, preprocessing=PRE, feature_dim=8)
+    module.register_backbones = tlkit.hookimpl(_backbones(spec), specname="register_backbones")  # type: ignore[attr-defined]
+    return module
+
+
+def test_the_migration_snippets_in_the_docs(tmp_path: Path) -> None:
+    """docs/plugin-api.md: the plugin API 1 builder is reported as incompatible, the plugin API 2 one builds."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "plugin-api.md").read_text()
+    *_, before, after = re.findall(r"^```python\n(.*?)^```", text[text.index("## Migrating from plugin API 1"):], flags=re.M | re.S)
+    old_import = "from tlkit.weights import load_into, load_state_dict, sha256_file  # a private module since 0.2.0\n"
+    assert old_import in before
+    with pytest.raises(AssertionError, match=r"would be skipped as incompatible: BackboneSpec 'tiny_before'.build takes \(weights: str \| None, options\)"):
+        load_plugin(_docs_plugin("tiny_before", before.replace(old_import, "")))
+    module = _docs_plugin("tiny_after", after)
+    assert module.tlkit_plugin_api == tlkit.PLUGIN_API_VERSION
+    loaded = load_plugin(module)
+    assert check_backbone("tiny_after", plugins=loaded, weights="none", images=2).weights_id == "random"
+    weights = tmp_path / "tiny.safetensors"
+    from safetensors.torch import save_file
+
+    save_file(TinyCNN().state_dict(), str(weights))
+    assert check_backbone("tiny_after", plugins=loaded, weights=str(weights), images=2).feature_dim == 8
