@@ -56,7 +56,7 @@ def load_plugin(plugin: object, *, builtins: bool = True) -> Plugins:
         plugins = load_plugins(entry_points=False, builtins=builtins, extra=[plugin])
     status = next(s for s in plugins.status.values() if not s.builtin)
     if status.failed:
-        raise AssertionError(f"plugin '{status.name}' would be skipped: {status.error}")
+        raise AssertionError(f"plugin '{status.name}' would be skipped{' as incompatible' if status.incompatible else ''}: {status.error}")
     if not status.registered:
         raise AssertionError(f"plugin '{status.name}' registered nothing (hooks it implements: {', '.join(status.hooks) or 'none'})")
     return plugins
