@@ -30,7 +30,7 @@ import pluggy
 from tlkit.contract import hookspecs
 from tlkit.contract.preprocessing import Preprocessing
 from tlkit.contract.registry import Registry
-from tlkit.contract.specs import BackboneSpec, DatasetSpec, HeadSpec
+from tlkit.contract.specs import BackboneSpec, DatasetSpec, HeadSpec, PluginOptions
 from tlkit.errors import did_you_mean
 from tlkit.util.units import tracing_plugins
 
@@ -88,9 +88,9 @@ class Plugins:
     """The loaded plugin manager and the registries it filled."""
 
     pm: pluggy.PluginManager
-    backbones: Registry[BackboneSpec]
-    datasets: Registry[DatasetSpec]
-    heads: Registry[HeadSpec]
+    backbones: Registry[BackboneSpec[PluginOptions]]  # each plugin's own options type, known here as PluginOptions
+    datasets: Registry[DatasetSpec[PluginOptions]]
+    heads: Registry[HeadSpec[PluginOptions]]
     status: dict[str, PluginStatus]
 
 
