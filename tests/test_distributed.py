@@ -160,6 +160,19 @@ def test_fine_tuning_or_resuming_under_torchrun_is_refused_before_any_work(tiny_
     assert not (tmp_path / "run").exists()
 
 
+def test_the_cli_run_goes_through_engine_run_which_reads_the_ranks(tiny_plugins, image_folder, tmp_path, monkeypatch, capsys):
+    """``tlkit run`` under torchrun's environment: the CLI calls engine.run, which sees the ranks (and refuses fine-tuning there)."""
+    from tlkit.cli.app import main
+
+    for name, value in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as info:
+        main(["run", str(_finetune_recipe(tmp_path, image_folder)), "--out", str(tmp_path / "run")])
+    assert info.value.code == 2
+    assert "mode: finetune runs in one process" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 def _finetune_recipe(tmp_path: Path, root: Path) -> Path:
     import yaml
 
