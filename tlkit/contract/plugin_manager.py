@@ -294,6 +294,8 @@ def _malformed(spec: Any) -> str | None:
             return f"'{attr}' is not callable"
     if isinstance(spec, HeadSpec) and spec.build is None and spec.load is None:
         return "a head needs 'build' (rebuilds it from its saved config) or 'load' (from its saved tensors)"
+    if isinstance(spec, HeadSpec) and spec.from_classifier is not None and not callable(spec.from_classifier):
+        return "'from_classifier' must be a function taking a trained nn.Linear (or None)"
     if not isinstance(spec.description, str):
         return "'description' must be a string"
     if not (isinstance(spec.options, type) and dataclasses.is_dataclass(spec.options)):

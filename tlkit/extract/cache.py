@@ -54,9 +54,10 @@ _STALE_TMP_S = 3600.0
 class CacheIdentity:
     """Everything that changes a feature vector except the image itself: what names a cache entry.
 
-    Built once per run (:func:`tlkit.run.stages.cache_identity`) and used to open the entry the run
-    reads and fills; ``model.json`` records its :meth:`recorded` part as ``cache_extra``, from which
-    :meth:`with_recorded` rebuilds the very same identity (``tlkit features`` finds the run's entry).
+    A run builds it from its prepared backbone and pipeline (:func:`tlkit.run.stages.cache_identity`)
+    to open the entry it reads and fills; ``model.json`` records its :meth:`recorded` part as
+    ``cache_extra``, and :meth:`with_recorded` puts that back onto what the rest of the run directory
+    says, giving the very same identity (``tlkit features`` reads the run's own entry).
     Random weights are identified by the seed they were drawn with, real weights by their sha256;
     ``background`` is the colour transparent images are composited on; ``decoder`` and ``runtime``
     (with its effective ``precision``) are left out of the key when ``None``, as entries written

@@ -9,7 +9,8 @@
 Data flows one way: no stage reaches back into an earlier one's inputs, and each can be called on
 its own from Python (a notebook extracting features only, a rank of a distributed run extracting its
 shard, ``tlkit compare`` training several heads on one extraction). :func:`tlkit.run.engine.run` is their
-composition plus the run directory's life cycle and Ctrl-C handling.
+composition (in one process or over ranks) plus Ctrl-C handling; every path ends in the one tail
+:func:`tlkit.run.finish.finish` (fit, evaluate, write, commit).
 """
 
 from __future__ import annotations
