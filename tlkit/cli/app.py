@@ -76,12 +76,12 @@ def run(
 ) -> None:
     """Run a recipe: extract features with the backbone, train the head, evaluate, save the run."""
     from tlkit.recipe.loader import load_recipe
-    from tlkit.run.launch import launch
+    from tlkit.run import engine
 
     plugins = _plugins()
     recipe_obj = load_recipe(recipe, plugins, set_ or [])
     try:
-        outcome = launch(recipe_obj, out, console.ConsoleObserver(), resume=resume)  # one process, or a rank of torchrun
+        result = engine.run(recipe_obj, out, console.ConsoleObserver(), resume=resume)  # one process, or this rank's part under torchrun/srun
     except KeyboardInterrupt as exc:
         # typer turns Ctrl-C into a silent exit 130; say what stopped and what was kept first.
         console.print_error(str(exc) or "interrupted; nothing was written")
@@ -91,10 +91,10 @@ def run(
 
         exc.args = (f"{exc}{offline_hint(exc, plugins, recipe_obj.backbone.name)}", *exc.args[1:])
         raise
-    if outcome.result is not None:
-        console.print_run_summary(recipe_obj, outcome.result)
-    if outcome.summary:
-        console.out.print(outcome.summary, highlight=False)
+    if result.rank == 0:  # the rank that wrote the run shows it; every rank says the ranks' line
+        console.print_run_summary(recipe_obj, result)
+    if result.ranks_line:
+        console.out.print(result.ranks_line, highlight=False)
 
 
 @app.command(cls=Command)

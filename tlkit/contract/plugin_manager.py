@@ -36,7 +36,7 @@ import pluggy
 from tlkit.contract import hookspecs, plugin_api
 from tlkit.contract.preprocessing import Preprocessing
 from tlkit.contract.registry import Registry
-from tlkit.contract.specs import BackboneSpec, DatasetSpec, HeadSpec
+from tlkit.contract.specs import BackboneSpec, DatasetSpec, HeadSpec, PluginOptions
 from tlkit.errors import did_you_mean
 from tlkit.util.units import tracing_plugins
 
@@ -107,9 +107,9 @@ class Plugins:
     """The loaded plugin manager and the registries it filled."""
 
     pm: pluggy.PluginManager
-    backbones: Registry[BackboneSpec]
-    datasets: Registry[DatasetSpec]
-    heads: Registry[HeadSpec]
+    backbones: Registry[BackboneSpec[PluginOptions]]  # each plugin's own options type, known here as PluginOptions
+    datasets: Registry[DatasetSpec[PluginOptions]]
+    heads: Registry[HeadSpec[PluginOptions]]
     status: dict[str, PluginStatus]
 
 
@@ -350,6 +350,8 @@ def _malformed(spec: Any) -> str | None:
             return f"'{attr}' is not callable"
     if isinstance(spec, HeadSpec) and spec.build is None and spec.load is None:
         return "a head needs 'build' (rebuilds it from its saved config) or 'load' (from its saved tensors)"
+    if isinstance(spec, HeadSpec) and spec.from_classifier is not None and not callable(spec.from_classifier):
+        return "'from_classifier' must be a function taking a trained nn.Linear (or None)"
     if not isinstance(spec.description, str):
         return "'description' must be a string"
     if not (isinstance(spec.options, type) and dataclasses.is_dataclass(spec.options)):

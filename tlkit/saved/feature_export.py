@@ -45,7 +45,7 @@ class FeatureExport:
 
 def _store(model: SavedModel) -> Any:
     """The run's feature-cache entry (the identity the run's extraction used), or None when its cache was off."""
-    from tlkit.extract.cache import open_store
+    from tlkit.extract.cache import CacheIdentity, open_store
 
     path = model.run_dir / "recipe.yaml"
     try:
@@ -56,10 +56,11 @@ def _store(model: SavedModel) -> Any:
         return None
     options = {k: v for k, v in (model.info.get("backbone_options") or {}).items() if k not in ("name", "weights")}
     pipeline = model.pipeline
-    return open_store(
-        model.info["backbone"], model.info["weights_sha256"], pipeline.preprocessing, pipeline.precision,
-        seed=int(recipe.get("seed", 0)), options=options, background=pipeline.background, extra=model.info.get("cache_extra"),
+    identity = CacheIdentity(
+        backbone=model.info["backbone"], weights_id=model.info["weights_sha256"], preprocessing=pipeline.preprocessing, precision=pipeline.precision,
+        seed=int(recipe.get("seed", 0)), options=options, background=pipeline.background,
     )
+    return open_store(identity.with_recorded(model.info.get("cache_extra")))
 
 
 def split_arrays(

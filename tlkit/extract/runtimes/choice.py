@@ -64,10 +64,6 @@ class RuntimeChoice:
     note: str = ""  # the one line the run shows: what runs and, for a fallback, why
     reason: str = ""  # why ``auto`` chose torch without trying a conversion (recorded, not shown)
 
-    def cache_identity(self) -> dict[str, str]:
-        """The part of the feature-cache key this choice decides: features differ by runtime and precision."""
-        return {"runtime": self.runtime, "precision": self.precision}
-
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
