@@ -233,8 +233,8 @@ def test_a_run_naming_an_incompatible_backbone_stops_in_one_line_before_reading_
     assert CALLED == [] and not (tmp_path / "out").exists()  # the data folder is missing: the error came before any data was read
 
 
-def test_the_real_cli_warns_once_at_load_and_stops_the_run_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    """Plugins loaded inside ``main`` as the installed command does: the load warning, then the run's error; no traceback."""
+def test_the_real_cli_stops_a_run_naming_an_incompatible_backbone_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plugins loaded inside ``main`` as the installed command does: the run's error alone (it names the plugin and why), no traceback."""
     real = plugin_manager.load_plugins
     monkeypatch.setattr(plugin_manager, "load_plugins", lambda: real(entry_points=False, extra=[old_plugin()]))
     monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)  # cli.main installs its own printer
@@ -249,8 +249,28 @@ def test_the_real_cli_warns_once_at_load_and_stops_the_run_in_one_line(tmp_path:
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.strip()]
     assert info.value.code == 2 and "Traceback" not in err and "unknown backbone" not in err
-    assert len(lines) == 2 and lines[0].startswith("warning: plugin 'old-plugin' is incompatible with tlkit 0.2.0: BackboneSpec 'old-net'.build")
-    assert lines[1].startswith(f"error: recipe {recipe}: 'backbone.name': backbone 'old-net' (plugin old-plugin 1.0) is incompatible")
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"error: recipe {recipe}: 'backbone.name': backbone 'old-net' (plugin old-plugin 1.0) is incompatible")
+    assert "build takes (weights: str" in lines[0] and "it receives a tlkit.WeightsRequest" in lines[0]
+
+
+def test_a_run_not_naming_the_incompatible_plugin_still_warns_about_it(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Holding the load warnings back must not lose them: a recipe that fails for another reason still shows the warning."""
+    real = plugin_manager.load_plugins
+    monkeypatch.setattr(plugin_manager, "load_plugins", lambda: real(entry_points=False, extra=[old_plugin()]))
+    monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)
+    set_plugins(None)
+    recipe = write_recipe(tmp_path / "r.yaml", tmp_path / "no-such-folder", backbone={"name": "resnet18"}, head={"name": "lineer"})
+    try:
+        with warnings.catch_warnings(), pytest.raises(SystemExit) as info:
+            warnings.simplefilter("always")
+            cli.main(["run", str(recipe)])
+    finally:
+        set_plugins(None)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert info.value.code == 2
+    assert lines[0].startswith("warning: plugin 'old-plugin' is incompatible with tlkit 0.2.0: BackboneSpec 'old-net'.build")
+    assert lines[-1].startswith("error: ") and "lineer" in lines[-1]
 
 
 def test_the_listing_index_is_not_saved_while_a_plugin_is_incompatible(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,6 +7,7 @@ the commands that need them, so ``tlkit --help`` and ``tlkit --version`` answer 
 from __future__ import annotations
 
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -78,8 +79,15 @@ def run(
     from tlkit.recipe.loader import load_recipe
     from tlkit.run import engine
 
-    plugins = _plugins()
-    recipe_obj = load_recipe(recipe, plugins, set_ or [])
+    with warnings.catch_warnings(record=True) as held:  # load warnings are said after the recipe is read
+        warnings.simplefilter("default")
+        plugins = _plugins()
+    try:
+        recipe_obj = load_recipe(recipe, plugins, set_ or [])
+    except TlkitError as exc:
+        _say_warnings(held, unless_about=str(exc))  # the error already names the plugin it cannot use: one line
+        raise
+    _say_warnings(held)
     try:
         result = engine.run(recipe_obj, out, console.ConsoleObserver(), resume=resume)  # one process, or this rank's part under torchrun/srun
     except KeyboardInterrupt as exc:
@@ -324,6 +332,15 @@ def cache_clear(
     removed = cache.clear(older_than_s=seconds)
     freed = human_bytes(sum(e.bytes for e in removed))
     console.say(f"removed {len(removed)} cache entr{'y' if len(removed) == 1 else 'ies'} ({freed})")
+
+
+def _say_warnings(held: list[warnings.WarningMessage], *, unless_about: str = "") -> None:
+    """Show warnings held while plugins loaded, except a plugin warning about a plugin ``unless_about`` names."""
+    for w in held:
+        named = re.match(r"plugin '([^']+)'", str(w.message))
+        if unless_about and named and f"(plugin {named.group(1)} " in unless_about:
+            continue
+        warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
 
 def _show_warning(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
