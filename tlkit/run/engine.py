@@ -26,6 +26,7 @@ from tlkit.contract.specs import TrainedHead
 from tlkit.errors import RecipeError, RunInterrupted
 from tlkit.finetune.interrupts import TrainingStopped
 from tlkit.outputs.metrics import RunMetrics
+from tlkit.outputs.predictions import PredictionRow
 from tlkit.recipe.loader import Recipe
 from tlkit.run import stages
 from tlkit.run.resume import CHECKPOINTS
@@ -39,11 +40,12 @@ __all__ = ["RunResult", "run", "seed_everything"]
 
 @dataclass(frozen=True)
 class RunResult:
-    """Where a finished run went, its metrics, and the files it skipped."""
+    """Where a finished run went, its metrics, its test predictions (``predictions.csv``, in memory), and the files it skipped."""
 
     out_dir: Path
     metrics: RunMetrics
     bad_images: tuple[BadFile, ...] = ()
+    predictions: tuple[PredictionRow, ...] = ()
 
 
 class _Progress(Observer):
@@ -106,7 +108,7 @@ def _run(recipe: Recipe, run_dir: RunDirectory, progress: _Progress, *, resume: 
         write(run_dir, prepared, features, trained, evaluation)
         shutil.rmtree(run_dir.file(CHECKPOINTS), ignore_errors=True)  # a finished run keeps its trained weights, not its checkpoints
         final = run_dir.commit({"tlkit": __version__, "recipe": recipe.name, "complete": True})
-        return RunResult(out_dir=final, metrics=evaluation.metrics, bad_images=features.bad)
+        return RunResult(out_dir=final, metrics=evaluation.metrics, bad_images=features.bad, predictions=tuple(evaluation.test_rows))
     except TrainingStopped as stop:
         if not stop.epoch:
             run_dir.discard()

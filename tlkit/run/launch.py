@@ -153,7 +153,7 @@ def finish_run(prepared: Prepared, features: SplitFeatures, out_dir: Path | None
         write(run_dir, prepared, features, trained, evaluation)
         extra(run_dir)
         final = run_dir.commit({"tlkit": __version__, "recipe": recipe.name, "complete": True})
-        return RunResult(out_dir=final, metrics=evaluation.metrics, bad_images=features.bad)
+        return RunResult(out_dir=final, metrics=evaluation.metrics, bad_images=features.bad, predictions=tuple(evaluation.test_rows))
     except BaseException:
         run_dir.discard()
         raise
