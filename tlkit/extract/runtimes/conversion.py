@@ -17,7 +17,6 @@ quantised ONNX file and runs it in int8.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 import uuid
@@ -31,6 +30,7 @@ from typing import Any
 
 import torch
 
+from tlkit.util.atomic import publish_folder
 from tlkit.util.hashing import file_sha256, json_sha256
 
 MANIFEST = "manifest.json"
@@ -178,11 +178,7 @@ class ModelStore:
             }
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
             final = self.folder(key)
-            if final.exists():
-                old = self.base / f".old-{uuid.uuid4().hex}"
-                os.replace(final, old)
-                shutil.rmtree(old, ignore_errors=True)
-            os.replace(tmp, final)
+            publish_folder(tmp, final)  # a previous (damaged) folder for the key is replaced
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
