@@ -45,7 +45,7 @@ INCOMPLETE = "INCOMPLETE"
 MIN_FREE_BYTES = 16 * 2**20  # a run directory is small (a head, some JSON); less than this is a disk about to fill
 # What tlkit reads back from a run (loading it; `tlkit features` reads the seed in recipe.yaml, tlkit.load split.csv).
 READ_BACK = ("model.json", "classes.json", "head.safetensors", "backbone.safetensors", "recipe.yaml", "split.csv")
-TLKIT_EXTRAS = ("model.onnx", "model.pt")  # `tlkit export` writes these into a run by default: replaced with it
+TLKIT_EXTRAS = ("model.onnx", "model.pt", "model.pt2")  # `tlkit export` writes these into a run by default: replaced with it
 
 
 def read_marker(run_dir: Path) -> dict[str, Any]:
