@@ -27,7 +27,7 @@ from tlkit.extract.pipeline import ImagePipeline
 
 FILE = "model.json"
 FORMAT_VERSION = 2
-MAX_BYTES = 4 * 2**20  # the largest model.json seen holds ~1000 class names; a bigger one is not ours
+MAX_BYTES = 4 * 2**20  # a run's model.json is a few KB (10,000 class names stay under 1 MiB): a larger file is not one
 AGAIN = "run the recipe again"
 
 JSONValue: TypeAlias = "str | int | float | bool | None | list[JSONValue] | dict[str, JSONValue]"
@@ -135,7 +135,6 @@ def _from_format_1(old: JSONObject) -> JSONObject:
         pipeline = {"on_bad_image": "skip", "background": [255, 255, 255], "preprocessing": old.get("preprocessing"), "precision": precision, "decoder": "reference"}
     sha = old.get("weights_sha256")
     return {
-        "format_version": 1,
         "tlkit_version": old.get("tlkit_version", "0.1.0"),
         "classes": old.get("classes"),
         "backbone": {
