@@ -346,6 +346,7 @@ def print_backbones(rows: Sequence[Mapping[str, Any]]) -> None:
 
 
 def print_plugins(rows: Sequence[Mapping[str, Any]]) -> None:
+    """The plugins table, then one unbroken line per skipped plugin saying why (a table cell would fold it)."""
     table(
         None,
         ["name", "version", "hooks", "registered", "status"],
@@ -355,11 +356,14 @@ def print_plugins(rows: Sequence[Mapping[str, Any]]) -> None:
                 r["version"],
                 ", ".join(r["hooks"]),
                 "; ".join(f"{k}: {v if isinstance(v, int) else ', '.join(v)}" for k, v in r["registered"].items()),
-                r["status"] + (f": {r['error']}" if r["error"] else ""),
+                r["status"],
             )
             for r in rows
         ],
     )
+    for r in rows:
+        if r["error"]:
+            say(f"{r['name']} {r['status']}: {r['error']}")
 
 
 def print_cache_entries(entries: Sequence[Any], *, wide: bool = False) -> None:

@@ -224,7 +224,7 @@ def fetch(url: str, root: Path, *, sha256: str | None = None, limits: Limits | N
     """Download ``url`` and unpack it into ``root``; raise :class:`DataError` saying what to do on failure.
 
     Folders made on the way to ``root`` (``data/`` of the quick start) are removed again when the
-    fetch fails, so a failed download leaves nothing behind.
+    fetch fails, so a failed download leaves nothing behind. Public as ``tlkit.fetch_archive``: a change to its signature is a plugin API change (``docs/plugin-api.md``).
     """
     limits = limits or Limits.from_env()
     made = _missing_parents(root)
