@@ -29,6 +29,7 @@ from tlkit.recipe.loader import resolve
 from tlkit.run.engine import run
 from tlkit.run.finetune_stage import finetune
 from tlkit.run.stages import prepare
+from tlkit.util.hashing import weights_digest
 
 
 @pytest.fixture(autouse=True)
@@ -312,6 +313,12 @@ def test_predict_and_export_reproduce_a_finetuned_run(bn_plugins: Plugins, data:
     info = load_file(str(out / "backbone.safetensors"))
     assert not torch.equal(info["conv_stem.weight"], build_tiny_bn(None, None).model.state_dict()["conv_stem.weight"])
     model = load_model(out, bn_plugins)
+    # one digest of the trained weights everywhere: model.json, the weights read back from the run, the converted model's key
+    digest = weights_digest(model.backbone)
+    assert model.manifest.backbone.weights_sha256 == digest and model.manifest.backbone.in_run
+    if runtime != "torch":
+        stored = [json.loads(p.read_text()) for p in Path(os.environ["TLKIT_CACHE_DIR"]).glob("runtimes/*/manifest.json")]
+        assert digest in {record["identity"]["weights_sha256"] for record in stored}
     with (out / "predictions.csv").open(newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     predicted = predict(model, [Path(r["path"]) for r in rows], device="cpu", workers=0)

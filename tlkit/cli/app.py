@@ -115,6 +115,7 @@ def predict(
     device: Annotated[str, typer.Option("--device", metavar="auto|cpu|cuda", help="Where the backbone runs.")] = "auto",
 ) -> None:
     """Classify images with a saved run: path, class and probability for each."""
+    from tlkit.outputs.predictions import top_rows
     from tlkit.saved.reader import image_files, load_model
     from tlkit.saved.reader import predict as predict_files
 
@@ -124,14 +125,16 @@ def predict(
     files = image_files(images)
     with console.progress("classifying", len(files), unit="img", quiet=len(files) <= model.batch_size) as advance:
         result = predict_files(model, files, device=device, on_batch=advance)
-    rows = console.prediction_rows(result, model.classes, top_k)
+    rows = top_rows(result.paths, result.top(top_k), model.classes)
     if csv_ is not None:
-        console.write_csv(csv_, rows)
+        console.write_csv(csv_, rows, result.bad, top_k)
     if json_:
         for row in rows:
-            console.print_json_line(row)
+            console.print_json_line(console.prediction_json(row, top_k))
+        for path, reason in result.bad:
+            console.print_json_line(console.skipped_json(path, reason))
     else:
-        console.print_predictions(rows, top_k)
+        console.print_predictions(rows, result.bad, top_k)
     if not result.paths:
         raise DataError(f"none of the {len(files)} image file{'s' if len(files) != 1 else ''} could be classified (reasons above)")
 

@@ -32,6 +32,7 @@ from tlkit.contract.options import validate_options
 from tlkit.contract.plugin_manager import Plugins
 from tlkit.contract.weights_request import WeightsRequest
 from tlkit.errors import RecipeError, TlkitError, WeightsError, did_you_mean
+from tlkit.outputs.predictions import PredictionRow
 from tlkit.recipe.loader import Choice, Recipe
 from tlkit.util.atomic import atomic_path, write_atomic
 
@@ -116,8 +117,9 @@ def _variant(recipe: Recipe, candidate: Candidate, head: str, plugins: Plugins) 
     return dataclasses.replace(recipe, backbone=Choice(spec, options), weights=WeightsRequest.parse(candidate.weights), head=Choice(head_spec, head_options))
 
 
-def _correct(evaluation_rows: Sequence[dict[str, Any]]) -> torch.Tensor:
-    return torch.tensor([row["true_class"] == row["predicted_class"] for row in evaluation_rows], dtype=torch.bool)
+def _correct(rows: Sequence[PredictionRow]) -> torch.Tensor:
+    """Which test images a run got right, from its rows in memory (``RunResult.predictions``), in test order."""
+    return torch.tensor([row.correct for row in rows], dtype=torch.bool)
 
 
 def _run_backbone(recipe: Recipe, candidate: Candidate, heads: Sequence[str], plugins: Plugins, out_dir: Path, observer: Observer) -> list[Result]:
@@ -137,18 +139,12 @@ def _run_backbone(recipe: Recipe, candidate: Candidate, heads: Sequence[str], pl
     for head in heads:
         for_head = dataclasses.replace(prepared, recipe=_variant(recipe, candidate, head, plugins))
         run = finish(for_head, features, RunDirectory(out_dir / "runs" / _folder(candidate, head)), progress)
-        rows = _prediction_rows(run.out_dir)
         m = run.metrics
         results.append(Result(
             backbone=candidate, head=head, test_accuracy=float(m.test_accuracy or 0.0), balanced_accuracy=float(m.test_balanced_accuracy or 0.0),
-            feature_dim=m.feature_dim, parameters=parameters, images_per_s=speed, run_dir=run.out_dir, correct=_correct(rows),
+            feature_dim=m.feature_dim, parameters=parameters, images_per_s=speed, run_dir=run.out_dir, correct=_correct(run.predictions),
         ))
     return results
-
-
-def _prediction_rows(run_dir: Path) -> list[dict[str, Any]]:
-    with (run_dir / "predictions.csv").open(newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
 
 
 def bootstrap(results: list[Result], samples: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> None:

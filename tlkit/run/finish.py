@@ -19,6 +19,7 @@ from tlkit import __version__
 from tlkit.contract.observer import Observer
 from tlkit.contract.specs import TrainedHead
 from tlkit.outputs.metrics import RunMetrics
+from tlkit.outputs.predictions import PredictionRow
 from tlkit.run import stages
 from tlkit.run.resume import CHECKPOINTS
 from tlkit.run.stages import BadFile, Prepared, SplitFeatures
@@ -28,7 +29,7 @@ from tlkit.saved.run_directory import RunDirectory
 
 @dataclass(frozen=True)
 class RunResult:
-    """Where a finished run went, its metrics, and the files it skipped.
+    """Where a finished run went, its metrics, its test predictions (``predictions.csv``, in memory), and the files it skipped.
 
     In a multi-process run every rank returns the same result (rank 0 wrote it), with ``ranks`` the
     number of processes and ``rank`` this one; :attr:`ranks_line` is the line each of them prints.
@@ -37,6 +38,7 @@ class RunResult:
     out_dir: Path
     metrics: RunMetrics
     bad_images: tuple[BadFile, ...] = ()
+    predictions: tuple[PredictionRow, ...] = ()
     ranks: int = 1
     rank: int = 0
 
@@ -111,7 +113,7 @@ def finish(
             extra(run_dir)
         shutil.rmtree(run_dir.file(CHECKPOINTS), ignore_errors=True)  # a finished run keeps its trained weights, not its checkpoints
         final = run_dir.commit({"tlkit": __version__, "recipe": prepared.recipe.name, "complete": True})
-        return RunResult(out_dir=final, metrics=evaluation.metrics, bad_images=features.bad)
+        return RunResult(out_dir=final, metrics=evaluation.metrics, bad_images=features.bad, predictions=tuple(evaluation.test_rows))
     except BaseException:
         run_dir.discard()
         raise

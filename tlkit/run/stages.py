@@ -35,7 +35,8 @@ from tlkit.extract.features import Extraction, extract_cached, prepare_model, re
 from tlkit.extract.pipeline import ImagePipeline
 from tlkit.extract.runtimes import Runtime, RuntimeChoice
 from tlkit.extract.runtimes.stage import RuntimeRequest, runtime_for
-from tlkit.outputs.metrics import RunMetrics, classification_metrics, misclassified, prediction_rows
+from tlkit.outputs.metrics import RunMetrics, classification_metrics
+from tlkit.outputs.predictions import PredictionRow, misclassified, prediction_rows
 from tlkit.recipe.loader import Recipe
 
 SPLITS = ("train", "test")
@@ -122,10 +123,10 @@ class Evaluation:
     """The typed metrics of a run, and one prediction row per test image (``predictions.csv``)."""
 
     metrics: RunMetrics
-    test_rows: list[dict[str, Any]] = field(default_factory=list)
+    test_rows: list[PredictionRow] = field(default_factory=list)
 
     @property
-    def errors(self) -> list[dict[str, Any]]:
+    def errors(self) -> list[PredictionRow]:
         return misclassified(self.test_rows)
 
 

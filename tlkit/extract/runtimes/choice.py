@@ -24,7 +24,8 @@ import torch
 
 from tlkit.extract.features import torch_forward
 from tlkit.extract.runtimes import sessions
-from tlkit.extract.runtimes.conversion import ConversionFailed, ModelStore, StoredModel, convert_files, model_key, state_digest
+from tlkit.extract.runtimes.conversion import ConversionFailed, ModelStore, StoredModel, convert_files, model_key
+from tlkit.util.hashing import weights_digest
 
 RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
@@ -129,7 +130,7 @@ class _Request:
 
     def weights(self) -> str:
         if self.digest is None:
-            self.digest = state_digest(self.model)
+            self.digest = weights_digest(self.model)
         return self.digest
 
 
