@@ -52,7 +52,7 @@ def run_recipe(rank: int, world: int, port: int, recipe_file: str, run_dir: str,
     from tlkit.contract.observer import Observer
     from tlkit.contract.plugin_manager import load_plugins, set_plugins
     from tlkit.recipe.loader import load_recipe
-    from tlkit.run.launch import run_ranks
+    from tlkit.run.engine import run
 
     class Notes(Observer):
         def __init__(self) -> None:
@@ -64,5 +64,6 @@ def run_recipe(rank: int, world: int, port: int, recipe_file: str, run_dir: str,
     plugins = load_plugins(entry_points=False, extra=[TinyPlugin()])
     set_plugins(plugins)
     notes = Notes()
-    outcome = run_ranks(load_recipe(recipe_file, plugins), Path(run_dir), notes, _env(rank, world, port))
-    Path(out, f"rank{rank}.json").write_text(json.dumps({"summary": outcome.summary, "has_result": outcome.result is not None, "notes": notes.lines}))
+    result = run(load_recipe(recipe_file, plugins), Path(run_dir), notes, env=_env(rank, world, port))  # the engine's one composition
+    summary = {"summary": result.ranks_line, "rank": result.rank, "accuracy": result.metrics.test_accuracy, "out_dir": str(result.out_dir), "notes": notes.lines}
+    Path(out, f"rank{rank}.json").write_text(json.dumps(summary))

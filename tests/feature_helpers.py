@@ -8,8 +8,10 @@ from typing import Any
 import torch
 
 import tlkit
+from tlkit.extract.cache import CacheIdentity
 
 TINY_PRE = tlkit.Preprocessing(crop_size=32, resize_size=36, interpolation="bilinear", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+TINY_IDENTITY = CacheIdentity(backbone="tiny_cnn", weights_id="random", preprocessing=TINY_PRE, precision="fp32", seed=0)
 
 
 class TinyCNN(torch.nn.Module):

@@ -1,5 +1,5 @@
 """The model used anywhere: ``tlkit.load(run).predict`` reproduces predictions.csv, ``tlkit features``
-writes the run's features, and the README's onnxruntime snippet (Pillow + NumPy + onnxruntime only)
+writes the run's features, and docs/python.md's onnxruntime snippet (Pillow + NumPy + onnxruntime only)
 gives ``tlkit predict``'s class."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import tlkit
 from tlkit.cli.app import main
 from tlkit.errors import DataError
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parent.parent / "docs" / "python.md"  # the onnxruntime snippet (once in the README)
 RUN_CACHE: list[str] = []  # the feature-cache folder the module's run used
 
 
@@ -115,7 +115,7 @@ def test_features_command_writes_the_runs_features_as_npz_and_parquet(plugins, t
 def readme_snippet() -> str:
     text = README.read_text(encoding="utf-8")
     match = re.search(r"<!-- onnx-snippet -->\n```python\n(.*?)```", text, re.S)
-    assert match, "the README's onnxruntime snippet is marked <!-- onnx-snippet -->"
+    assert match, "docs/python.md's onnxruntime snippet is marked <!-- onnx-snippet -->"
     return match.group(1)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -14,12 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import make_image, make_image_folder
-from feature_helpers import TINY_PRE, TinyCNN, TinyPlugin
+from feature_helpers import TINY_IDENTITY, TINY_PRE, TinyCNN, TinyPlugin
 from typer.testing import CliRunner
 
 import tlkit
 from tlkit.extract import cache
-from tlkit.extract.cache import FeatureStore, extractor_identity, identity_key, open_store, parse_duration
+from tlkit.extract.cache import CacheIdentity, FeatureStore, open_store, parse_duration
 from tlkit.extract.features import extract, extract_cached, prepare_model
 
 TESTS = Path(__file__).resolve().parent
@@ -36,7 +37,7 @@ def model() -> torch.nn.Module:
 
 @pytest.fixture
 def store(feature_cache_dir: Path) -> FeatureStore:
-    return open_store("tiny_cnn", "random", TINY_PRE, "fp32", seed=0)
+    return open_store(TINY_IDENTITY)
 
 
 def test_second_extraction_comes_from_the_cache_without_reading_an_image(
@@ -87,22 +88,43 @@ def test_moved_and_duplicated_files_are_found_by_content(image_folder: Path, mod
 
 
 def test_every_input_of_the_features_is_part_of_the_key() -> None:
-    base = {"backbone": "tiny_cnn", "weights_id": "ab" * 32, "preprocessing": TINY_PRE, "precision": "fp32", "seed": 0}
-    key = identity_key(extractor_identity(**base))
+    base = CacheIdentity(backbone="tiny_cnn", weights_id="ab" * 32, preprocessing=TINY_PRE, precision="fp32", seed=0)
     other_pre = tlkit.Preprocessing(crop_size=32, resize_size=40, interpolation="bilinear", mean=(0.5,) * 3, std=(0.5,) * 3)
     changes = [
         {"backbone": "other"},
         {"weights_id": "cd" * 32},
         {"preprocessing": other_pre},
         {"precision": "bf16"},
+        {"options": {"drop": 0.1}},
+        {"background": (255, 255, 255)},
+        {"decoder": "fast"},
+        {"runtime": "onnxruntime"},
     ]
     for change in changes:
-        assert identity_key(extractor_identity(**{**base, **change})) != key, change
+        assert dataclasses.replace(base, **change).key != base.key, change
     # Real weights are identified by their hash, so the seed does not matter; random ones by the seed.
-    assert identity_key(extractor_identity(**{**base, "seed": 1})) == key
-    random = {**base, "weights_id": "random"}
-    assert identity_key(extractor_identity(**random)) != identity_key(extractor_identity(**{**random, "seed": 1}))
-    assert identity_key(extractor_identity(**base, options={"drop": 0.1})) != key
+    assert dataclasses.replace(base, seed=1).key == base.key
+    random = dataclasses.replace(base, weights_id="random")
+    assert random.key != dataclasses.replace(random, seed=1).key
+
+
+def test_cache_keys_are_those_of_earlier_versions_so_existing_entries_stay_valid() -> None:
+    """Digests computed by tlkit before CacheIdentity (from the 8 loose parameters): the same entries are found."""
+    pre = tlkit.Preprocessing(crop_size=32, resize_size=40, interpolation="bilinear", mean=(0.5,) * 3, std=(0.5,) * 3)
+    full = CacheIdentity("tiny_cnn", "ab" * 32, pre, "fp32", seed=0, options={"drop": 0.1}, background=(255, 255, 255), decoder="fast", runtime="onnxruntime")
+    assert full.key == "27af2a45b7f48b7b219aee55a3dd18c0"
+    assert CacheIdentity("tiny_cnn", "random", pre, "fp32", seed=3).key == "1f8ac71c673565b4f87dab74cf34197f"
+    assert CacheIdentity("tiny_cnn", "random", pre, "bf16", seed=3, background=(1, 2, 3), decoder="reference").key == "c64c53e096b8a8b1badb4541421af7c8"
+
+
+@pytest.mark.parametrize("extra", [{}, {"decoder": "fast"}, {"decoder": "reference", "runtime": "openvino", "precision": "int8"}])
+def test_the_recorded_part_of_an_identity_rebuilds_it(extra: dict[str, str]) -> None:
+    """What model.json keeps as cache_extra, read back onto the rest of the identity, names the same entry."""
+    bare = CacheIdentity("tiny_cnn", "ab" * 32, TINY_PRE, "fp32", seed=0, options={"drop": 0.1}, background=(0, 0, 0))
+    identity = bare.with_recorded(extra)
+    assert identity.recorded() == extra
+    assert bare.with_recorded(json.loads(json.dumps(identity.recorded()))) == identity
+    assert identity.to_dict()["precision"] == extra.get("precision", "fp32")
 
 
 def test_broken_and_temporary_files_never_read_as_features(image_folder: Path, model: torch.nn.Module, store: FeatureStore) -> None:
@@ -128,12 +150,12 @@ _CHILD = textwrap.dedent(
     from pathlib import Path
     import torch
     sys.path.insert(0, {tests!r})
-    from feature_helpers import TINY_PRE, TinyCNN
+    from feature_helpers import TINY_IDENTITY, TINY_PRE, TinyCNN
     from tlkit.extract.cache import open_store
     from tlkit.extract.features import extract_cached, prepare_model
 
     paths = sorted(Path({folder!r}).rglob("*.jpg"))
-    store = open_store("tiny_cnn", "random", TINY_PRE, "fp32", seed=0)
+    store = open_store(TINY_IDENTITY)
     model = prepare_model(TinyCNN(delay=0.15), torch.device("cpu"))
     extract_cached(model, paths, TINY_PRE, store, batch_size=2, workers=1, chunk_images=4)
     print("finished", flush=True)
@@ -147,7 +169,7 @@ def test_sigkilled_extraction_resumes_to_identical_features(tmp_path: Path, feat
     script = tmp_path / "child.py"
     script.write_text(_CHILD.format(tests=str(TESTS), folder=str(folder)))
     child = subprocess.Popen([sys.executable, str(script)], env={**os.environ, "TLKIT_CACHE_DIR": str(feature_cache_dir)})
-    store = open_store("tiny_cnn", "random", TINY_PRE, "fp32", seed=0)
+    store = open_store(TINY_IDENTITY)
     deadline = time.monotonic() + 60
     while not store.chunks() and time.monotonic() < deadline and child.poll() is None:
         time.sleep(0.02)
@@ -170,7 +192,7 @@ def test_two_concurrent_extractions_share_the_cache(tmp_path: Path, feature_cach
     children = [subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True) for _ in range(2)]
     assert all(child.wait(timeout=120) == 0 for child in children)
     paths = _paths(folder)
-    result = extract_cached(model, paths, TINY_PRE, open_store("tiny_cnn", "random", TINY_PRE, "fp32", seed=0), workers=0)
+    result = extract_cached(model, paths, TINY_PRE, open_store(TINY_IDENTITY), workers=0)
     assert (result.cached, result.extracted) == (len(paths), 0)
     assert torch.equal(result.features, extract(model, paths, TINY_PRE, workers=0).features)
 

@@ -40,7 +40,7 @@ def test_run_writes_a_complete_run_directory(tiny_plugins, image_folder, tmp_pat
     head = load_file(str(out / "head.safetensors"))
     assert head["weight"].shape == (2, 8)
     model = json.loads((out / "model.json").read_text())
-    assert model["backbone"] == "tiny_cnn" and model["preprocessing"]["crop_size"] == 32
+    assert model["format_version"] == 2 and model["backbone"]["name"] == "tiny_cnn" and model["pipeline"]["preprocessing"]["crop_size"] == 32
     assert not list(tmp_path.glob("out.partial-*"))
 
 

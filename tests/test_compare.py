@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -63,3 +64,25 @@ def test_compare_writes_a_ranked_table_json_csv_and_chart(tiny_plugins, tmp_path
         assert [row["head"] for row in csv.DictReader(fh)] == [r["head"] for r in data["results"]]
     assert (tmp_path / "cmp" / "compare.png").read_bytes()[:4] == b"\x89PNG"
     assert all((Path(r["run_dir"]) / "metrics.json").is_file() for r in data["results"])
+
+
+def test_compare_ranks_the_rows_in_memory_and_never_reads_predictions_csv(tiny_plugins, tmp_path, monkeypatch):
+    """The correctness vectors come from each run's PredictionRows: a predictions.csv that says the opposite changes nothing."""
+    import tlkit.run.write
+    from tlkit.recipe.loader import load_recipe
+    from tlkit.run.compare import compare
+
+    real = tlkit.run.write.write_predictions
+
+    def lying(run_dir, rows, errors):  # every row written as a mistake, whatever the head predicted
+        real(run_dir, [dataclasses.replace(r, predicted_class="nothing") for r in rows], errors)
+
+    monkeypatch.setattr(tlkit.run.write, "write_predictions", lying)
+    root = make_image_folder(tmp_path / "data", n_train=6, n_test=4)
+    recipe = load_recipe(write_recipe(tmp_path / "r.yaml", root), tiny_plugins)
+    comparison = compare(recipe, ["tiny_cnn"], ["centroid"], tiny_plugins, tmp_path / "cmp")
+    (result,) = comparison.results
+    with (result.run_dir / "predictions.csv").open(newline="") as fh:
+        assert {row["predicted_class"] for row in csv.DictReader(fh)} == {"nothing"}
+    metrics = json.loads((result.run_dir / "metrics.json").read_text())
+    assert int(result.correct.sum()) == metrics["test"]["correct"] > 0 and len(result.correct) == 8

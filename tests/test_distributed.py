@@ -113,7 +113,8 @@ def test_two_ranks_give_the_one_process_run(tmp_path):
     recipe_file = write_recipe(tmp_path / "r.yaml", root)
     _spawn(dist_workers.run_recipe, 2, str(recipe_file), str(tmp_path / "run"), str(tmp_path), str(tmp_path / "cache"))
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
-    assert ranks[0]["has_result"] and not ranks[1]["has_result"]
+    assert [r["rank"] for r in ranks] == [0, 1]  # every rank returns rank 0's result, knowing which rank it is
+    assert ranks[0]["accuracy"] == ranks[1]["accuracy"] and ranks[0]["out_dir"] == ranks[1]["out_dir"]
     assert ranks[0]["summary"] == ranks[1]["summary"] and ranks[0]["summary"].startswith("2 ranks done: test accuracy")
     # batches of 4 dealt out in turn: rank 1 has train images 4-7 and 12-13, test images 4-7
     assert any("extracted its shard" in line and "10 extracted, 0 cached" in line for line in ranks[1]["notes"])
@@ -148,14 +149,27 @@ def test_two_ranks_give_the_one_process_run(tmp_path):
 @pytest.mark.parametrize("resume", [False, True])
 def test_fine_tuning_or_resuming_under_torchrun_is_refused_before_any_work(tiny_plugins, image_folder, tmp_path, monkeypatch, resume):
     from tlkit.contract.observer import Observer
-    from tlkit.run.launch import launch
+    from tlkit.run.engine import run
 
     for name, value in {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}.items():
         monkeypatch.setenv(name, value)
     recipe = load_recipe(_finetune_recipe(tmp_path, image_folder), tiny_plugins)
     assert recipe.finetune is not None
     with pytest.raises(DistributedError, match="without torchrun"):
-        launch(recipe, tmp_path / "run", Observer(), resume=tmp_path if resume else None)
+        run(recipe, tmp_path / "run", Observer(), resume=tmp_path if resume else None)  # engine.run reads the ranks from the environment
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_cli_run_goes_through_engine_run_which_reads_the_ranks(tiny_plugins, image_folder, tmp_path, monkeypatch, capsys):
+    """``tlkit run`` under torchrun's environment: the CLI calls engine.run, which sees the ranks (and refuses fine-tuning there)."""
+    from tlkit.cli.app import main
+
+    for name, value in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as info:
+        main(["run", str(_finetune_recipe(tmp_path, image_folder)), "--out", str(tmp_path / "run")])
+    assert info.value.code == 2
+    assert "mode: finetune runs in one process" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
 

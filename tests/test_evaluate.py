@@ -17,7 +17,8 @@ from tiny_runs import CLASSES, make_data, make_run, make_weights
 
 from tlkit.cli.app import main
 from tlkit.outputs import plots
-from tlkit.outputs.metrics import classification_metrics, misclassified, prediction_rows
+from tlkit.outputs.metrics import classification_metrics
+from tlkit.outputs.predictions import PredictionRow, misclassified, prediction_rows
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -113,8 +114,9 @@ def test_prediction_rows_and_misclassified() -> None:
     probabilities = torch.tensor([[0.9, 0.1], [0.3, 0.7], [0.6, 0.4], [0.2, 0.8]])
     y = torch.tensor([0, 0, 1, 1])
     rows = prediction_rows(["a", "b", "c", "d"], y, probabilities, ["ants", "bees"])
-    assert rows[1] == {"path": "b", "true_class": "ants", "predicted_class": "bees", "confidence": 0.7, "true_class_probability": 0.3}
-    assert [r["path"] for r in misclassified(rows)] == ["b", "c"]
+    assert rows[1] == PredictionRow(path="b", true_class="ants", predicted_class="bees", confidence=0.7, true_class_probability=0.3, split="test")
+    assert rows[1].csv_cells() == ("b", "ants", "bees", 0.7, 0.3) and not rows[1].correct and rows[0].correct
+    assert [r.path for r in misclassified(rows)] == ["b", "c"]
     metrics = classification_metrics(y, probabilities.argmax(1), ["ants", "bees"])
     assert metrics.confusion_matrix == [[1, 1], [1, 1]] and metrics.correct == 2
 

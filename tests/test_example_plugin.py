@@ -100,7 +100,7 @@ def test_recipe_using_all_three_example_entries_runs_through_the_tlkit_command(e
     assert "warning" not in result.stderr
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     model = json.loads((tmp_path / "out" / "model.json").read_text())
-    assert (model["backbone"], model["head"], model["feature_dim"]) == ("lite0_stage3", "ridge", 80)
+    assert (model["backbone"]["name"], model["head"]["name"], model["features"]["dim"]) == ("lite0_stage3", "ridge", 80)
     assert metrics["counts"] == {"train": 12, "test": 6}
     assert metrics["test_accuracy"] >= 5 / 6
 

@@ -7,7 +7,7 @@ import csv
 import json
 import os
 import signal
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -15,8 +15,10 @@ import torch
 from finetune_helpers import TinyBNPlugin, build_tiny_bn, make_data, recipe_data
 from safetensors.torch import load_file
 
+from tlkit import hookimpl
 from tlkit.contract.observer import Observer
 from tlkit.contract.plugin_manager import Plugins, load_plugins, set_plugins
+from tlkit.contract.specs import HeadSpec, NoOptions, TrainedHead
 from tlkit.errors import RecipeError, RunError, RunInterrupted
 from tlkit.finetune.interrupts import TrainingStopped
 from tlkit.finetune.optim import build_optimizer, lr_factor
@@ -27,6 +29,7 @@ from tlkit.recipe.loader import resolve
 from tlkit.run.engine import run
 from tlkit.run.finetune_stage import finetune
 from tlkit.run.stages import prepare
+from tlkit.util.hashing import weights_digest
 
 
 @pytest.fixture(autouse=True)
@@ -99,6 +102,51 @@ def test_bad_finetune_settings_are_one_line_errors(bn_plugins: Plugins, data: Pa
         raw["finetune"] = {**recipe_data(data)["finetune"], "augment": change["finetune"]["augment"]}
     with pytest.raises(RecipeError, match=message):
         resolve(raw, bn_plugins)
+
+
+class AdoptingHead:
+    """A throwaway head plugin that takes over fine-tuning's classifier its own way (``HeadSpec.from_classifier``)."""
+
+    @staticmethod
+    def adopt(layer: torch.nn.Linear) -> TrainedHead:
+        config = {"features": layer.in_features, "classes": layer.out_features}
+        return TrainedHead(module=layer, config=config, choices={"adopted": 1}, notes=("taken over by 'adopting'",))
+
+    @staticmethod
+    def build(config: Mapping[str, object]) -> torch.nn.Module:
+        return torch.nn.Linear(int(config["features"]), int(config["classes"]))
+
+    @hookimpl
+    def register_heads(self, register: Callable[[HeadSpec[NoOptions]], None]) -> None:
+        def fit(train: object, options: NoOptions, ctx: object) -> TrainedHead:
+            raise AssertionError("a fine-tuning run never fits the head on features")
+
+        register(HeadSpec(name="adopting", fit=fit, build=self.build, from_classifier=self.adopt))
+
+
+def test_the_classifier_is_handed_to_the_recipes_head_which_saves_it_its_own_way(data: Path, tmp_path: Path) -> None:
+    """Fine-tuning writes no head's settings by name: the head plugin's from_classifier says what is saved, and predict rebuilds it."""
+    from tlkit.saved.reader import load_model
+
+    plugins = load_plugins(entry_points=False, extra=[TinyBNPlugin(), AdoptingHead()])
+    set_plugins(plugins)
+    try:
+        raw = recipe_data(data, epochs=1)
+        result = run(resolve({**raw, "head": {"name": "adopting"}}, plugins), tmp_path / "run")
+        metadata = safe_open_metadata(result.out_dir / "head.safetensors")
+        assert json.loads(metadata["config"]) == {"features": result.metrics.feature_dim, "classes": len(result.metrics.classes)}
+        assert result.metrics.head_choices == {"adopted": 1, "epoch": 1}
+        assert result.metrics.head_notes[0] == "taken over by 'adopting'" and result.metrics.head_notes[1].startswith("fine-tuned")
+        assert isinstance(load_model(result.out_dir, plugins).head, torch.nn.Linear)  # rebuilt by the plugin's build(config)
+    finally:
+        set_plugins(None)
+
+
+def safe_open_metadata(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        return dict(fh.metadata() or {})
 
 
 # --- stages and strategies ---------------------------------------------------------------------
@@ -265,6 +313,12 @@ def test_predict_and_export_reproduce_a_finetuned_run(bn_plugins: Plugins, data:
     info = load_file(str(out / "backbone.safetensors"))
     assert not torch.equal(info["conv_stem.weight"], build_tiny_bn(None, None).model.state_dict()["conv_stem.weight"])
     model = load_model(out, bn_plugins)
+    # one digest of the trained weights everywhere: model.json, the weights read back from the run, the converted model's key
+    digest = weights_digest(model.backbone)
+    assert model.manifest.backbone.weights_sha256 == digest and model.manifest.backbone.in_run
+    if runtime != "torch":
+        stored = [json.loads(p.read_text()) for p in Path(os.environ["TLKIT_CACHE_DIR"]).glob("runtimes/*/manifest.json")]
+        assert digest in {record["identity"]["weights_sha256"] for record in stored}
     with (out / "predictions.csv").open(newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     predicted = predict(model, [Path(r["path"]) for r in rows], device="cpu", workers=0)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import make_image_folder
-from feature_helpers import TINY_PRE, TinyCNN
+from feature_helpers import TINY_IDENTITY, TINY_PRE, TinyCNN
 from safetensors import safe_open
 
 from tlkit.errors import OutputError
@@ -40,7 +40,7 @@ def paths(tmp_path: Path) -> list[Path]:
 
 
 def _store(feature_dim: int | None = None) -> FeatureStore:
-    return open_store("tiny_cnn", "random", TINY_PRE, "fp32", seed=0, feature_dim=feature_dim)
+    return open_store(TINY_IDENTITY, feature_dim=feature_dim)
 
 
 def _data_offset(chunk: Path) -> int:
@@ -240,7 +240,7 @@ _READER = _DROP_OVERRIDE + textwrap.dedent(
     from pathlib import Path
     import torch
     sys.path.insert(0, {tests!r})
-    from feature_helpers import TINY_PRE, TinyCNN
+    from feature_helpers import TINY_IDENTITY, TINY_PRE, TinyCNN
     from tlkit.extract.cache import open_store
     from tlkit.extract.features import extract_cached, prepare_model
     if os.geteuid() == 0:
@@ -251,7 +251,7 @@ _READER = _DROP_OVERRIDE + textwrap.dedent(
         print("writable"); sys.exit(3)
     except OSError:
         pass
-    store = open_store("tiny_cnn", "random", TINY_PRE, "fp32", seed=0)
+    store = open_store(TINY_IDENTITY)
     result = extract_cached(prepare_model(TinyCNN(), torch.device("cpu")), paths, TINY_PRE, store, batch_size=4, workers=0)
     torch.save(result.features, {out!r})
     print(result.cached, result.extracted, store.read_only)
@@ -296,10 +296,10 @@ _FULL = textwrap.dedent(
     from pathlib import Path
     import torch
     sys.path.insert(0, {tests!r})
-    from feature_helpers import TINY_PRE
+    from feature_helpers import TINY_IDENTITY
     from tlkit.extract.cache import open_store
     from tlkit.errors import OutputError
-    store = open_store("tiny_cnn", "random", TINY_PRE, "fp32", seed=0)
+    store = open_store(TINY_IDENTITY)
     store.write({{"a" * 64: torch.ones(16)}})
     try:
         store.write({{f"{{i:064x}}": torch.randn(4096) for i in range(64)}})  # 1 MiB: more than the disk holds

@@ -98,7 +98,7 @@ DAMAGE = {
     "head header": ("head.safetensors", _flip_header),
     "backbone data": ("backbone.safetensors", _flip_last_byte),
     "classes swapped": ("classes.json", lambda p: _edit_json(p, lambda c: c[::-1])),
-    "model.json edited": ("model.json", lambda p: _edit_json(p, lambda m: {**m, "feature_dim": m["feature_dim"] + 1})),
+    "model.json edited": ("model.json", lambda p: _edit_json(p, lambda m: {**m, "features": {**m["features"], "dim": m["features"]["dim"] + 1}})),
     "model.json cut": ("model.json", lambda p: p.write_bytes(p.read_bytes()[:40])),
     "recipe.yaml seed": ("recipe.yaml", lambda p: p.write_text(p.read_text().replace("seed: 0", "seed: 1"))),
 }

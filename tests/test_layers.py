@@ -121,7 +121,8 @@ def test_the_cli_and_util_modules_import_no_torch() -> None:
         ("tlkit/saved/splits.py", "import tlkit.recipe.loader", "tlkit.saved is not allowed to import tlkit.recipe"),
         ("tlkit/extract/decode.py", "import tlkit.finetune.settings", "tlkit.extract is not allowed to import tlkit.finetune"),
         ("tlkit/sources/weights.py", "import tlkit_plugins.heads.linear", "tlkit is not allowed to import tlkit_plugins"),
-        ("tlkit/util/hashing.py", "import torch", "tlkit.util is not allowed to import torch"),
+        ("tlkit/util/atomic.py", "import torch", "tlkit.util is not allowed to import torch"),
+        ("tlkit_plugins/heads/linear.py", "from tlkit.sources import archives", "tlkit_plugins is not allowed to import tlkit.sources"),
     ],
 )
 def test_an_arrow_the_wrong_way_breaks_the_contracts(tmp_path: Path, module: str, line: str, named: str) -> None:

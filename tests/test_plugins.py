@@ -103,6 +103,7 @@ def test_a_hook_that_raises_skips_the_whole_plugin_with_one_warning() -> None:
         ("register_datasets", {"name": "d", "load": print}, "passed a dict to register in register_datasets; expected tlkit.DatasetSpec"),
         ("register_heads", _backbone("wrong_kind"), "passed a BackboneSpec to register in register_heads; expected tlkit.HeadSpec"),
         ("register_heads", tlkit.HeadSpec(name="h", fit=print, load=print, description=None), "'description' must be a string"),
+        ("register_heads", tlkit.HeadSpec(name="h", fit=print, load=print, from_classifier="linear"), "'from_classifier' must be a function"),
     ],
 )
 def test_a_malformed_entry_skips_the_plugin_and_says_why(hook: str, entry: Any, reason: str) -> None:

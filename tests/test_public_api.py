@@ -1,4 +1,5 @@
-"""Plugin code uses only public tlkit names: the example plugin and the README's plugin section are held to it.
+"""Plugin code uses only public tlkit names: the example plugin, the built-in plugins (``tlkit_plugins``)
+and the plugin page (docs/plugins.md) are held to it, so each is an example a plugin author can copy.
 
 Public: the names in ``tlkit.__all__`` and the modules ``tlkit.backbones``, ``tlkit.errors``,
 ``tlkit.fitting`` and ``tlkit.testing`` (their ``__all__`` where they have one, else their
@@ -21,6 +22,7 @@ import tlkit.testing
 REPO = Path(__file__).resolve().parent.parent
 PUBLIC_MODULES = ("backbones", "errors", "fitting", "testing")
 EXAMPLES = sorted((REPO / "examples").rglob("*.py"))
+BUILTINS = sorted((REPO / "tlkit_plugins").rglob("*.py"))
 
 
 def _public_names(module: str) -> set[str]:
@@ -77,10 +79,9 @@ def private_uses(source: str, where: str) -> list[str]:
 
 
 def readme_plugin_blocks() -> list[str]:
-    text = (REPO / "README.md").read_text()
-    start = text.index("\n## Writing a plugin\n")
-    end = text.find("\n## ", start + 1)
-    return re.findall(r"^```python\n(.*?)^```", text[start:end], flags=re.M | re.S)
+    """The python blocks of the plugin-writing page (once the README's "Writing a plugin" section)."""
+    text = (REPO / "docs" / "plugins.md").read_text()
+    return re.findall(r"^```python\n(.*?)^```", text, flags=re.M | re.S)
 
 
 def test_the_checker_catches_private_names() -> None:
@@ -102,10 +103,23 @@ def test_the_example_plugin_uses_only_public_names(path: Path) -> None:
     assert private_uses(path.read_text(), str(path.relative_to(REPO))) == []
 
 
+@pytest.mark.parametrize("path", BUILTINS, ids=lambda p: str(p.relative_to(REPO)))
+def test_the_builtin_plugins_use_only_public_names(path: Path) -> None:
+    """Importing a sibling built-in would count as private too: each built-in stands alone, as a third-party plugin does."""
+    assert private_uses(path.read_text(), str(path.relative_to(REPO))) == []
+
+
+def test_every_builtin_plugin_module_is_checked() -> None:
+    from tlkit.contract.plugin_manager import DEFAULT_PLUGINS
+
+    checked = {".".join(p.relative_to(REPO).with_suffix("").parts) for p in BUILTINS}
+    assert set(DEFAULT_PLUGINS) <= checked
+
+
 def test_the_readme_plugin_code_uses_only_public_names() -> None:
     blocks = readme_plugin_blocks()
     assert len(blocks) >= 5
-    problems = [p for i, block in enumerate(blocks) for p in private_uses(block, f"README plugin block {i + 1}")]
+    problems = [p for i, block in enumerate(blocks) for p in private_uses(block, f"docs/plugins.md block {i + 1}")]
     assert problems == []
 
 

@@ -19,6 +19,7 @@ from tiny_runs import make_data
 
 from tlkit.cli.app import main
 from tlkit.outputs import plots, report
+from tlkit.outputs.predictions import PredictionRow
 from tlkit.saved.head_files import read_head_file
 
 
@@ -57,12 +58,12 @@ def assert_self_contained(page: str) -> References:
     return refs
 
 
-def error_rows(folder: Path) -> list[dict]:
+def error_rows(folder: Path) -> list[PredictionRow]:
     rows = []
     for i, (true, predicted, colour) in enumerate((("cats", "dogs", 1), ("dogs", "fish", 2), ("fish", "cats", 0))):
         path = make_image(folder / f"wrong_{i}.jpg", CLASS_COLOURS[colour], seed=i)
-        rows.append({"path": str(path), "true_class": true, "predicted_class": predicted, "confidence": 0.5 + 0.1 * i, "true_class_probability": 0.1})
-    rows.append({"path": str(folder / "gone.jpg"), "true_class": "cats", "predicted_class": "fish", "confidence": 0.4, "true_class_probability": 0.3})
+        rows.append(PredictionRow(path=str(path), true_class=true, predicted_class=predicted, confidence=0.5 + 0.1 * i, true_class_probability=0.1))
+    rows.append(PredictionRow(path=str(folder / "gone.jpg"), true_class="cats", predicted_class="fish", confidence=0.4, true_class_probability=0.3))
     return rows
 
 
@@ -100,7 +101,7 @@ def test_report_html_is_self_contained_and_names_every_mistake(tmp_path: Path) -
     text = " ".join(refs.text)
     assert "81.2%" in text and "L2 0.01 chosen" in text and "head chose l2" in text and "https://example.org/data.zip" in text
     for row in rows:
-        assert Path(row["path"]).name in text
+        assert Path(row.path).name in text
     assert "not there" not in text  # a plot that was not drawn is left out, not a broken image
 
 
@@ -149,7 +150,7 @@ def test_the_heads_choice_is_in_the_summary_metrics_and_model_json_and_equals_it
     metrics = json.loads((run_dir / "metrics.json").read_text())
     model = json.loads((run_dir / "model.json").read_text())
     assert metrics["head_choices"][key] == pytest.approx(truth, rel=1e-6)
-    assert model["head_choices"][key] == pytest.approx(truth, rel=1e-6)
+    assert model["head"]["choices"][key] == pytest.approx(truth, rel=1e-6)
     assert json.loads(metadata["choices"])[key] == pytest.approx(truth, rel=1e-6)
     shown = {"logreg": f"L2 {truth:.3g}", "knn": f"k {int(truth)}", "mlp": f"epoch {int(truth)}"}[head]
     assert f"{head} chose" in summary and shown in summary

@@ -5,6 +5,9 @@ are the public API plugins may rely on; everything else, and all of ``tlkit_plug
 
 The public names are imported on first use (PEP 562), so ``import tlkit`` (and so ``tlkit --help``)
 does not import torch; ``from tlkit import BackboneSpec`` works as before.
+
+``PLUGIN_API_VERSION`` is the version of that API (see ``docs/plugin-api.md`` and ``CHANGELOG.md``):
+it goes up with every change that can break a plugin written for the one before.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from tlkit import errors
 from tlkit.contract.hookspecs import hookimpl
+from tlkit.contract.plugin_api import PLUGIN_API_VERSION
 from tlkit.errors import DataError, RecipeError, TlkitError, WeightsError
 
 if TYPE_CHECKING:
@@ -30,12 +34,20 @@ if TYPE_CHECKING:
         LoadedDataset,
         NoOptions,
         Sample,
+        ShardMember,
         TrainedHead,
     )
     from tlkit.contract.weights_request import WeightsRequest
     from tlkit.saved.model import Model
+    from tlkit.sources.archives import fetch as fetch_archive
+    from tlkit.sources.image_files import EXTENSIONS as IMAGE_EXTENSIONS
+    from tlkit.sources.image_files import FoundFiles, walk_images
+    from tlkit.sources.shards import CLASSES_FILE as SHARD_CLASSES_FILE
+    from tlkit.sources.shards import ShardGroup
+    from tlkit.sources.shards import expand as expand_shards
+    from tlkit.sources.shards import stream as read_shards
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _LAZY = {
     "Preprocessing": "tlkit.contract.preprocessing",
@@ -50,6 +62,16 @@ _LAZY = {
     "Sample": "tlkit.contract.specs",
     "TrainedHead": "tlkit.contract.specs",
     "WeightsRequest": "tlkit.contract.weights_request",
+    "ShardMember": "tlkit.contract.specs",
+    # Data set helpers the built-in loaders use, as "module:name" where the public name differs.
+    "FoundFiles": "tlkit.sources.image_files",
+    "IMAGE_EXTENSIONS": "tlkit.sources.image_files:EXTENSIONS",
+    "walk_images": "tlkit.sources.image_files",
+    "fetch_archive": "tlkit.sources.archives:fetch",
+    "SHARD_CLASSES_FILE": "tlkit.sources.shards:CLASSES_FILE",
+    "ShardGroup": "tlkit.sources.shards",
+    "expand_shards": "tlkit.sources.shards:expand",
+    "read_shards": "tlkit.sources.shards:stream",
 }
 
 
@@ -60,7 +82,8 @@ def __getattr__(name: str) -> Any:
         module = _LAZY.get(name)
         if module is None:
             raise AttributeError(f"module 'tlkit' has no attribute {name!r}")
-        value = getattr(importlib.import_module(module), name)
+        module, _, attr = module.partition(":")
+        value = getattr(importlib.import_module(module), attr or name)
     globals()[name] = value  # later lookups skip this function
     return value
 
@@ -77,18 +100,24 @@ def load(run_dir: str | os.PathLike[str], *, device: str = "cpu") -> Model:
 
 
 __all__ = [
+    "IMAGE_EXTENSIONS",
+    "PLUGIN_API_VERSION",
+    "SHARD_CLASSES_FILE",
     "BackboneSpec",
     "BuiltBackbone",
     "DataError",
     "DatasetSpec",
     "Features",
     "FitContext",
+    "FoundFiles",
     "HeadSpec",
     "LoadedDataset",
     "NoOptions",
     "Preprocessing",
     "RecipeError",
     "Sample",
+    "ShardGroup",
+    "ShardMember",
     "TlkitError",
     "TrainedHead",
     "WeightsError",
@@ -96,6 +125,10 @@ __all__ = [
     "__version__",
     "backbones",
     "errors",
+    "expand_shards",
+    "fetch_archive",
     "hookimpl",
     "load",
+    "read_shards",
+    "walk_images",
 ]

@@ -13,6 +13,8 @@ built-ins' own package, whose insides may change). Every function takes the
 - :func:`registered` / :func:`build_registered` / :func:`derived_spec`: another registered backbone by
   name, e.g. to cut ``efficientnet_lite0`` after a middle stage and keep its weights and preprocessing.
 - :func:`from_weights_file` / :func:`random_weights`: the two ends every builder needs.
+- :func:`fetch_pretrained` / :func:`pretrained_available`: a published weights file (a URL such as a
+  torchvision weights entry's ``url``) kept in torch hub's checkpoint folder, downloaded once.
 """
 
 from __future__ import annotations
@@ -33,8 +35,10 @@ from tlkit.sources.weights import load_into, load_state_dict, sha256_file
 __all__ = [
     "build_registered",
     "derived_spec",
+    "fetch_pretrained",
     "from_weights_file",
     "random_weights",
+    "pretrained_available",
     "registered",
     "state_sha256",
     "timm_backbone",
@@ -72,6 +76,27 @@ def state_sha256(model: torch.nn.Module) -> str:
         digest.update(f"{name}|{flat.dtype}|{tuple(tensor.shape)}".encode())
         digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
     return digest.hexdigest()
+
+
+def fetch_pretrained(url: str, what: str) -> Path:
+    """The weights file at ``url`` in torch hub's checkpoint folder (``$TORCH_HOME/hub/checkpoints``), downloaded there once.
+
+    A ``<name>-<first hex digits of its sha256>.<ext>`` file name (torchvision's and timm's) is checked
+    against the download. Offline, or when the host is unreachable, a :class:`~tlkit.errors.WeightsError`
+    names ``what`` and where to put the file by hand (and the CLI adds how to run offline).
+    """
+    from tlkit.sources.pretrained import fetch_url
+
+    return fetch_url(url, what)
+
+
+def pretrained_available(url: str) -> bool:
+    """Whether :func:`fetch_pretrained` has ``url``'s file on this machine already (no network is tried)."""
+    from urllib.parse import urlsplit
+
+    from tlkit.sources.weights import hub_checkpoint_dir
+
+    return (hub_checkpoint_dir() / Path(urlsplit(url).path).name).is_file()
 
 
 # --- timm ------------------------------------------------------------------------------------------

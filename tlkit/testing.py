@@ -1,7 +1,7 @@
 """Contract checks for plugin authors: run them in your plugin's own test suite.
 
 Each check builds or loads one registered entry the way ``tlkit run`` would and holds it to what
-the README's "Writing a plugin" section promises. A broken promise raises ``AssertionError`` with a
+docs/plugins.md ("Writing a plugin") promises. A broken promise raises ``AssertionError`` with a
 message that says what differs, e.g. ``backbone 'x' declares feature_dim 64 but produces 32-d
 features``, so a plain ``pytest`` run shows the author what to fix::
 
@@ -56,7 +56,7 @@ def load_plugin(plugin: object, *, builtins: bool = True) -> Plugins:
         plugins = load_plugins(entry_points=False, builtins=builtins, extra=[plugin])
     status = next(s for s in plugins.status.values() if not s.builtin)
     if status.failed:
-        raise AssertionError(f"plugin '{status.name}' would be skipped: {status.error}")
+        raise AssertionError(f"plugin '{status.name}' would be skipped{' as incompatible' if status.incompatible else ''}: {status.error}")
     if not status.registered:
         raise AssertionError(f"plugin '{status.name}' registered nothing (hooks it implements: {', '.join(status.hooks) or 'none'})")
     return plugins

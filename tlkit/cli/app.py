@@ -7,6 +7,7 @@ the commands that need them, so ``tlkit --help`` and ``tlkit --version`` answer 
 from __future__ import annotations
 
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -76,12 +77,19 @@ def run(
 ) -> None:
     """Run a recipe: extract features with the backbone, train the head, evaluate, save the run."""
     from tlkit.recipe.loader import load_recipe
-    from tlkit.run.launch import launch
+    from tlkit.run import engine
 
-    plugins = _plugins()
-    recipe_obj = load_recipe(recipe, plugins, set_ or [])
+    with warnings.catch_warnings(record=True) as held:  # load warnings are said after the recipe is read
+        warnings.simplefilter("default")
+        plugins = _plugins()
     try:
-        outcome = launch(recipe_obj, out, console.ConsoleObserver(), resume=resume)  # one process, or a rank of torchrun
+        recipe_obj = load_recipe(recipe, plugins, set_ or [])
+    except TlkitError as exc:
+        _say_warnings(held, unless_about=str(exc))  # the error already names the plugin it cannot use: one line
+        raise
+    _say_warnings(held)
+    try:
+        result = engine.run(recipe_obj, out, console.ConsoleObserver(), resume=resume)  # one process, or this rank's part under torchrun/srun
     except KeyboardInterrupt as exc:
         # typer turns Ctrl-C into a silent exit 130; say what stopped and what was kept first.
         console.print_error(str(exc) or "interrupted; nothing was written")
@@ -91,10 +99,10 @@ def run(
 
         exc.args = (f"{exc}{offline_hint(exc, plugins, recipe_obj.backbone.name)}", *exc.args[1:])
         raise
-    if outcome.result is not None:
-        console.print_run_summary(recipe_obj, outcome.result)
-    if outcome.summary:
-        console.out.print(outcome.summary, highlight=False)
+    if result.rank == 0:  # the rank that wrote the run shows it; every rank says the ranks' line
+        console.print_run_summary(recipe_obj, result)
+    if result.ranks_line:
+        console.out.print(result.ranks_line, highlight=False)
 
 
 @app.command(cls=Command)
@@ -107,6 +115,7 @@ def predict(
     device: Annotated[str, typer.Option("--device", metavar="auto|cpu|cuda", help="Where the backbone runs.")] = "auto",
 ) -> None:
     """Classify images with a saved run: path, class and probability for each."""
+    from tlkit.outputs.predictions import top_rows
     from tlkit.saved.reader import image_files, load_model
     from tlkit.saved.reader import predict as predict_files
 
@@ -116,14 +125,16 @@ def predict(
     files = image_files(images)
     with console.progress("classifying", len(files), unit="img", quiet=len(files) <= model.batch_size) as advance:
         result = predict_files(model, files, device=device, on_batch=advance)
-    rows = console.prediction_rows(result, model.classes, top_k)
+    rows = top_rows(result.paths, result.top(top_k), model.classes)
     if csv_ is not None:
-        console.write_csv(csv_, rows)
+        console.write_csv(csv_, rows, result.bad, top_k)
     if json_:
         for row in rows:
-            console.print_json_line(row)
+            console.print_json_line(console.prediction_json(row, top_k))
+        for path, reason in result.bad:
+            console.print_json_line(console.skipped_json(path, reason))
     else:
-        console.print_predictions(rows, top_k)
+        console.print_predictions(rows, result.bad, top_k)
     if not result.paths:
         raise DataError(f"none of the {len(files)} image file{'s' if len(files) != 1 else ''} could be classified (reasons above)")
 
@@ -324,6 +335,15 @@ def cache_clear(
     removed = cache.clear(older_than_s=seconds)
     freed = human_bytes(sum(e.bytes for e in removed))
     console.say(f"removed {len(removed)} cache entr{'y' if len(removed) == 1 else 'ies'} ({freed})")
+
+
+def _say_warnings(held: list[warnings.WarningMessage], *, unless_about: str = "") -> None:
+    """Show warnings held while plugins loaded, except a plugin warning about a plugin ``unless_about`` names."""
+    for w in held:
+        named = re.match(r"plugin '([^']+)'", str(w.message))
+        if unless_about and named and f"(plugin {named.group(1)} " in unless_about:
+            continue
+        warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
 
 def _show_warning(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:

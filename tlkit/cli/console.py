@@ -19,6 +19,8 @@ from tlkit.contract.observer import Observer
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from tlkit.outputs.predictions import PredictionRow
+
 # Off a terminal (pipes, CI logs) rich would wrap tables at 80 columns; give them room instead.
 _OFF_TERMINAL_WIDTH = 200
 
@@ -250,37 +252,36 @@ def print_run_summary(recipe: Any, result: Any) -> None:
             say(f"and {len(bad) - shown} more: see {result.out_dir / 'bad_images.csv'}")
 
 
-def prediction_rows(result: Any, classes: Sequence[str], top_k: int) -> list[dict[str, Any]]:
-    """One dict per input file: ``path``, ``class``, ``probability`` (and ``top_k``), or ``path`` and ``error``."""
-    rows: list[dict[str, Any]] = []
-    for path, top in zip(result.paths, result.top(top_k)):
-        row: dict[str, Any] = {"path": str(path), "class": classes[top[0][0]], "probability": top[0][1]}
-        if top_k > 1:
-            row["top_k"] = [{"class": classes[i], "probability": p} for i, p in top]
-        rows.append(row)
-    rows.extend({"path": str(path), "error": reason} for path, reason in result.bad)
-    return rows
-
-
-def print_predictions(rows: Sequence[Mapping[str, Any]], top_k: int) -> None:
-    """The predictions as a table, then one warning per file that could not be classified."""
-    good = [r for r in rows if "error" not in r]
-    if good:
-        columns = ["path", "class", "probability"] + ([f"top {top_k}"] if top_k > 1 else [])
-        table(None, columns, [_prediction_cells(r, top_k) for r in good])
-    for r in rows:
-        if "error" in r:
-            print_warning(f"skipped {r['path']}: {r['error']}")
-
-
-def _prediction_cells(row: Mapping[str, Any], top_k: int) -> list[str]:
-    cells = [row["path"], row["class"], f"{row['probability']:.4f}"]
+def prediction_json(row: PredictionRow, top_k: int) -> dict[str, Any]:
+    """A ``tlkit predict --json`` line: ``path``, ``class``, ``probability`` (and ``top_k``)."""
+    data: dict[str, Any] = {"path": row.path, "class": row.predicted_class, "probability": row.confidence}
     if top_k > 1:
-        cells.append(", ".join(f"{t['class']} {t['probability']:.4f}" for t in row["top_k"]))
+        data["top_k"] = [{"class": t.name, "probability": t.probability} for t in row.top]
+    return data
+
+
+def skipped_json(path: Path | str, reason: str) -> dict[str, str]:
+    """A ``tlkit predict --json`` line for a file that could not be classified."""
+    return {"path": str(path), "error": reason}
+
+
+def print_predictions(rows: Sequence[PredictionRow], bad: Sequence[tuple[Path, str]], top_k: int) -> None:
+    """The predictions as a table, then one warning per file that could not be classified."""
+    if rows:
+        columns = ["path", "class", "probability"] + ([f"top {top_k}"] if top_k > 1 else [])
+        table(None, columns, [_prediction_cells(r, top_k) for r in rows])
+    for path, reason in bad:
+        print_warning(f"skipped {path}: {reason}")
+
+
+def _prediction_cells(row: PredictionRow, top_k: int) -> list[str]:
+    cells = [row.path, row.predicted_class, f"{row.confidence:.4f}"]
+    if top_k > 1:
+        cells.append(", ".join(f"{t.name} {t.probability:.4f}" for t in row.top))
     return cells
 
 
-def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+def write_csv(path: Path, rows: Sequence[PredictionRow], bad: Sequence[tuple[Path, str]], top_k: int) -> None:
     """Predictions as CSV (path, class, probability, top_k, error), written whole or not at all."""
     from tlkit.errors import OutputError
 
@@ -290,11 +291,12 @@ def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
 
     try:
         with atomic_path(path) as staging, staging.open("w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=columns)
-            writer.writeheader()
+            writer = csv.writer(f)
+            writer.writerow(columns)
             for row in rows:
-                top = "; ".join(f"{t['class']} {t['probability']:.6f}" for t in row.get("top_k", []))
-                writer.writerow({**{k: row.get(k, "") for k in ("path", "class", "probability", "error")}, "top_k": top})
+                top = "; ".join(f"{t.name} {t.probability:.6f}" for t in row.top) if top_k > 1 else ""
+                writer.writerow([row.path, row.predicted_class, row.confidence, top, ""])
+            writer.writerows([str(p), "", "", "", reason] for p, reason in bad)
     except OSError as exc:
         raise OutputError(f"cannot write {path} ({exc.strerror or exc}); nothing was written there") from None
 
@@ -344,6 +346,7 @@ def print_backbones(rows: Sequence[Mapping[str, Any]]) -> None:
 
 
 def print_plugins(rows: Sequence[Mapping[str, Any]]) -> None:
+    """The plugins table, then one unbroken line per skipped plugin saying why (a table cell would fold it)."""
     table(
         None,
         ["name", "version", "hooks", "registered", "status"],
@@ -353,11 +356,14 @@ def print_plugins(rows: Sequence[Mapping[str, Any]]) -> None:
                 r["version"],
                 ", ".join(r["hooks"]),
                 "; ".join(f"{k}: {v if isinstance(v, int) else ', '.join(v)}" for k, v in r["registered"].items()),
-                r["status"] + (f": {r['error']}" if r["error"] else ""),
+                r["status"],
             )
             for r in rows
         ],
     )
+    for r in rows:
+        if r["error"]:
+            say(f"{r['name']} {r['status']}: {r['error']}")
 
 
 def print_cache_entries(entries: Sequence[Any], *, wide: bool = False) -> None:

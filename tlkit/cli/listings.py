@@ -222,7 +222,7 @@ _ROWS: dict[str, Callable[[Plugins, str | None], list[dict[str, Any]]]] = {"back
 
 
 def plugin_rows(plugins: Plugins, *, include_builtin: bool = False) -> list[dict[str, Any]]:
-    """One row per plugin, third-party first; a skipped plugin has status ``failed`` and its ``error``."""
+    """One row per plugin, third-party first; a skipped plugin has status ``failed`` (or ``incompatible``: it does not fit this plugin API) and its ``error``."""
     return [
         {
             "name": s.name,
@@ -230,7 +230,7 @@ def plugin_rows(plugins: Plugins, *, include_builtin: bool = False) -> list[dict
             "builtin": s.builtin,
             "hooks": s.hooks,
             "registered": {kind: len(names) if len(names) > 20 else names for kind, names in s.registered.items()},
-            "status": "failed" if s.failed else "ok",
+            "status": s.state,
             "error": s.error,
         }
         for s in sorted(plugins.status.values(), key=lambda s: (s.builtin, s.name))

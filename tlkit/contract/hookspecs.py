@@ -1,7 +1,7 @@
 """The hooks a tlkit plugin implements. Specs only: signatures and what they promise.
 
 Every hook hands the plugin a ``register`` callback, so one plugin can add any number of entries.
-See the README section "Writing a plugin" for a complete example of each, and ``tlkit.testing``
+See docs/plugins.md ("Writing a plugin") for a complete example of each, and ``tlkit.testing``
 for the checks that hold an entry to its contract. A plugin whose hook raises or registers a
 malformed entry is skipped as a whole, with one warning naming it.
 """

@@ -6,6 +6,12 @@ import, raises in a hook or registers a malformed entry is skipped as a whole (n
 is used) and reported once, as one warning naming it; everything else keeps working. A name two
 plugins both register is an error naming both.
 
+A plugin that does not fit the plugin API (:mod:`tlkit.contract.plugin_api`: a declared
+``tlkit_plugin_api`` this tlkit does not speak, a hook taking arguments the hook does not hand, a
+``build``/``fit``/``load`` that cannot take what tlkit passes) is *incompatible*: skipped the same way,
+reported in one line saying what changed, and its entries stay known by name, so a recipe naming one
+gets that line instead of "unknown backbone".
+
 ``TLKIT_LOAD_PLUGINS`` (comma-separated distribution names; empty = none) limits which
 third-party plugins load. ``TLKIT_TRACE_PLUGINS=1`` logs each hook call to stderr.
 """
@@ -27,10 +33,10 @@ from typing import Any
 
 import pluggy
 
-from tlkit.contract import hookspecs
+from tlkit.contract import hookspecs, plugin_api
 from tlkit.contract.preprocessing import Preprocessing
 from tlkit.contract.registry import Registry
-from tlkit.contract.specs import BackboneSpec, DatasetSpec, HeadSpec
+from tlkit.contract.specs import BackboneSpec, DatasetSpec, HeadSpec, PluginOptions
 from tlkit.errors import did_you_mean
 from tlkit.util.units import tracing_plugins
 
@@ -68,6 +74,8 @@ class PluginStatus:
     ``name`` is the distribution name for a third-party package (``dist:entry`` when the
     distribution declares several entry points), ``tlkit:<module>`` for a built-in. ``error`` is
     set when the plugin was skipped, and says why; a skipped plugin registered nothing.
+    ``incompatible`` says it was skipped because it does not fit this tlkit's plugin API (``error``
+    then says what changed); its entries are then known by name only (``Registry.refuse``).
     """
 
     name: str
@@ -77,10 +85,21 @@ class PluginStatus:
     registered: dict[str, list[str]] = field(default_factory=dict)
     error: str | None = None
     problems: list[str] = field(default_factory=list, repr=False)
+    incompatibilities: list[str] = field(default_factory=list, repr=False)
 
     @property
     def failed(self) -> bool:
+        """Skipped, for whatever reason (an incompatible plugin is skipped too)."""
         return self.error is not None
+
+    @property
+    def incompatible(self) -> bool:
+        return bool(self.incompatibilities)
+
+    @property
+    def state(self) -> str:
+        """``ok``, ``incompatible`` or ``failed``: the status column of ``tlkit plugins``."""
+        return "incompatible" if self.incompatible else "failed" if self.failed else "ok"
 
 
 @dataclass
@@ -88,9 +107,9 @@ class Plugins:
     """The loaded plugin manager and the registries it filled."""
 
     pm: pluggy.PluginManager
-    backbones: Registry[BackboneSpec]
-    datasets: Registry[DatasetSpec]
-    heads: Registry[HeadSpec]
+    backbones: Registry[BackboneSpec[PluginOptions]]  # each plugin's own options type, known here as PluginOptions
+    datasets: Registry[DatasetSpec[PluginOptions]]
+    heads: Registry[HeadSpec[PluginOptions]]
     status: dict[str, PluginStatus]
 
 
@@ -121,10 +140,21 @@ def _problem(status: PluginStatus, message: str) -> None:
     _trace(f"{status.name}: {message}")
 
 
+def _incompatible(status: PluginStatus, message: str) -> None:
+    """Note how ``status``'s plugin does not fit the plugin API; reported with its problems, in one warning."""
+    status.incompatibilities.append(message)
+    _trace(f"{status.name}: incompatible: {message}")
+
+
 def _report(statuses: dict[str, PluginStatus]) -> None:
     """One warning per skipped plugin, naming it and every reason, so a broken plugin is reported once."""
+    from tlkit import __version__
+
     for status in statuses.values():
-        if status.problems:
+        if status.incompatibilities:
+            status.error = "; ".join([*status.incompatibilities, *status.problems])
+            warnings.warn(f"plugin '{status.name}' is incompatible with tlkit {__version__}: {status.error}", PluginWarning, stacklevel=3)
+        elif status.problems:
             status.error = "; ".join(status.problems)
             warnings.warn(f"plugin '{status.name}' is skipped: {status.error}", PluginWarning, stacklevel=3)
 
@@ -159,10 +189,17 @@ def _version_of(module: Any) -> str:
 
 def _register_one(pm: pluggy.PluginManager, plugin: object, status: PluginStatus, statuses: dict[str, PluginStatus]) -> None:
     statuses[status.name] = status
+    declaration = plugin_api.declaration_problem(plugin)
+    if declaration:
+        _incompatible(status, declaration)
     try:
         pm.register(plugin, name=status.name)
-    except Exception as exc:  # pluggy rejects malformed hookimpls (wrong argument names) here
-        _problem(status, f"could not be registered ({_describe(exc)})")
+    except Exception as exc:  # pluggy rejects malformed hookimpls (wrong argument names) here, in three lines
+        mismatched = plugin_api.hookimpl_problems(pm, plugin, _HOOKS)
+        for message in mismatched:
+            _incompatible(status, message)
+        if not mismatched:
+            _problem(status, f"could not be registered ({_describe(exc)})")
         return
     callers = pm.get_hookcallers(plugin) or []
     status.hooks = sorted(caller.name for caller in callers if caller.name in _HOOKS)
@@ -247,6 +284,8 @@ def _valid_entries(status: PluginStatus, hook_name: str, attr: str, spec_type: t
         if problem:
             _problem(status, f"registered a malformed {attr[:-1]} {getattr(spec, 'name', '?')!r} ({problem})")
             continue
+        for mismatch in plugin_api.spec_problems(spec):  # kept: an incompatible plugin's entries are known by name
+            _incompatible(status, f"{spec_type.__name__} {spec.name!r}.{mismatch}")
         names.add(spec.name)
         valid.append(dataclasses.replace(spec, plugin=status.name))
     _trace(f"{status.name}.{hook_name}() registered {len(pending)}")
@@ -270,17 +309,34 @@ def _monitor_hook_calls(pm: pluggy.PluginManager) -> None:
 
 
 def _collect(pm: pluggy.PluginManager, statuses: dict[str, PluginStatus], registries: dict[str, Registry[Any]]) -> None:
-    """Fill the registries plugin by plugin (third-party first, then built-ins): all of a plugin or none."""
+    """Fill the registries plugin by plugin (third-party first, then built-ins): all of a plugin or none.
+
+    An incompatible plugin's entries are not added but refused by name, with the line saying why.
+    """
     for status in list(statuses.values()):
-        if status.problems:
+        if status.problems and not status.incompatible:
             continue
         entries = _call_hooks(pm, status)
+        if status.incompatible:
+            for attr, specs in entries.items():
+                for spec in specs:
+                    registries[attr].refuse(spec.name, _refusal(registries[attr].kind, spec, status))
+            continue
         if status.problems:
             continue
         for attr, specs in entries.items():
             for spec in specs:
                 registries[attr].add(spec)  # a name another plugin took is an error naming both
             status.registered[attr] = [spec.name for spec in specs]
+
+
+def _refusal(kind: str, spec: Any, status: PluginStatus) -> str:
+    """The one line a recipe naming ``spec`` of an incompatible plugin gets: which plugin, and what changed."""
+    from tlkit import __version__
+
+    own = plugin_api.spec_problems(spec)
+    reasons = "; ".join(own or [*status.incompatibilities, *status.problems])
+    return f"{kind} '{spec.name}' (plugin {status.name} {status.version}) is incompatible with tlkit {__version__}: {reasons}"
 
 
 def _malformed(spec: Any) -> str | None:
@@ -294,6 +350,8 @@ def _malformed(spec: Any) -> str | None:
             return f"'{attr}' is not callable"
     if isinstance(spec, HeadSpec) and spec.build is None and spec.load is None:
         return "a head needs 'build' (rebuilds it from its saved config) or 'load' (from its saved tensors)"
+    if isinstance(spec, HeadSpec) and spec.from_classifier is not None and not callable(spec.from_classifier):
+        return "'from_classifier' must be a function taking a trained nn.Linear (or None)"
     if not isinstance(spec.description, str):
         return "'description' must be a string"
     if not (isinstance(spec.options, type) and dataclasses.is_dataclass(spec.options)):

@@ -1,4 +1,8 @@
-"""A name -> spec table per kind of plugin entry: add once, look up with suggestions, list by pattern."""
+"""A name -> spec table per kind of plugin entry: add once, look up with suggestions, list by pattern.
+
+A name an incompatible plugin registered is *refused*: not listed and not usable, but looking it up
+says why in one line (which plugin, what changed) instead of "unknown backbone".
+"""
 
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ class Registry(Generic[SpecT]):
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._specs: dict[str, SpecT] = {}
+        self._refused: dict[str, str] = {}
 
     def add(self, spec: SpecT) -> None:
         """Add ``spec``; a name registered twice is an error naming both plugins."""
@@ -38,12 +43,28 @@ class Registry(Generic[SpecT]):
                 f"'{spec.plugin}'; uninstall one of them or limit plugins with TLKIT_LOAD_PLUGINS"
             )
         self._specs[spec.name] = spec
+        self._refused.pop(spec.name, None)  # a compatible plugin's entry wins over an incompatible one's
+
+    def refuse(self, name: str, reason: str) -> None:
+        """Know ``name`` without a usable spec: :meth:`get` raises ``reason`` (one line) for it.
+
+        For the entries of a plugin that does not fit this tlkit's plugin API; a name a compatible
+        plugin registers (before or after) is used instead.
+        """
+        if name not in self._specs:
+            self._refused.setdefault(name, reason)
+
+    def refused(self) -> dict[str, str]:
+        """Refused names and why: the entries of incompatible plugins."""
+        return dict(self._refused)
 
     def get(self, name: str) -> SpecT:
         """The spec called ``name``, or an error suggesting the closest names."""
         try:
             return self._specs[name]
         except KeyError:
+            if name in self._refused:
+                raise RegistryError(self._refused[name]) from None
             hint = did_you_mean(name, self._specs)
             raise RegistryError(
                 f"unknown {self.kind} '{name}'{hint or f'; run `tlkit {self.kind}s` to list them'}"

@@ -3,6 +3,11 @@
 A registry entry says everything tlkit needs to know about a backbone, data set loader or head
 without building it: its name, what builds it, what options it takes (a dataclass, so defaults,
 types and help come from the plugin's own declaration), and which plugin gave it.
+
+The specs are generic over that options dataclass (``BackboneSpec[MyOptions]``, inferred from what
+``build``/``load``/``fit`` take), so a call from the engine into a plugin is type-checked: the
+options handed to ``build`` are the ones ``options`` declares. Once registered, the engine knows
+them only as :data:`PluginOptions` (some dataclass instance, validated against ``spec.options``).
 """
 
 from __future__ import annotations
@@ -10,12 +15,19 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeAlias, TypeVar
 
 import torch
 
 from tlkit.contract.preprocessing import Preprocessing
 from tlkit.contract.weights_request import WeightsRequest
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+OptionsT = TypeVar("OptionsT", bound="DataclassInstance")
+PluginOptions: TypeAlias = "DataclassInstance"
+"""A registered plugin's options as the engine holds them: an instance of the dataclass its spec declares."""
 
 
 @dataclass(frozen=True)
@@ -46,7 +58,7 @@ class BuiltBackbone:
 
 
 @dataclass(frozen=True)
-class BackboneSpec:
+class BackboneSpec(Generic[OptionsT]):
     """A registered feature extractor.
 
     ``build(request, options)`` receives the parsed ``backbone.weights`` as a
@@ -58,11 +70,11 @@ class BackboneSpec:
     """
 
     name: str
-    build: Callable[[WeightsRequest, Any], BuiltBackbone]
+    build: Callable[[WeightsRequest, OptionsT], BuiltBackbone]
     preprocessing: Preprocessing | Callable[[], Preprocessing]
     feature_dim: int | None = None
     description: str = ""
-    options: type = NoOptions
+    options: type[OptionsT] = NoOptions  # type: ignore[assignment]  # no options declared: build takes a NoOptions
     weights_available: Callable[[], bool] | None = None
     hidden: bool = False
     plugin: str = ""
@@ -116,13 +128,13 @@ class LoadedDataset:
 
 
 @dataclass(frozen=True)
-class DatasetSpec:
+class DatasetSpec(Generic[OptionsT]):
     """A registered data set loader: ``load(options) -> LoadedDataset``."""
 
     name: str
-    load: Callable[[Any], LoadedDataset]
+    load: Callable[[OptionsT], LoadedDataset]
     description: str = ""
-    options: type = NoOptions
+    options: type[OptionsT] = NoOptions  # type: ignore[assignment]  # no options declared: load takes a NoOptions
     plugin: str = ""
 
 
@@ -171,19 +183,25 @@ class TrainedHead:
 
 
 @dataclass(frozen=True)
-class HeadSpec:
+class HeadSpec(Generic[OptionsT]):
     """A registered head.
 
     ``fit(train, options, ctx) -> TrainedHead`` trains it. A saved head is rebuilt by
     ``build(config)`` (the ``TrainedHead.config`` saved with it) followed by loading its
     ``state_dict``; a head without ``build`` gives ``load(tensors, options)`` instead, which
     rebuilds the module from the saved tensors themselves.
+
+    ``from_classifier(layer)`` (optional) takes a trained ``nn.Linear`` from features to logits
+    and returns it as this head's :class:`TrainedHead` (its ``config`` the one ``build`` takes).
+    Fine-tuning trains such a layer with the backbone and hands it over this way, so the head's
+    plugin alone says how it is saved and rebuilt; only heads that give it can finish a fine-tuning run.
     """
 
     name: str
-    fit: Callable[[Features, Any, FitContext], TrainedHead]
-    load: Callable[[Mapping[str, torch.Tensor], Any], torch.nn.Module] | None = None
+    fit: Callable[[Features, OptionsT, FitContext], TrainedHead]
+    load: Callable[[Mapping[str, torch.Tensor], OptionsT], torch.nn.Module] | None = None
     description: str = ""
-    options: type = NoOptions
+    options: type[OptionsT] = NoOptions  # type: ignore[assignment]  # no options declared: fit takes a NoOptions
     plugin: str = ""
     build: Callable[[Mapping[str, Any]], torch.nn.Module] | None = None
+    from_classifier: Callable[[torch.nn.Linear], TrainedHead] | None = None

@@ -50,39 +50,67 @@ META = "entry.json"
 _STALE_TMP_S = 3600.0
 
 
-def extractor_identity(
-    backbone: str,
-    weights_id: str,
-    preprocessing: Preprocessing,
-    precision: str,
-    *,
-    seed: int,
-    options: Any = None,
-    background: Sequence[int] | None = None,
-    extra: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Everything that changes a feature vector except the image itself, as plain data.
+@dataclass(frozen=True)
+class CacheIdentity:
+    """Everything that changes a feature vector except the image itself: what names a cache entry.
 
-    Random weights are identified by the seed they were drawn with; real weights by their sha256.
-    ``background`` is the colour transparent images are composited on. ``extra`` holds further
-    settings that change features (the runtime, its effective precision, the decoder).
+    A run builds it from its prepared backbone and pipeline (:func:`tlkit.run.stages.cache_identity`)
+    to open the entry it reads and fills; ``model.json`` records its :meth:`recorded` part as
+    ``cache_extra``, and :meth:`with_recorded` puts that back onto what the rest of the run directory
+    says, giving the very same identity (``tlkit features`` reads the run's own entry).
+    Random weights are identified by the seed they were drawn with, real weights by their sha256;
+    ``background`` is the colour transparent images are composited on; ``decoder`` and ``runtime``
+    (with its effective ``precision``) are left out of the key when ``None``, as entries written
+    before they were recorded had them.
     """
-    if options is not None and dataclasses.is_dataclass(options) and not isinstance(options, type):
-        options = dataclasses.asdict(options)
-    return {
-        "format": FORMAT,
-        "backbone": backbone,
-        "backbone_options": options or {},
-        "weights": f"random:seed={seed}" if weights_id == "random" else weights_id,
-        "preprocessing": preprocessing.to_dict(),
-        "precision": precision,
-        "background": list(background) if background is not None else None,
-        **dict(extra or {}),
-    }
+
+    backbone: str
+    weights_id: str
+    preprocessing: Preprocessing
+    precision: str
+    seed: int = 0
+    options: Mapping[str, object] = dataclasses.field(default_factory=dict)  # the backbone's options as plain data
+    background: tuple[int, ...] | None = None
+    decoder: str | None = None
+    runtime: str | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        """The identity as plain data (saved in the entry's ``entry.json``); its digest is :attr:`key`."""
+        return {
+            "format": FORMAT,
+            "backbone": self.backbone,
+            "backbone_options": dict(self.options),
+            "weights": f"random:seed={self.seed}" if self.weights_id == "random" else self.weights_id,
+            "preprocessing": self.preprocessing.to_dict(),
+            "precision": self.precision,
+            "background": list(self.background) if self.background is not None else None,
+            **self.recorded(),
+        }
+
+    @property
+    def key(self) -> str:
+        """A short stable digest of :meth:`to_dict`: the entry's folder name."""
+        return identity_key(self.to_dict())
+
+    def recorded(self) -> dict[str, str]:
+        """The part the run's other records do not hold (``model.json``'s ``cache_extra``): the decoder and the runtime."""
+        extra = {} if self.decoder is None else {"decoder": self.decoder}
+        return extra if self.runtime is None else {**extra, "runtime": self.runtime, "precision": self.precision}
+
+    def with_recorded(self, extra: Mapping[str, object] | None) -> CacheIdentity:
+        """This identity completed by a :meth:`recorded` mapping read back (``None`` or ``{}``: a run that recorded none)."""
+        extra = extra or {}
+        decoder, runtime = extra.get("decoder"), extra.get("runtime")
+        return dataclasses.replace(
+            self,
+            decoder=None if decoder is None else str(decoder),
+            runtime=None if runtime is None else str(runtime),
+            precision=str(extra.get("precision", self.precision)),
+        )
 
 
 def identity_key(identity: Mapping[str, Any]) -> str:
-    """A short stable digest of an extractor identity: the entry's folder name."""
+    """A short stable digest of an extractor identity (:meth:`CacheIdentity.to_dict`): the entry's folder name."""
     return json_sha256(identity)[:32]
 
 
@@ -227,10 +255,10 @@ class FeatureStore:
     used for reading; new features are then simply not saved.
     """
 
-    def __init__(self, root: Path, identity: Mapping[str, Any], *, feature_dim: int | None = None) -> None:
+    def __init__(self, root: Path, identity: CacheIdentity, *, feature_dim: int | None = None) -> None:
         self.root = root
-        self.identity = dict(identity)
-        self.key = identity_key(identity)
+        self.identity = identity
+        self.key = identity.key
         self.path = root / FEATURES_DIR / self.key
         self.feature_dim = feature_dim
         self.read_only = False
@@ -241,7 +269,7 @@ class FeatureStore:
             self.path.mkdir(parents=True, exist_ok=True)
             meta = self.path / META
             if not meta.is_file():
-                write_atomic(meta, json.dumps({"identity": self.identity, "created": time.time()}, indent=2).encode())
+                write_atomic(meta, json.dumps({"identity": identity.to_dict(), "created": time.time()}, indent=2).encode())
             os.utime(meta)  # "last used", for `tlkit cache clear --older-than`
         except OSError as exc:
             if not (self.path / META).is_file() or not os.access(self.path, os.R_OK | os.X_OK):
@@ -385,25 +413,11 @@ class FeatureStore:
         return chunk
 
 
-def open_store(
-    backbone: str,
-    weights_id: str,
-    preprocessing: Preprocessing,
-    precision: str,
-    *,
-    seed: int,
-    options: Any = None,
-    background: Sequence[int] | None = None,
-    root: Path | None = None,
-    feature_dim: int | None = None,
-    extra: Mapping[str, Any] | None = None,
-) -> FeatureStore:
+def open_store(identity: CacheIdentity, *, root: Path | None = None, feature_dim: int | None = None) -> FeatureStore:
     """The cache entry for this extractor under ``root`` (default :func:`cache_root`), created if new.
 
-    ``feature_dim`` (the backbone's, when known) lets the store refuse vectors of another length;
-    ``extra`` adds what else changes a feature (the runtime, its effective precision, the decoder).
+    ``feature_dim`` (the backbone's, when known) lets the store refuse vectors of another length.
     """
-    identity = extractor_identity(backbone, weights_id, preprocessing, precision, seed=seed, options=options, background=background, extra=extra)
     return FeatureStore(root or cache_root(), identity, feature_dim=feature_dim)
 
 

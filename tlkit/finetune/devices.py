@@ -2,7 +2,7 @@
 
 ``auto`` picks CUDA, then Apple's MPS, then the CPU. Precision ``auto`` is fp32 on the CPU (measured on
 this project's 2-core Xeon with AVX-512-BF16: a bf16-autocast training step of EfficientNet-Lite0
-took 1.3x as long as fp32, see the README), bf16 on a CUDA device that supports it and fp16 with
+took 1.3x as long as fp32, see benchmarks/README.md), bf16 on a CUDA device that supports it and fp16 with
 gradient scaling on one that does not. bf16 can still be chosen on the CPU; on a CPU without a fast
 bf16 path it is refused with a note rather than silently emulated.
 """

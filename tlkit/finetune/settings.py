@@ -3,7 +3,7 @@
 Defaults follow the PyTorch transfer-learning tutorial's fine-tuning (SGD, momentum 0.9, lr 1e-3,
 step decay x0.1 every 7 epochs, random resized crop + horizontal flip) so people coming from it
 find what they know; the ants/bees recipe overrides what measurements on a 2-core CPU argued for
-(see the README's fine-tuning section). Every field is plain data: it is validated by the same
+(see docs/finetune.md; the figures are in benchmarks/README.md). Every field is plain data: it is validated by the same
 pydantic path as plugin options and saved with the run and in every checkpoint.
 """
 

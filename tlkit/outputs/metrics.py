@@ -1,4 +1,4 @@
-"""Metrics from predictions: accuracy, balanced accuracy, per-class precision/recall/F1, confusion matrix.
+"""Metrics from predictions (the rows themselves: :mod:`tlkit.outputs.predictions`): accuracy, balanced accuracy, per-class precision/recall/F1, confusion matrix.
 
 Plain tensor arithmetic on a confusion matrix, so every number in ``metrics.json`` can be checked
 against the matrix saved next to it. A class with no test images has recall ``None`` (undefined),
@@ -121,32 +121,3 @@ def _class_metrics(cm: torch.Tensor, i: int) -> ClassMetrics:
     if precision is not None and recall is not None:
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return ClassMetrics(precision=precision, recall=recall, f1=f1, support=support)
-
-
-PREDICTION_COLUMNS = ("path", "true_class", "predicted_class", "confidence", "true_class_probability")
-
-
-def prediction_rows(paths: Sequence[Any], y_true: torch.Tensor, probabilities: torch.Tensor, classes: Sequence[str]) -> list[dict[str, Any]]:
-    """One row per image: its path, true and predicted class, and the probabilities of both.
-
-    ``confidence`` is the probability of the predicted class; ``true_class_probability`` shows how
-    far a mistake was from being right.
-    """
-    confidence, predicted = probabilities.max(1)
-    true_probability = probabilities[torch.arange(len(y_true)), y_true.long()]
-    return [
-        {
-            "path": str(path),
-            "true_class": classes[int(t)],
-            "predicted_class": classes[int(p)],
-            "confidence": round(float(c), 6),
-            "true_class_probability": round(float(tp), 6),
-        }
-        for path, t, p, c, tp in zip(paths, y_true.tolist(), predicted.tolist(), confidence.tolist(), true_probability.tolist())
-    ]
-
-
-def misclassified(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The rows whose predicted class is not the true one, most confident mistakes first."""
-    wrong = [row for row in rows if row["predicted_class"] != row["true_class"]]
-    return sorted(wrong, key=lambda row: -row["confidence"])

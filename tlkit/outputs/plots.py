@@ -12,11 +12,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+
+if TYPE_CHECKING:
+    from tlkit.outputs.predictions import PredictionRow
 
 THUMBNAIL = 160  # pixels of the longer side of an errors.png thumbnail
 MAX_ERRORS_SHOWN = 48
@@ -149,11 +152,11 @@ def _thumbnail(path: str) -> Any:
         return None
 
 
-def errors_png(rows: Sequence[Mapping[str, Any]], path: Path, title: str = "", limit: int = MAX_ERRORS_SHOWN) -> Path:
+def errors_png(rows: Sequence[PredictionRow], path: Path, title: str = "", limit: int = MAX_ERRORS_SHOWN) -> Path:
     """A grid of the misclassified test images, worst (most confident) first, each captioned
     with its file name, true class, predicted class and confidence. Written even when there are no
     mistakes (it then says so), so every run has one."""
-    shown = sorted(rows, key=lambda row: -float(row["confidence"]))[:limit]
+    shown = sorted(rows, key=lambda row: -row.confidence)[:limit]
     columns = min(6, max(1, len(shown)))
     grid_rows = max(1, math.ceil(len(shown) / columns))
     figure = Figure(figsize=(2.3 * columns + 0.4, 2.75 * grid_rows + 0.6))
@@ -166,14 +169,14 @@ def errors_png(rows: Sequence[Mapping[str, Any]], path: Path, title: str = "", l
         ax = figure.add_subplot(grid_rows, columns, index + 1)
         ax.set_xticks([])
         ax.set_yticks([])
-        image = _thumbnail(str(row["path"]))
+        image = _thumbnail(row.path)
         if image is None:
             ax.text(0.5, 0.5, "cannot open", ha="center", va="center", transform=ax.transAxes)
         else:
             ax.imshow(image)
-        name = Path(str(row["path"])).name
+        name = Path(row.path).name
         name = name if len(name) <= 24 else name[:10] + "..." + name[-11:]
-        ax.set_title(f"{name}\ntrue: {row['true_class']}\npredicted: {row['predicted_class']} ({100 * float(row['confidence']):.0f}%)", fontsize=8)
+        ax.set_title(f"{name}\ntrue: {row.true_class}\npredicted: {row.predicted_class} ({100 * row.confidence:.0f}%)", fontsize=8)
         for spine in ax.spines.values():
             spine.set_edgecolor("tab:red")
             spine.set_linewidth(2)

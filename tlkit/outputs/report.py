@@ -15,9 +15,14 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+from tlkit.outputs.predictions import misclassified
+
+if TYPE_CHECKING:
+    from tlkit.outputs.predictions import PredictionRow
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; padding: 0 1em; color: #222; }
@@ -38,7 +43,7 @@ class ReportInputs:
     summary: Sequence[tuple[str, str]]
     metrics: Mapping[str, Any]
     classes: Sequence[str]
-    errors: Sequence[Mapping[str, Any]]
+    errors: Sequence[PredictionRow]
     recipe: Mapping[str, Any]
     plots: Mapping[str, Path] = field(default_factory=dict)  # heading -> PNG file (missing files are left out)
     notes: Sequence[str] = ()
@@ -93,15 +98,15 @@ def _confusion(metrics: Mapping[str, Any], classes: Sequence[str]) -> str:
     return _table(["true \\ predicted", *classes], rows, [False, *([True] * len(classes))])
 
 
-def _errors(errors: Sequence[Mapping[str, Any]]) -> str:
+def _errors(errors: Sequence[PredictionRow]) -> str:
     if not errors:
         return '<p class="note">no misclassified test images</p>'
     rows = []
     for index, row in enumerate(errors):
-        uri = _thumbnail_uri(str(row["path"])) if index < THUMBNAILS else None
+        uri = _thumbnail_uri(row.path) if index < THUMBNAILS else None
         image = f'<img class="thumb" alt="" src="{uri}">' if uri else ""
-        name = Path(str(row["path"])).name
-        rows.append([image, f'<span title="{_e(row["path"])}">{_e(name)}</span>', _e(row["true_class"]), _e(row["predicted_class"]), f"{float(row['confidence']):.3f}"])
+        name = Path(row.path).name
+        rows.append([image, f'<span title="{_e(row.path)}">{_e(name)}</span>', _e(row.true_class or ""), _e(row.predicted_class), f"{row.confidence:.3f}"])
     return _table(["", "file", "true class", "predicted", "confidence"], rows, [False, False, False, False, True])
 
 
@@ -179,7 +184,7 @@ def write_visuals(
     *,
     recipe: Mapping[str, Any],
     metrics: Mapping[str, Any],
-    test_rows: Sequence[Mapping[str, Any]],
+    test_rows: Sequence[PredictionRow],
     notes: Sequence[str] = (),
     opener: Callable[[str], AbstractContextManager[Path]] | None = None,
 ) -> list[Path]:
@@ -199,7 +204,7 @@ def write_visuals(
     title = plots.run_title(backbone, head, metrics.get("test_accuracy"))
     classes = list(metrics["classes"])
     choices = metrics.get("head_choices", {})
-    errors = sorted((r for r in test_rows if r["predicted_class"] != r["true_class"]), key=lambda r: -float(r["confidence"]))
+    errors = misclassified(test_rows)
     written: list[Path | None] = []
     with at("confusion_matrix.png") as path:
         written.append(plots.confusion_matrix_png(metrics["test"]["confusion_matrix"], classes, path, title))

@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Generic, Literal, TypeAlias
 
 import yaml
 from annotated_types import Ge, Gt, Le
@@ -19,8 +19,8 @@ from annotated_types import Ge, Gt, Le
 from tlkit.contract.options import describe_value as _describe
 from tlkit.contract.options import validate_options
 from tlkit.contract.plugin_manager import Plugins
-from tlkit.contract.registry import Registry
-from tlkit.contract.specs import BackboneSpec, DatasetSpec, HeadSpec
+from tlkit.contract.registry import Registry, SpecT
+from tlkit.contract.specs import BackboneSpec, DatasetSpec, HeadSpec, OptionsT, PluginOptions
 from tlkit.contract.weights_request import WeightsRequest
 from tlkit.errors import RecipeError, TlkitError, did_you_mean
 from tlkit.extract.pipeline import ImageSettings
@@ -56,15 +56,25 @@ MOVED_TO_IMAGES = tuple(f.name for f in dataclasses.fields(ImageSettings))
 
 
 @dataclass(frozen=True)
-class Choice:
-    """A plugin chosen by a recipe section: its spec and its validated options."""
+class Choice(Generic[SpecT, OptionsT]):
+    """A plugin chosen by a recipe section: its spec and its validated options.
 
-    spec: Any
-    options: Any
+    Generic over both, so ``choice.spec.build(weights, choice.options)`` is type-checked: a
+    ``Choice[BackboneSpec[O], O]`` holds options of exactly the type its spec's callables take.
+    A recipe holds the registered specs, whose options the engine knows as :data:`PluginOptions`.
+    """
+
+    spec: SpecT
+    options: OptionsT
 
     @property
     def name(self) -> str:
-        return str(self.spec.name)
+        return self.spec.name
+
+
+BackboneChoice: TypeAlias = "Choice[BackboneSpec[PluginOptions], PluginOptions]"
+DatasetChoice: TypeAlias = "Choice[DatasetSpec[PluginOptions], PluginOptions]"
+HeadChoice: TypeAlias = "Choice[HeadSpec[PluginOptions], PluginOptions]"
 
 
 @dataclass(frozen=True)
@@ -73,11 +83,11 @@ class Recipe:
 
     name: str
     seed: int
-    dataset: Choice
-    backbone: Choice
+    dataset: DatasetChoice
+    backbone: BackboneChoice
     weights: WeightsRequest
     extract: ExtractSettings
-    head: Choice
+    head: HeadChoice
     source: Path | None = None
     images: ImageSettings = ImageSettings()
     mode: str = "extract"
@@ -191,11 +201,10 @@ def _section(data: Mapping[str, Any], key: str) -> dict[str, Any]:
     return dict(value)
 
 
-def _choose(plugins: Plugins, kind: str, section: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+def _choose(registry: Registry[SpecT], kind: str, section: dict[str, Any]) -> tuple[SpecT, dict[str, Any]]:
     name = section.pop("name", _DEFAULT_PLUGIN[kind])
     if not isinstance(name, str):
         raise RecipeError(f"'{kind}.name' must be a string (got {_describe(name)})")
-    registry: Registry[Any] = {"dataset": plugins.datasets, "backbone": plugins.backbones, "head": plugins.heads}[kind]  # type: ignore[assignment]
     try:
         spec = registry.get(name)
     except TlkitError as exc:
@@ -218,14 +227,13 @@ def resolve(data: Mapping[str, Any], plugins: Plugins, *, default_name: str = "r
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
         raise RecipeError(f"'seed' must be a non-negative integer (got {_describe(seed)})")
 
-    dataset_spec, dataset_data = _choose(plugins, "dataset", _section(data, "dataset"))
+    dataset_spec, dataset_data = _choose(plugins.datasets, "dataset", _section(data, "dataset"))
     _refuse_moved_keys(dataset_data)
     images = _image_settings(_section(data, "images"))
-    backbone_spec, backbone_data = _choose(plugins, "backbone", _section(data, "backbone"))
-    head_spec, head_data = _choose(plugins, "head", _section(data, "head"))
+    backbone_spec, backbone_data = _choose(plugins.backbones, "backbone", _section(data, "backbone"))
+    head_spec, head_data = _choose(plugins.heads, "head", _section(data, "head"))
     weights = WeightsRequest.parse(backbone_data.pop("weights", None))
-    assert isinstance(dataset_spec, DatasetSpec) and isinstance(backbone_spec, BackboneSpec) and isinstance(head_spec, HeadSpec)
-    mode, finetune = finetune_section(data, head_spec.name)
+    mode, finetune = finetune_section(data, head_spec)
     return Recipe(
         name=name,
         seed=seed,
@@ -250,7 +258,7 @@ def _lists(value: Any) -> Any:
     return value
 
 
-def finetune_section(data: Mapping[str, Any], head: str) -> tuple[str, FinetuneSettings | None]:
+def finetune_section(data: Mapping[str, Any], head: HeadSpec[PluginOptions]) -> tuple[str, FinetuneSettings | None]:
     """``mode`` and, in finetune mode, the validated ``finetune:`` section (its ``augment`` part checked key by key)."""
     mode = data.get("mode", "extract")
     if mode not in ("extract", "finetune"):
@@ -260,8 +268,10 @@ def finetune_section(data: Mapping[str, Any], head: str) -> tuple[str, FinetuneS
         if section:
             raise RecipeError("'finetune' settings are used only with 'mode: finetune'; add it or remove the finetune section")
         return mode, None
-    if head != "linear":
-        raise RecipeError(f"'head.name': mode: finetune trains its own linear classifier, not '{head}'; remove head.name or set it to linear")
+    if head.from_classifier is None:  # the head plugin must take the trained nn.Linear over (HeadSpec.from_classifier)
+        raise RecipeError(
+            f"'head.name': mode: finetune trains its own linear classifier, which head '{head.name}' cannot take over; remove head.name or set it to linear"
+        )
     augment = validate_options(AugmentSettings, _section(section, "augment"), "finetune.augment")
     section.pop("augment", None)
     settings = validate_options(FinetuneSettings, section, "finetune", also_valid=("augment",))

@@ -1,9 +1,9 @@
 """``tlkit compare``: which backbone (and head) is best for these images, with honest error bars.
 
-Every backbone named by the patterns runs the recipe once per head through the ordinary engine
-(:func:`tlkit.run.engine.run`), so each result is a complete run directory and the second head of a
-backbone reuses its cached features. Test accuracy gets a bootstrap 95% interval over the test
-images, and every pair of results is compared by a *paired* bootstrap on the same resampled images:
+Every backbone named by the patterns runs the recipe once per head through the ordinary engine's
+stages (:mod:`tlkit.run.stages`) and its one tail (:func:`tlkit.run.finish.finish`), so each result
+is a complete run directory and one extraction serves every head of a backbone. Test accuracy gets
+a bootstrap 95% interval over the test images, and every pair of results is compared by a *paired* bootstrap on the same resampled images:
 two results whose difference interval contains zero are marked as ties, since on a test set this
 small the ranking between them is noise.
 
@@ -29,8 +29,10 @@ import torch
 
 from tlkit.contract.observer import Observer
 from tlkit.contract.options import validate_options
+from tlkit.contract.plugin_manager import Plugins
 from tlkit.contract.weights_request import WeightsRequest
 from tlkit.errors import RecipeError, TlkitError, WeightsError, did_you_mean
+from tlkit.outputs.predictions import PredictionRow
 from tlkit.recipe.loader import Choice, Recipe
 from tlkit.util.atomic import atomic_path, write_atomic
 
@@ -88,7 +90,7 @@ class Comparison:
     files: dict[str, Path]
 
 
-def expand_backbones(patterns: Sequence[str], plugins: Any) -> tuple[list[Candidate], list[tuple[str, str]]]:
+def expand_backbones(patterns: Sequence[str], plugins: Plugins) -> tuple[list[Candidate], list[tuple[str, str]]]:
     """Candidates from ``NAME[@WEIGHTS]`` patterns, and ``(name, reason)`` for each skipped backbone."""
     candidates: list[Candidate] = []
     skipped: list[tuple[str, str]] = []
@@ -107,7 +109,7 @@ def expand_backbones(patterns: Sequence[str], plugins: Any) -> tuple[list[Candid
     return candidates, skipped
 
 
-def _variant(recipe: Recipe, candidate: Candidate, head: str, plugins: Any) -> Recipe:
+def _variant(recipe: Recipe, candidate: Candidate, head: str, plugins: Plugins) -> Recipe:
     spec = plugins.backbones.get(candidate.name)
     options = recipe.backbone.options if spec.name == recipe.backbone.name else validate_options(spec.options, {}, "backbone")
     head_spec = plugins.heads.get(head)
@@ -115,38 +117,34 @@ def _variant(recipe: Recipe, candidate: Candidate, head: str, plugins: Any) -> R
     return dataclasses.replace(recipe, backbone=Choice(spec, options), weights=WeightsRequest.parse(candidate.weights), head=Choice(head_spec, head_options))
 
 
-def _correct(evaluation_rows: Sequence[dict[str, Any]]) -> torch.Tensor:
-    return torch.tensor([row["true_class"] == row["predicted_class"] for row in evaluation_rows], dtype=torch.bool)
+def _correct(rows: Sequence[PredictionRow]) -> torch.Tensor:
+    """Which test images a run got right, from its rows in memory (``RunResult.predictions``), in test order."""
+    return torch.tensor([row.correct for row in rows], dtype=torch.bool)
 
 
-def _run_backbone(recipe: Recipe, candidate: Candidate, heads: Sequence[str], plugins: Any, out_dir: Path, observer: Observer) -> list[Result]:
-    """One extraction (``prepare`` + ``extract``), then ``fit``/``evaluate``/``write`` once per head."""
+def _run_backbone(recipe: Recipe, candidate: Candidate, heads: Sequence[str], plugins: Plugins, out_dir: Path, observer: Observer) -> list[Result]:
+    """One extraction (``prepare`` + ``extract``), then the run's one tail (:func:`~tlkit.run.finish.finish`) once per head."""
     from tlkit.run import stages
-    from tlkit.run.launch import finish_run
+    from tlkit.run.finish import Progress, finish
+    from tlkit.saved.run_directory import RunDirectory
 
-    started = time.perf_counter()
-    prepared = stages.prepare(_variant(recipe, candidate, heads[0], plugins), observer)
-    timings = {"prepare": time.perf_counter() - started}
-    features = stages.extract(prepared, observer)
-    timings["extract"] = features.seconds
+    progress = Progress(observer)
+    with progress.timed("prepare"):
+        prepared = stages.prepare(_variant(recipe, candidate, heads[0], plugins), progress)
+    with progress.timed("extract"):
+        features = stages.extract(prepared, progress)
     parameters = sum(p.numel() for p in prepared.backbone.model.parameters())
     speed = features.extracted / features.seconds if features.extracted and features.seconds > 0 else None
     results = []
     for head in heads:
         for_head = dataclasses.replace(prepared, recipe=_variant(recipe, candidate, head, plugins))
-        run = finish_run(for_head, features, out_dir / "runs" / _folder(candidate, head), observer, timings)
-        rows = _prediction_rows(run.out_dir)
+        run = finish(for_head, features, RunDirectory(out_dir / "runs" / _folder(candidate, head)), progress)
         m = run.metrics
         results.append(Result(
             backbone=candidate, head=head, test_accuracy=float(m.test_accuracy or 0.0), balanced_accuracy=float(m.test_balanced_accuracy or 0.0),
-            feature_dim=m.feature_dim, parameters=parameters, images_per_s=speed, run_dir=run.out_dir, correct=_correct(rows),
+            feature_dim=m.feature_dim, parameters=parameters, images_per_s=speed, run_dir=run.out_dir, correct=_correct(run.predictions),
         ))
     return results
-
-
-def _prediction_rows(run_dir: Path) -> list[dict[str, Any]]:
-    with (run_dir / "predictions.csv").open(newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
 
 
 def bootstrap(results: list[Result], samples: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> None:
@@ -169,7 +167,7 @@ def bootstrap(results: list[Result], samples: int = BOOTSTRAP_SAMPLES, seed: int
                     b.ties_with.append(i + 1)
 
 
-def compare(recipe: Recipe, patterns: Sequence[str], heads: Sequence[str], plugins: Any, out_dir: Path, observer: Observer | None = None) -> Comparison:
+def compare(recipe: Recipe, patterns: Sequence[str], heads: Sequence[str], plugins: Plugins, out_dir: Path, observer: Observer | None = None) -> Comparison:
     """Run every (backbone, head) pair, rank them, and write ``compare.json``, ``compare.csv`` and ``compare.png``."""
     observer = observer or Observer()
     for head in heads:

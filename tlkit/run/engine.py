@@ -1,9 +1,15 @@
-"""``run(recipe)``: the stages of :mod:`tlkit.run.stages` composed into one run with a run directory.
+"""``run(recipe)``: the one composition of a run, in one process or as a rank of many.
 
-prepare -> extract -> fit -> evaluate -> write. Everything that can fail because of the user's input
-fails before the long work starts: the recipe is validated when it is read, the output folder is
-checked when :class:`~tlkit.saved.run_directory.RunDirectory` is created and the backbone's weights are
-resolved in ``prepare``, all before any image is decoded.
+prepare -> [fine-tune] -> extract -> :func:`~tlkit.run.finish.finish` (fit -> evaluate -> write). The
+CLI calls :func:`run`, and so does Python; :func:`run` decides how the run is spread: started by
+``torchrun`` or ``srun`` (their environment names ranks), each rank extracts its shard and rank 0
+finishes (:mod:`tlkit.run.launch`); otherwise one process does it all. Both paths, and ``tlkit
+compare``, end in the same :func:`~tlkit.run.finish.finish`.
+
+Everything that can fail because of the user's input fails before the long work starts: the recipe
+is validated when it is read, the output folder is checked when
+:class:`~tlkit.saved.run_directory.RunDirectory` is created and the backbone's weights are resolved
+in ``prepare``, all before any image is decoded.
 
 A run ends in one of three ways: complete (the run directory renamed into place, ``run.json`` last),
 a :class:`~tlkit.errors.TlkitError` (nothing left behind but a one-line reason), or Ctrl-C, which
@@ -13,100 +19,53 @@ stops the DataLoader workers, removes the unfinished staging folder and raises
 
 from __future__ import annotations
 
-import shutil
-import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
-from tlkit import __version__
 from tlkit.contract.observer import Observer
 from tlkit.contract.specs import TrainedHead
 from tlkit.errors import RecipeError, RunInterrupted
 from tlkit.finetune.interrupts import TrainingStopped
-from tlkit.outputs.metrics import RunMetrics
 from tlkit.recipe.loader import Recipe
 from tlkit.run import stages
-from tlkit.run.resume import CHECKPOINTS
+from tlkit.run.finish import Progress, RunResult, finish
+from tlkit.run.launch import run_ranks
+from tlkit.run.ranks import DistEnv, detect
 from tlkit.run.signals import EXIT_CODE, Terminated, terminate_as_interrupt
-from tlkit.run.stages import BadFile, seed_everything
-from tlkit.run.write import write
+from tlkit.run.stages import seed_everything
 from tlkit.saved.run_directory import RunDirectory, default_out_dir
 
 __all__ = ["RunResult", "run", "seed_everything"]
 
 
-@dataclass(frozen=True)
-class RunResult:
-    """Where a finished run went, its metrics, and the files it skipped."""
-
-    out_dir: Path
-    metrics: RunMetrics
-    bad_images: tuple[BadFile, ...] = ()
-
-
-class _Progress(Observer):
-    """Passes everything on to the caller's observer, remembering the stage (for an interrupt) and timings."""
-
-    def __init__(self, observer: Observer) -> None:
-        self.inner = observer
-        self.current = "building the backbone"
-        self.timings: dict[str, float] = {}
-        self.started = time.perf_counter()
-
-    def note(self, text: str) -> None:
-        self.inner.note(text)
-
-    def stage(self, text: str) -> None:
-        self.current = text
-        self.inner.stage(text)
-
-    @contextmanager
-    def task(self, description: str, total: int | None, unit: str = "it") -> Iterator[Callable[[int], None]]:
-        with self.inner.task(description, total, unit) as advance:
-            yield advance
-
-    def point(self, label: str, values: Mapping[str, float]) -> None:
-        self.inner.point(label, values)
-
-    @contextmanager
-    def timed(self, key: str) -> Iterator[None]:
-        start = time.perf_counter()
-        yield
-        self.timings[key] = time.perf_counter() - start
-
-
-def run(recipe: Recipe, out_dir: Path | None = None, observer: Observer | None = None, *, resume: Path | None = None) -> RunResult:
+def run(
+    recipe: Recipe, out_dir: Path | None = None, observer: Observer | None = None, *, resume: Path | None = None, env: DistEnv | None = None
+) -> RunResult:
     """Extract features (or fine-tune, ``mode: finetune``), train the head, evaluate, write the run directory.
 
     ``resume`` (fine-tuning only) continues the interrupted run at that ``--out`` or ``.partial-*`` folder.
+    ``env`` is where this process sits among ranks (default: read from torchrun's or SLURM's
+    environment); with more than one rank each extracts its shard and every rank returns rank 0's result.
     """
-    progress = _Progress(observer or Observer())
+    env = detect() if env is None else env
+    progress = Progress(observer or Observer())
+    if env.distributed:
+        return run_ranks(recipe, out_dir, progress, env, resuming=resume is not None)
     run_dir = _run_directory(recipe, out_dir, resume)
     with terminate_as_interrupt():  # SIGTERM (timeout, docker, schedulers) takes Ctrl-C's clean way out
-        return _run(recipe, run_dir, progress, resume=resume is not None)
+        return _one_process(recipe, run_dir, progress, resume=resume is not None)
 
 
-def _run(recipe: Recipe, run_dir: RunDirectory, progress: _Progress, *, resume: bool = False) -> RunResult:
+def _one_process(recipe: Recipe, run_dir: RunDirectory, progress: Progress, *, resume: bool = False) -> RunResult:
     try:
         with progress.timed("prepare"):
             prepared = stages.prepare(recipe, progress)
+        trained: TrainedHead | None = None
         if recipe.finetune is not None:
             with progress.timed("finetune"):
                 prepared, trained = _finetune(prepared, run_dir, progress, resume=resume)
         with progress.timed("extract"):
             features = stages.extract(prepared, progress)
-        if recipe.finetune is None:
-            with progress.timed("train_head"):
-                trained = stages.fit(prepared, features, progress)
-        progress.timings["total"] = time.perf_counter() - progress.started
-        evaluation = stages.evaluate(prepared, features, trained, progress.timings)
-        progress.stage("writing the run directory")
-        write(run_dir, prepared, features, trained, evaluation)
-        shutil.rmtree(run_dir.file(CHECKPOINTS), ignore_errors=True)  # a finished run keeps its trained weights, not its checkpoints
-        final = run_dir.commit({"tlkit": __version__, "recipe": recipe.name, "complete": True})
-        return RunResult(out_dir=final, metrics=evaluation.metrics, bad_images=features.bad)
+        return finish(prepared, features, run_dir, progress, trained=trained)
     except TrainingStopped as stop:
         if not stop.epoch:
             run_dir.discard()
@@ -130,7 +89,7 @@ def _run_directory(recipe: Recipe, out_dir: Path | None, resume: Path | None) ->
     return RunDirectory.adopt(point.partial, out_dir or point.final)
 
 
-def _finetune(prepared: stages.Prepared, run_dir: RunDirectory, progress: _Progress, *, resume: bool) -> tuple[stages.Prepared, TrainedHead]:
+def _finetune(prepared: stages.Prepared, run_dir: RunDirectory, progress: Progress, *, resume: bool) -> tuple[stages.Prepared, TrainedHead]:
     from tlkit.run.finetune_stage import finetune
 
     assert prepared.recipe.finetune is not None

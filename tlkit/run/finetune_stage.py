@@ -4,27 +4,28 @@ It sits where ``fit`` sits in extract mode; everything around it is the extract-
 engine then extracts features with the trained backbone through :func:`tlkit.run.stages.extract`,
 evaluates them with the classifier through :func:`tlkit.run.stages.evaluate` and writes the run
 directory with :func:`tlkit.run.write.write`, so the evaluation files, ``tlkit predict`` and
-``tlkit export`` are those of every other run. The classifier is an ``nn.Linear`` saved as the
-``linear`` head; the backbone's trained weights go into the run (``backbone.safetensors``) because
-its plugin cannot rebuild them, and ``weights_id`` becomes their sha256, so the feature cache never
+``tlkit export`` are those of every other run. The classifier is an ``nn.Linear`` handed to the
+recipe's head through ``HeadSpec.from_classifier`` (the ``linear`` head's keeps it as it is), so
+the head's plugin alone says how it is saved; the backbone's trained weights go into the run (``backbone.safetensors``) because
+its plugin cannot rebuild them, and ``weights_id`` becomes their :func:`~tlkit.util.hashing.weights_digest`, so the feature cache never
 mixes them up with the pretrained weights' features.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from pathlib import Path
 
 import torch
-from safetensors.torch import save
 
 from tlkit.contract.observer import Observer
 from tlkit.contract.specs import TrainedHead
+from tlkit.errors import RecipeError
 from tlkit.extract.features import prepare_model
 from tlkit.finetune.settings import FinetuneSettings
 from tlkit.finetune.trainer import FinetuneJob, FinetuneResult, Trainer
 from tlkit.run.stages import Prepared, with_runtime
+from tlkit.util.hashing import weights_digest
 
 CHECKPOINTS = "checkpoints"
 
@@ -38,11 +39,6 @@ def feature_dim(prepared: Prepared) -> int:
     model = prepared.backbone.model.eval()
     with torch.inference_mode():
         return int(model(torch.zeros(2, 3, size, size, device=prepared.device)).flatten(1).shape[1])
-
-
-def weights_sha256(model: torch.nn.Module) -> str:
-    """The sha256 of the model's tensors as safetensors bytes: the trained weights' identity."""
-    return hashlib.sha256(save({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()})).hexdigest()
 
 
 def finetune(
@@ -71,13 +67,19 @@ def finetune(
         observer.note(note)
     observer.note(f"kept the weights of epoch {result.best_epoch}" + (" (best held-out accuracy)" if settings.val_fraction > 0 else " (the last)"))
     backbone = prepare_model(result.net.backbone, prepared.device)
-    built = dataclasses.replace(prepared.backbone, model=backbone, weights_id=weights_sha256(backbone), saved_with_run=True)
-    classifier = result.net.classifier.cpu().eval()
-    head = TrainedHead(
-        module=classifier,
+    built = dataclasses.replace(prepared.backbone, model=backbone, weights_id=weights_digest(backbone), saved_with_run=True)
+    return with_runtime(dataclasses.replace(prepared, backbone=built), observer), _as_head(prepared, result, settings), result
+
+
+def _as_head(prepared: Prepared, result: FinetuneResult, settings: FinetuneSettings) -> TrainedHead:
+    """The trained classifier handed to the recipe's head (``HeadSpec.from_classifier``), which says how it is saved and rebuilt."""
+    spec = prepared.recipe.head.spec
+    if spec.from_classifier is None:  # the recipe reader refuses such a head before any work
+        raise RecipeError(f"head '{spec.name}' cannot take over the fine-tuned classifier (its plugin gives no from_classifier)")
+    adopted = spec.from_classifier(result.net.classifier.cpu().eval())
+    return dataclasses.replace(
+        adopted,
         history=result.history,
-        config={"in_features": classifier.in_features, "out_features": classifier.out_features},  # the linear head's settings
-        choices={"epoch": result.best_epoch},
-        notes=(f"fine-tuned ({settings.strategy}); kept epoch {result.best_epoch} of {settings.epochs}",),
+        choices={**adopted.choices, "epoch": result.best_epoch},
+        notes=(*adopted.notes, f"fine-tuned ({settings.strategy}); kept epoch {result.best_epoch} of {settings.epochs}"),
     )
-    return with_runtime(dataclasses.replace(prepared, backbone=built), observer), head, result

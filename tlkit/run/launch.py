@@ -1,5 +1,6 @@
 """``torchrun -m tlkit run RECIPE``: every rank extracts its shard, rank 0 trains and writes.
 
+:func:`tlkit.run.engine.run` comes here when the launcher's environment names more than one rank.
 The flow, through the stages of :mod:`tlkit.run.stages`, every wait bounded (:mod:`tlkit.run.ranks`):
 
 1. each rank runs ``prepare`` (same seed, so random weights agree) and ``extract(shard=...)``: only its
@@ -7,9 +8,9 @@ The flow, through the stages of :mod:`tlkit.run.stages`, every wait bounded (:mo
    filling the feature cache as it goes (a rerun after a failure resumes there);
 2. the ranks' features are gathered on rank 0 and put back in image order (:func:`merge`), so rank 0
    holds exactly the :class:`~tlkit.run.stages.SplitFeatures` a one-process run would have;
-3. rank 0 alone runs ``fit``, ``evaluate`` and ``write`` (:func:`finish_run`), plus ``ranks.csv``:
-   which rank extracted which image;
-4. rank 0 sends its summary line (or its error) to every rank; all print it and exit alike.
+3. rank 0 alone ends the run as a one-process run does (:func:`tlkit.run.finish.finish`: ``fit``,
+   ``evaluate``, ``write``), plus ``ranks.csv``: which rank extracted which image;
+4. rank 0 sends its result (or its error) to every rank; all return it, print the same line and exit alike.
 """
 
 from __future__ import annotations
@@ -18,33 +19,23 @@ import csv
 import dataclasses
 import os
 import socket
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from tlkit import __version__
 from tlkit.contract.observer import Observer
 from tlkit.contract.specs import Features, Sample
 from tlkit.recipe.loader import Recipe
 from tlkit.run import stages
+from tlkit.run.finish import Progress, RunResult, finish
 from tlkit.run.ranks import DistEnv, DistributedError, broadcast_from_main, device_for, gather_to_main, process_group
 from tlkit.run.stages import Prepared, Shard, SplitFeatures
 from tlkit.saved.run_directory import RunDirectory, default_out_dir
 
 LOG_COLUMNS = ["split", "index", "path", "rank"]
-
-
-@dataclass(frozen=True)
-class RankOutcome:
-    """What a rank returns: the run (rank 0 only) and the summary line every rank prints."""
-
-    result: Any  # tlkit.run.engine.RunResult on rank 0, None elsewhere
-    summary: str
 
 
 class RankObserver(Observer):
@@ -135,30 +126,6 @@ def merge(parts: Sequence[RankPart], sizes: dict[str, int], block: int = 1) -> t
     return features, log
 
 
-def finish_run(prepared: Prepared, features: SplitFeatures, out_dir: Path | None, observer: Observer,
-               timings: dict[str, float], extra: Callable[[RunDirectory], None] = lambda run_dir: None) -> Any:
-    """``fit`` -> ``evaluate`` -> ``write`` into a new run directory, committed whole or removed (as :func:`tlkit.run.engine.run`)."""
-    from tlkit.run.engine import RunResult
-    from tlkit.run.write import write
-
-    recipe = prepared.recipe
-    run_dir = RunDirectory(out_dir or default_out_dir(recipe.name), unique=out_dir is None)
-    try:
-        started = time.perf_counter()
-        trained = stages.fit(prepared, features, observer)
-        timings = {**timings, "train_head": time.perf_counter() - started}
-        timings["total"] = sum(timings.values())
-        evaluation = stages.evaluate(prepared, features, trained, timings)
-        observer.stage("writing the run directory")
-        write(run_dir, prepared, features, trained, evaluation)
-        extra(run_dir)
-        final = run_dir.commit({"tlkit": __version__, "recipe": recipe.name, "complete": True})
-        return RunResult(out_dir=final, metrics=evaluation.metrics, bad_images=features.bad)
-    except BaseException:
-        run_dir.discard()
-        raise
-
-
 def _write_rank_log(rows: list[tuple[str, int, str, int]]) -> Callable[[RunDirectory], None]:
     def write(run_dir: RunDirectory) -> None:
         with run_dir.file("ranks.csv").open("w", newline="", encoding="utf-8") as fh:
@@ -169,66 +136,54 @@ def _write_rank_log(rows: list[tuple[str, int, str, int]]) -> Callable[[RunDirec
     return write
 
 
-def summary_line(env: DistEnv, metrics: Any, out_dir: Path) -> str:
-    return (
-        f"{env.world_size} ranks done: test accuracy {metrics.test_accuracy:.4f}, "
-        f"{metrics.counts['train']} train and {metrics.counts['test']} test images; run directory {out_dir} (written by rank 0)"
-    )
-
-
-def _extract_mine(recipe: Recipe, env: DistEnv, observer: Observer, timings: dict[str, float]) -> tuple[Prepared, RankPart]:
-    started = time.perf_counter()
-    prepared = stages.prepare(recipe, observer)
-    timings["prepare"] = time.perf_counter() - started
-    started = time.perf_counter()
-    features = stages.extract(prepared, observer, shard=rank_shard(recipe, env))
-    timings["extract"] = time.perf_counter() - started
+def _extract_mine(recipe: Recipe, env: DistEnv, progress: Progress, observer: Observer) -> tuple[Prepared, RankPart]:
+    with progress.timed("prepare"):
+        prepared = stages.prepare(recipe, observer)
+    with progress.timed("extract"):
+        features = stages.extract(prepared, observer, shard=rank_shard(recipe, env))
     observer.note(f"extracted its shard (batches {env.rank}, {env.rank + env.world_size}, ... of each split): {features.extracted} extracted, {features.cached} cached")
     return prepared, _rank_part(prepared, env, features)
 
 
-def launch(recipe: Recipe, out_dir: Path | None, observer: Observer, *, resume: Path | None = None) -> RankOutcome:
-    """``tlkit run``: one process (:func:`tlkit.run.engine.run`), or this rank's part when torchrun/srun started it."""
-    from tlkit.run.engine import run
-    from tlkit.run.ranks import detect
-
-    env = detect()
-    if not env.distributed:
-        return RankOutcome(result=run(recipe, out_dir, observer, resume=resume), summary="")
-    if resume is not None:
+def _refuse(recipe: Recipe, resuming: bool) -> None:
+    if resuming:
         raise DistributedError("--resume continues a fine-tuning run in one process; run it without torchrun")
     if recipe.finetune is not None:  # ranks would extract frozen features and skip the training asked for
         raise DistributedError("mode: finetune runs in one process (fine-tuning across ranks with DDP is not built yet); run it without torchrun")
-    return run_ranks(recipe, out_dir, observer, env)
 
 
-def run_ranks(recipe: Recipe, out_dir: Path | None, observer: Observer, env: DistEnv) -> RankOutcome:
-    """This rank's part of a multi-process run; every rank returns (or raises) the same outcome."""
+def _finish_on_main(prepared: Prepared, parts: Sequence[RankPart], out_dir: Path | None, progress: Progress, env: DistEnv) -> RunResult:
+    """Rank 0: the ranks' features merged in image order, then the one-process run's tail, plus ``ranks.csv``."""
+    recipe = prepared.recipe
+    sizes = {split: len(prepared.dataset.splits[split]) for split in stages.SPLITS}
+    features, log = merge(parts, sizes, recipe.extract.batch_size)
+    progress.note(f"features: {features.cached} cached, {features.extracted} extracted by {env.world_size} ranks")
+    run_dir = RunDirectory(out_dir or default_out_dir(recipe.name), unique=out_dir is None)
+    return finish(prepared, features, run_dir, progress, extra=_write_rank_log(log))
+
+
+def run_ranks(recipe: Recipe, out_dir: Path | None, progress: Progress, env: DistEnv, *, resuming: bool = False) -> RunResult:
+    """This rank's part of a multi-process run; every rank returns rank 0's result (or raises the same error)."""
+    _refuse(recipe, resuming)
     device = device_for(env, recipe.extract.device)
     if device.type == "cuda":
         recipe = dataclasses.replace(recipe, extract=dataclasses.replace(recipe.extract, device="cuda"))  # cuda = this rank's GPU (set_device)
-    rank_observer = observer if env.is_main else RankObserver(observer, env)
-    timings: dict[str, float] = {}
+    observer = progress if env.is_main else RankObserver(progress, env)
     with process_group(env, device):
-        observer.note(f"{env.label()}: pid {os.getpid()} on {socket.gethostname()}, {device}, launched by {env.launcher}")
-        prepared, mine = _extract_mine(recipe, env, rank_observer, timings)
+        progress.note(f"{env.label()}: pid {os.getpid()} on {socket.gethostname()}, {device}, launched by {env.launcher}")
+        prepared, mine = _extract_mine(recipe, env, progress, observer)
         parts = gather_to_main(env, mine, "gathering the extracted features")
-        outcome: tuple[str, str] = ("error", "rank 0 stopped before it could report")
-        result = None
+        outcome: RunResult | str = "rank 0 stopped before it could report"
         failure: Exception | None = None
         try:
             if parts is not None:
-                sizes = {split: len(prepared.dataset.splits[split]) for split in stages.SPLITS}
-                features, log = merge(parts, sizes, recipe.extract.batch_size)
-                observer.note(f"features: {features.cached} cached, {features.extracted} extracted by {env.world_size} ranks")
-                result = finish_run(prepared, features, out_dir, observer, timings, _write_rank_log(log))
-                outcome = ("ok", summary_line(env, result.metrics, result.out_dir))
+                outcome = _finish_on_main(prepared, parts, out_dir, progress, env)
         except Exception as exc:  # noqa: BLE001 - told to every rank, then raised here unchanged
-            failure, outcome = exc, ("error", f"rank 0 failed: {exc}")
+            failure, outcome = exc, f"rank 0 failed: {exc}"
         # Not in a finally: after SIGTERM or Ctrl-C the other ranks are going too, and nobody would answer.
         outcome = broadcast_from_main(env, outcome, "waiting for rank 0 to train the head and write the run")
         if failure is not None:
             raise failure
-    if outcome[0] != "ok":
-        raise DistributedError(outcome[1])
-    return RankOutcome(result, outcome[1])
+    if not isinstance(outcome, RunResult):
+        raise DistributedError(str(outcome))
+    return dataclasses.replace(outcome, ranks=env.world_size, rank=env.rank)

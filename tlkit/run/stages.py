@@ -9,7 +9,8 @@
 Data flows one way: no stage reaches back into an earlier one's inputs, and each can be called on
 its own from Python (a notebook extracting features only, a rank of a distributed run extracting its
 shard, ``tlkit compare`` training several heads on one extraction). :func:`tlkit.run.engine.run` is their
-composition plus the run directory's life cycle and Ctrl-C handling.
+composition (in one process or over ranks) plus Ctrl-C handling; every path ends in the one tail
+:func:`tlkit.run.finish.finish` (fit, evaluate, write, commit).
 """
 
 from __future__ import annotations
@@ -28,13 +29,14 @@ import torch
 from tlkit.contract.observer import Observer
 from tlkit.contract.specs import BuiltBackbone, Features, FitContext, LoadedDataset, Sample, TrainedHead
 from tlkit.errors import DataError
-from tlkit.extract.cache import FeatureStore, cache_root, open_store
+from tlkit.extract.cache import CacheIdentity, FeatureStore, cache_root, open_store
 from tlkit.extract.decode import decoding_pipeline
 from tlkit.extract.features import Extraction, extract_cached, prepare_model, resolve_device
 from tlkit.extract.pipeline import ImagePipeline
 from tlkit.extract.runtimes import Runtime, RuntimeChoice
-from tlkit.extract.runtimes.stage import runtime_for
-from tlkit.outputs.metrics import RunMetrics, classification_metrics, misclassified, prediction_rows
+from tlkit.extract.runtimes.stage import RuntimeRequest, runtime_for
+from tlkit.outputs.metrics import RunMetrics, classification_metrics
+from tlkit.outputs.predictions import PredictionRow, misclassified, prediction_rows
 from tlkit.recipe.loader import Recipe
 
 SPLITS = ("train", "test")
@@ -121,10 +123,10 @@ class Evaluation:
     """The typed metrics of a run, and one prediction row per test image (``predictions.csv``)."""
 
     metrics: RunMetrics
-    test_rows: list[dict[str, Any]] = field(default_factory=list)
+    test_rows: list[PredictionRow] = field(default_factory=list)
 
     @property
-    def errors(self) -> list[dict[str, Any]]:
+    def errors(self) -> list[PredictionRow]:
         return misclassified(self.test_rows)
 
 
@@ -158,9 +160,20 @@ def with_runtime(prepared: Prepared, observer: Observer | None = None) -> Prepar
     """``prepared`` with the runtime (issue 10) chosen for its backbone as it is now; the pipeline records the precision that really runs."""
     observer = observer or Observer()
     observer.stage("choosing the runtime")
-    train = [s.path for s in prepared.dataset.splits["train"]]
-    total = sum(len(prepared.dataset.splits[split]) for split in SPLITS)
-    runtime = runtime_for(prepared.recipe, prepared.backbone.model, train, total, prepared.pipeline, prepared.device, cache_root())
+    recipe = prepared.recipe
+    request = RuntimeRequest(
+        requested=recipe.extract.runtime,
+        precision=recipe.extract.precision,
+        insist_precision=recipe.extract.insist_precision,
+        backbone=recipe.backbone.name,
+        options=dataclasses.asdict(recipe.backbone.options),
+        pipeline=prepared.pipeline,
+        device=prepared.device,
+        train_paths=[s.path for s in prepared.dataset.splits["train"]],
+        total_images=sum(len(prepared.dataset.splits[split]) for split in SPLITS),
+        cache_root=cache_root(),
+    )
+    runtime = runtime_for(prepared.backbone.model, request)
     if runtime.choice.note:
         observer.note(runtime.choice.note)
     return dataclasses.replace(prepared, pipeline=dataclasses.replace(prepared.pipeline, precision=runtime.choice.precision), runtime=runtime)
@@ -168,28 +181,31 @@ def with_runtime(prepared: Prepared, observer: Observer | None = None) -> Prepar
 
 def feature_store(prepared: Prepared) -> FeatureStore | None:
     """The cache entry for this backbone, weights and pipeline (``None`` with ``extract.cache: false``)."""
-    recipe = prepared.recipe
-    if not recipe.extract.cache:
+    if not prepared.recipe.extract.cache:
         return None
-    return open_store(
-        recipe.backbone.name,
-        prepared.backbone.weights_id,
-        prepared.pipeline.preprocessing,
-        prepared.pipeline.precision,
+    # vectors of another length than the spec declares are refused
+    return open_store(cache_identity(prepared), feature_dim=prepared.recipe.backbone.spec.feature_dim)
+
+
+def cache_identity(prepared: Prepared) -> CacheIdentity:
+    """What names this run's features in the cache: backbone, weights, pipeline, decoder, runtime and its precision."""
+    recipe = prepared.recipe
+    return CacheIdentity(
+        backbone=recipe.backbone.name,
+        weights_id=prepared.backbone.weights_id,
+        preprocessing=prepared.pipeline.preprocessing,
+        precision=prepared.runtime.choice.precision if prepared.runtime else prepared.pipeline.precision,
         seed=recipe.seed,
-        options=recipe.backbone.options,
+        options=dataclasses.asdict(recipe.backbone.options),
         background=prepared.pipeline.background,
-        feature_dim=recipe.backbone.spec.feature_dim,  # chunks of vectors of another length are refused
-        extra=cache_extra(prepared),
+        decoder=prepared.pipeline.decoder,
+        runtime=prepared.runtime.choice.runtime if prepared.runtime else None,
     )
 
 
-def cache_extra(prepared: Prepared) -> dict[str, Any]:
-    """What besides backbone, weights and pipeline keys the cache entry: the decoder, the runtime and its precision.
-
-    Saved in ``model.json`` so ``tlkit features`` finds the run's own entry again.
-    """
-    return {"decoder": prepared.pipeline.decoder, **(prepared.runtime.choice.cache_identity() if prepared.runtime else {})}
+def cache_extra(prepared: Prepared) -> dict[str, str]:
+    """``model.json``'s ``cache_extra``: the part of :func:`cache_identity` the run's other records lack, so ``tlkit features`` finds the run's own entry."""
+    return cache_identity(prepared).recorded()
 
 
 def extract(prepared: Prepared, observer: Observer | None = None, *, shard: Shard | None = None, store: FeatureStore | None = None) -> SplitFeatures:

@@ -1,7 +1,7 @@
 """The write stage: what a finished run leaves in its directory, and in which format.
 
 ``recipe.yaml`` (the resolved recipe), ``metrics.json`` (from the typed :class:`~tlkit.outputs.metrics.RunMetrics`),
-``classes.json``, ``head.safetensors`` (with the head's constructor settings and choices in its metadata), ``model.json`` (everything needed to rebuild backbone + head
+``classes.json``, ``head.safetensors`` (with the head's constructor settings and choices in its metadata), ``model.json`` (:class:`~tlkit.saved.manifest.RunManifest`: everything needed to rebuild backbone + head
 and to decode images exactly as the run did), ``backbone.safetensors`` when the backbone's weights
 cannot be rebuilt by its plugin, ``predictions.csv``, ``errors.csv``, ``bad_images.csv``, ``split.csv`` (which file went
 where), the plots, ``errors.png`` and ``report.html`` (:mod:`tlkit.outputs.report`). Files go into the run directory's staging folder; :meth:`RunDirectory.commit` moves them into
@@ -18,8 +18,10 @@ from typing import TYPE_CHECKING, Any
 from tlkit import __version__
 from tlkit.errors import OutputError
 from tlkit.outputs import report
-from tlkit.outputs.metrics import PREDICTION_COLUMNS
+from tlkit.outputs.predictions import PREDICTION_COLUMNS, PredictionRow
+from tlkit.saved import manifest
 from tlkit.saved.head_files import head_metadata, head_tensors
+from tlkit.saved.manifest import BackboneRecord, FeatureRecord, HeadRecord, RunManifest
 from tlkit.saved.run_directory import RunDirectory
 from tlkit.saved.splits import write_split
 
@@ -37,7 +39,7 @@ def write(run_dir: RunDirectory, prepared: Prepared, features: SplitFeatures, tr
     run_dir.write_tensors("head.safetensors", head_tensors(trained.module), metadata=head_metadata(recipe.head.name, trained))
     if backbone_saved_with_run(prepared):
         run_dir.write_tensors("backbone.safetensors", prepared.backbone.model.state_dict(), metadata={"backbone": recipe.backbone.name})
-    run_dir.write_json("model.json", {**model_info(prepared, features.feature_dim), "head_choices": dict(trained.choices)})
+    run_dir.write_json(manifest.FILE, run_manifest(prepared, features.feature_dim, trained).to_dict())
     write_predictions(run_dir, evaluation.test_rows, evaluation.errors)
     write_bad_images(run_dir.file("bad_images.csv"), features.bad)
     write_split(run_dir.file("split.csv"), prepared.classes, prepared.dataset.splits)
@@ -51,36 +53,38 @@ def backbone_saved_with_run(prepared: Prepared) -> bool:
     return bool(prepared.backbone.saved_with_run)
 
 
-def model_info(prepared: Prepared, feature_dim: int) -> dict[str, Any]:
-    """``model.json``: the backbone and its weights, the image pipeline, the head, the classes."""
+def run_manifest(prepared: Prepared, feature_dim: int, trained: TrainedHead) -> RunManifest:
+    """``model.json``: the backbone and its weights, the image pipeline, the features, the head, the classes."""
     from tlkit.run.stages import cache_extra
 
     recipe = prepared.recipe
     resolved = recipe.to_dict()
     weights_path = prepared.backbone.weights_path
-    return {
-        "backbone": recipe.backbone.name,
-        "backbone_weights": recipe.weights.to_value(),
-        "backbone_in_run": backbone_saved_with_run(prepared),
-        "backbone_weights_file": str(Path(weights_path).resolve()) if weights_path else None,
-        "backbone_options": resolved["backbone"],
-        "weights_sha256": prepared.backbone.weights_id,
-        "pipeline": prepared.pipeline.to_dict(),
-        "cache_extra": cache_extra(prepared),
-        "extract": {"batch_size": recipe.extract.batch_size, "precision": recipe.extract.precision},
-        "preprocessing": prepared.pipeline.preprocessing.to_dict(),
-        "feature_dim": feature_dim,
-        "head": recipe.head.name,
-        "head_options": resolved["head"],
-        "classes": prepared.classes,
-        "tlkit_version": __version__,
-    }
+    return RunManifest(
+        backbone=BackboneRecord(
+            name=recipe.backbone.name,
+            options={k: v for k, v in resolved["backbone"].items() if k not in ("name", "weights")},
+            weights=recipe.weights.to_value(),
+            weights_file=str(Path(weights_path).resolve()) if weights_path else None,
+            weights_sha256=prepared.backbone.weights_id,
+            in_run=backbone_saved_with_run(prepared),
+        ),
+        pipeline=prepared.pipeline,
+        features=FeatureRecord(dim=feature_dim, batch_size=recipe.extract.batch_size, cache_extra={k: str(v) for k, v in cache_extra(prepared).items()}),
+        head=HeadRecord(
+            name=recipe.head.name,
+            options={k: v for k, v in resolved["head"].items() if k != "name"},
+            choices=dict(trained.choices),
+        ),
+        classes=tuple(prepared.classes),
+        tlkit_version=__version__,
+    )
 
 
-def write_predictions(run_dir: RunDirectory, rows: Sequence[dict[str, Any]], errors: Sequence[dict[str, Any]]) -> None:
+def write_predictions(run_dir: RunDirectory, rows: Sequence[PredictionRow], errors: Sequence[PredictionRow]) -> None:
     """Every test prediction, and the mistakes (most confident first)."""
     for name, selected in (("predictions.csv", rows), ("errors.csv", errors)):
-        _write_csv(run_dir.file(name), list(PREDICTION_COLUMNS), [[row[c] for c in PREDICTION_COLUMNS] for row in selected])
+        _write_csv(run_dir.file(name), list(PREDICTION_COLUMNS), [row.csv_cells() for row in selected])
 
 
 def write_bad_images(path: Path, bad: Sequence[BadFile]) -> None:

@@ -69,8 +69,8 @@ def metadata(model: SavedModel) -> dict[str, str]:
         "classes": json.dumps(model.classes),
         "preprocessing": json.dumps({**pre, "normalisation": "inside the model: give it images scaled to [0, 1]"}),
         "pipeline": json.dumps(model.pipeline.to_dict()),
-        "backbone": str(model.info.get("backbone")),
-        "head": str(model.info.get("head")),
+        "backbone": model.manifest.backbone.name,
+        "head": model.manifest.head.name,
         "input": "images: float32 (N, 3, H, W) in [0, 1]: resized (shorter side to resize_size), centre-cropped to crop_size, divided by 255",
         "output": "probabilities: float32 (N, C), classes in the order of 'classes'",
     }

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import yaml
@@ -23,6 +23,9 @@ from tlkit.errors import OutputError, RunError, TlkitError
 from tlkit.saved.reader import SavedModel, load_model
 from tlkit.saved.splits import read_split
 from tlkit.util.atomic import atomic_path
+
+if TYPE_CHECKING:
+    from tlkit.extract.cache import FeatureStore
 
 FORMATS = (".npz", ".parquet")
 
@@ -43,9 +46,9 @@ class FeatureExport:
     skipped: int
 
 
-def _store(model: SavedModel) -> Any:
+def _store(model: SavedModel) -> FeatureStore | None:
     """The run's feature-cache entry (the identity the run's extraction used), or None when its cache was off."""
-    from tlkit.extract.cache import open_store
+    from tlkit.extract.cache import CacheIdentity, open_store
 
     path = model.run_dir / "recipe.yaml"
     try:
@@ -54,12 +57,12 @@ def _store(model: SavedModel) -> Any:
         raise RunError(f"{path} cannot be read ({exc}); run the recipe again") from None
     if not isinstance(recipe, dict) or not (recipe.get("extract") or {}).get("cache", True):
         return None
-    options = {k: v for k, v in (model.info.get("backbone_options") or {}).items() if k not in ("name", "weights")}
-    pipeline = model.pipeline
-    return open_store(
-        model.info["backbone"], model.info["weights_sha256"], pipeline.preprocessing, pipeline.precision,
-        seed=int(recipe.get("seed", 0)), options=options, background=pipeline.background, extra=model.info.get("cache_extra"),
+    backbone, pipeline = model.manifest.backbone, model.pipeline
+    identity = CacheIdentity(
+        backbone=backbone.name, weights_id=backbone.weights_sha256, preprocessing=pipeline.preprocessing, precision=pipeline.precision,
+        seed=int(recipe.get("seed", 0)), options=backbone.options, background=pipeline.background,
     )
+    return open_store(identity.with_recorded(model.manifest.features.cache_extra))
 
 
 def split_arrays(

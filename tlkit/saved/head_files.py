@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from tlkit.contract.specs import HeadSpec, TrainedHead
+from tlkit.contract.specs import HeadSpec, PluginOptions, TrainedHead
 from tlkit.errors import RunError
 
 FORMAT = "1"  # bump when the meaning of the metadata keys changes
@@ -64,7 +64,7 @@ def saved_json(metadata: Mapping[str, str], key: str, path: Path) -> dict[str, A
     return value
 
 
-def build_head(spec: HeadSpec, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], options: Any, path: Path) -> torch.nn.Module:
+def build_head(spec: HeadSpec[PluginOptions], tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], options: PluginOptions, path: Path) -> torch.nn.Module:
     """The saved head as a module in eval mode: ``build(config)`` + its tensors, or the head's ``load``."""
     config = saved_json(metadata, "config", path)
     if spec.build is not None and config is not None:
@@ -76,7 +76,7 @@ def build_head(spec: HeadSpec, tensors: Mapping[str, torch.Tensor], metadata: Ma
     raise RunError(f"{path} was saved without the constructor settings head '{spec.name}' is rebuilt from (an older tlkit); run the recipe again")
 
 
-def load_head(spec: HeadSpec, path: Path, options: Any) -> torch.nn.Module:
+def load_head(spec: HeadSpec[PluginOptions], path: Path, options: PluginOptions) -> torch.nn.Module:
     """Read ``path`` and rebuild head ``spec`` from it; a file that does not fit is a :class:`RunError`."""
     tensors, metadata = read_head_file(path)
     try:

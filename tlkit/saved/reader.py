@@ -1,6 +1,6 @@
 """A finished run directory as a model you can use: backbone + head -> class probabilities.
 
-``model.json`` names the backbone, its options and the sha256 of its weights; the head is rebuilt
+``model.json`` (:mod:`tlkit.saved.manifest`) names the backbone, its options and the sha256 of its weights; the head is rebuilt
 from ``head.safetensors`` and the constructor settings in its metadata (:mod:`tlkit.saved.head_files`). The backbone is rebuilt with the very
 weights the head was trained on, checked by sha256: a weights file that is missing or has changed
 is an error, never a silent source of different features. Random weights (``weights: none``) are
@@ -15,7 +15,6 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors.torch import load_file
@@ -23,11 +22,15 @@ from safetensors.torch import load_file
 from tlkit.contract.options import validate_options
 from tlkit.contract.plugin_manager import Plugins
 from tlkit.contract.preprocessing import Preprocessing
+from tlkit.contract.specs import BackboneSpec, HeadSpec, PluginOptions
 from tlkit.contract.weights_request import WeightsRequest
 from tlkit.errors import DataError, RunError, TlkitError, WeightsError
 from tlkit.extract.features import extract, prepare_model, resolve_device
-from tlkit.extract.pipeline import ImagePipeline, ImageSettings
+from tlkit.extract.pipeline import ImagePipeline
 from tlkit.saved.head_files import load_head
+from tlkit.saved.manifest import FILE as MANIFEST_FILE
+from tlkit.saved.manifest import BackboneRecord, JSONObject, RunManifest
+from tlkit.saved.manifest import read as read_manifest
 from tlkit.saved.run_directory import MARKER, verify_files
 from tlkit.sources import image_files as walker
 from tlkit.sources.weights import load_into, sha256_file
@@ -54,7 +57,7 @@ class SavedModel:
     pipeline: ImagePipeline
     backbone: torch.nn.Module
     head: torch.nn.Module
-    info: dict[str, Any]
+    manifest: RunManifest
     batch_size: int = 32
 
     @property
@@ -83,44 +86,45 @@ class Predictions:
         return [list(zip(i.tolist(), v.tolist())) for i, v in zip(indices, values)]
 
 
-def _read_json(path: Path) -> Any:
+def _read_classes(path: Path) -> list[str]:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        classes = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise RunError(f"{path} is missing; the run directory is incomplete") from None
     except (OSError, ValueError) as exc:
         raise RunError(f"{path} cannot be read ({exc})") from None
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        raise RunError(f"{path} is not a list of class names; run the recipe again")
+    return classes
 
 
-def _options(spec: Any, saved: dict[str, Any], section: str, run_dir: Path) -> Any:
-    data = {k: v for k, v in saved.items() if k not in ("name", "weights")}
+def _options(spec: BackboneSpec[PluginOptions] | HeadSpec[PluginOptions], saved: JSONObject, section: str, run_dir: Path) -> PluginOptions:
     try:
-        return validate_options(spec.options, data, section)
+        return validate_options(spec.options, saved, section)
     except TlkitError as exc:
         raise RunError(f"run {run_dir}: the saved {section} options no longer fit plugin '{spec.name}' ({exc})") from None
 
 
-def _backbone(plugins: Plugins, info: dict[str, Any], run_dir: Path) -> torch.nn.Module:
-    name = info["backbone"]
+def _backbone(plugins: Plugins, saved: BackboneRecord, run_dir: Path) -> torch.nn.Module:
+    name = saved.name
     try:
         spec = plugins.backbones.get(name)
     except TlkitError as exc:
         raise RunError(f"run {run_dir} needs backbone '{name}': {exc}") from None
-    options = _options(spec, info.get("backbone_options") or {}, "backbone", run_dir)
-    expected = info["weights_sha256"]
-    if info.get("backbone_in_run", expected == "random"):
+    options = _options(spec, saved.options, "backbone", run_dir)
+    expected = saved.weights_sha256
+    if saved.in_run:
         # Weights no plugin can rebuild (random, fine-tuned) travel in the run: the architecture comes
         # from a random build, every tensor from the run's own file.
         built = spec.build(WeightsRequest.random(), options)
-        saved = run_dir / "backbone.safetensors"
-        if not saved.is_file():
-            raise WeightsError(f"run {run_dir} keeps its backbone weights in {saved.name}, which is missing; run the recipe again")
-        load_into(built.model, load_file(str(saved)), saved, what=f"backbone '{name}'")
+        path = run_dir / "backbone.safetensors"
+        if not path.is_file():
+            raise WeightsError(f"run {run_dir} keeps its backbone weights in {path.name}, which is missing; run the recipe again")
+        load_into(built.model, load_file(str(path)), path, what=f"backbone '{name}'")
         return built.model.eval()
-    weights = info.get("backbone_weights")
+    weights = saved.weights
     if weights is not None:  # an explicit file: check it before spending time on loading it
-        weights = info.get("backbone_weights_file") or weights
-        path = Path(weights)
+        path = Path(saved.weights_file or weights)
         if not path.is_file():
             raise WeightsError(f"backbone weights file {path} of run {run_dir} is missing; put it back (sha256 {expected[:16]}...)")
         _check_sha(sha256_file(path), expected, path, run_dir)
@@ -145,36 +149,23 @@ def load_model(run_dir: Path | str, plugins: Plugins) -> SavedModel:
     if not (run_dir / MARKER).is_file():
         raise RunError(f"{run_dir} is not a finished tlkit run (no {MARKER}); give the --out folder of a completed 'tlkit run'")
     verify_files(run_dir)  # every file read below is the one the run wrote, or the run is refused
-    info = _read_json(run_dir / "model.json")
-    classes = [str(c) for c in _read_json(run_dir / "classes.json")]
-    head_name = info["head"]
+    manifest = read_manifest(run_dir / MANIFEST_FILE)
+    classes = _read_classes(run_dir / "classes.json")
     try:
-        head_spec = plugins.heads.get(head_name)
+        head_spec = plugins.heads.get(manifest.head.name)
     except TlkitError as exc:
-        raise RunError(f"run {run_dir} needs head '{head_name}': {exc}") from None
-    options = _options(head_spec, info.get("head_options") or {}, "head", run_dir)
+        raise RunError(f"run {run_dir} needs head '{manifest.head.name}': {exc}") from None
+    options = _options(head_spec, manifest.head.options, "head", run_dir)
     head = load_head(head_spec, run_dir / "head.safetensors", options)
-    extract_settings = info.get("extract") or {}
     return SavedModel(
         run_dir=run_dir,
         classes=classes,
-        pipeline=saved_pipeline(info, run_dir),
-        backbone=_backbone(plugins, info, run_dir),
+        pipeline=manifest.pipeline,
+        backbone=_backbone(plugins, manifest.backbone, run_dir),
         head=head,
-        info=info,
-        batch_size=int(extract_settings.get("batch_size", 32)),
+        manifest=manifest,
+        batch_size=manifest.features.batch_size,
     )
-
-
-def saved_pipeline(info: dict[str, Any], run_dir: Path) -> ImagePipeline:
-    """The run's image pipeline; runs of tlkit 0.1 saved only the preprocessing (their decoding was the default)."""
-    try:
-        if "pipeline" in info:
-            return ImagePipeline.from_dict(info["pipeline"])
-        precision = str((info.get("extract") or {}).get("precision", "fp32"))
-        return ImagePipeline(ImageSettings(), Preprocessing.from_dict(info["preprocessing"]), precision)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise RunError(f"{run_dir / 'model.json'} has no readable image pipeline ({type(exc).__name__}: {exc}); run the recipe again") from None
 
 
 def image_files(inputs: Sequence[Path | str]) -> list[Path]:

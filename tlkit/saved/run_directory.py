@@ -37,7 +37,7 @@ import yaml
 from safetensors.torch import save
 
 from tlkit.errors import OutputError, RunError
-from tlkit.util.atomic import current_umask, write_atomic
+from tlkit.util.atomic import current_umask, publish_folder, write_atomic
 from tlkit.util.hashing import file_sha256
 
 MARKER = "run.json"
@@ -45,7 +45,7 @@ INCOMPLETE = "INCOMPLETE"
 MIN_FREE_BYTES = 16 * 2**20  # a run directory is small (a head, some JSON); less than this is a disk about to fill
 # What tlkit reads back from a run (loading it; `tlkit features` reads the seed in recipe.yaml, tlkit.load split.csv).
 READ_BACK = ("model.json", "classes.json", "head.safetensors", "backbone.safetensors", "recipe.yaml", "split.csv")
-TLKIT_EXTRAS = ("model.onnx", "model.pt")  # `tlkit export` writes these into a run by default: replaced with it
+TLKIT_EXTRAS = ("model.onnx", "model.pt", "model.pt2")  # `tlkit export` writes these into a run by default: replaced with it
 
 
 def read_marker(run_dir: Path) -> dict[str, Any]:
@@ -204,25 +204,19 @@ class RunDirectory:
             if self.unique:
                 self.final = self._rename_unique()
                 return self.final
-            previous: Path | None = None
-            if self.final.exists():
-                previous = self.final.with_name(f"{self.final.name}.old-{os.getpid()}")
-                os.replace(self.final, previous)
-            os.replace(self.path, self.final)
+            publish_folder(self.path, self.final)  # a previous run there is replaced in one rename
         except OSError as exc:
             raise _os_error(f"the run directory {self.final}", exc) from None
-        if previous is not None:
-            shutil.rmtree(previous, ignore_errors=True)
         return self.final
 
     def _rename_unique(self) -> Path:
         for n in range(1, 1000):
             target = self.final if n == 1 else self.final.with_name(f"{self.final.name}-{n}")
             try:
-                os.mkdir(target)  # claims the name atomically; rename onto an empty folder then replaces it
+                os.mkdir(target)  # claims the name atomically; publishing onto the empty folder then replaces it
             except FileExistsError:
                 continue
-            os.replace(self.path, target)
+            publish_folder(self.path, target)
             return target
         raise OutputError(f"too many runs named {self.final}-*; choose --out")
 

@@ -33,7 +33,7 @@ from pathlib import Path, PurePosixPath
 
 from tlkit.errors import DataError
 from tlkit.sources.weights import offline, sha256_file
-from tlkit.util.atomic import current_umask
+from tlkit.util.atomic import current_umask, publish_folder
 from tlkit.util.units import human_bytes, positive_number
 
 MIN_PROGRESS_BYTES = 64 * 1024
@@ -210,11 +210,7 @@ def unpack(archive: Path, root: Path, *, label: str | None = None, limits: Limit
         entries = [p for p in staging.iterdir() if not p.name.startswith("__MACOSX")]
         source = entries[0] if len(entries) == 1 and entries[0].is_dir() else staging
         _honour_umask(source)
-        try:
-            os.replace(source, root)
-        except OSError:
-            if not root.is_dir():  # another run fetching the same data set got there first: use theirs
-                raise
+        publish_folder(source, root, keep_existing=True)  # another run fetching the same data set got there first: use theirs
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -228,7 +224,7 @@ def fetch(url: str, root: Path, *, sha256: str | None = None, limits: Limits | N
     """Download ``url`` and unpack it into ``root``; raise :class:`DataError` saying what to do on failure.
 
     Folders made on the way to ``root`` (``data/`` of the quick start) are removed again when the
-    fetch fails, so a failed download leaves nothing behind.
+    fetch fails, so a failed download leaves nothing behind. Public as ``tlkit.fetch_archive``: a change to its signature is a plugin API change (``docs/plugin-api.md``).
     """
     limits = limits or Limits.from_env()
     made = _missing_parents(root)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-EXTENSIONS: tuple[str, ...] = tuple(IMG_EXTENSIONS)
+EXTENSIONS: tuple[str, ...] = tuple(IMG_EXTENSIONS)  # public as tlkit.IMAGE_EXTENSIONS
 
 
 @dataclass
@@ -42,7 +42,10 @@ def is_regular_file(path: Path) -> bool:
 
 
 def walk_images(folder: Path) -> FoundFiles:
-    """Image files under ``folder``, recursively, sorted, each real folder visited once."""
+    """Image files under ``folder``, recursively, sorted, each real folder visited once.
+
+    Public as ``tlkit.walk_images``: a change to its signature is a plugin API change (``docs/plugin-api.md``).
+    """
     found = FoundFiles()
     seen: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):

@@ -24,7 +24,7 @@ from tlkit.errors import DataError, OutputError
 from tlkit.util.atomic import atomic_path
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "ppm", "pgm", "pbm")
-CLASSES_FILE = "classes.txt"
+CLASSES_FILE = "classes.txt"  # beside the shards tlkit shards make writes; public as tlkit.SHARD_CLASSES_FILE
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,10 @@ class WrittenShards:
 
 
 def expand(pattern: str) -> list[str]:
-    """Shard names from a brace pattern (``a-{000..009}.tar``), each a path or URL."""
+    """Shard names from a brace pattern (``a-{000..009}.tar``), each a path or URL.
+
+    Public as ``tlkit.expand_shards``: a change to its signature is a plugin API change (``docs/plugin-api.md``).
+    """
     import braceexpand
 
     return list(braceexpand.braceexpand(pattern))
@@ -106,8 +109,12 @@ def _relative(path: Path, root: Path) -> str:
 
 
 @dataclass(frozen=True)
-class Member:
-    """One sample group of a shard: the image's member name and bytes, and its class fields."""
+class ShardGroup:
+    """One sample group of a shard (the members sharing a key), as :func:`stream` reads it.
+
+    ``name`` and ``data`` are the image member's name and bytes, ``cls`` the ``.cls`` member's class
+    index and ``meta`` the ``.json`` member's fields (empty without one). Public as ``tlkit.ShardGroup``.
+    """
 
     shard: str
     key: str
@@ -128,7 +135,7 @@ def _image_of(group: dict[str, Any]) -> tuple[str, bytes] | None:
     return None
 
 
-def _parse(group: dict[str, Any], url: str) -> Member | None:
+def _parse(group: dict[str, Any], url: str) -> ShardGroup | None:
     image = _image_of(group)
     if image is None:
         return None
@@ -147,15 +154,16 @@ def _parse(group: dict[str, Any], url: str) -> Member | None:
         except ValueError:
             raise DataError(f"{url}: member {group['__key__']}.json is not valid JSON") from None
         meta = loaded if isinstance(loaded, dict) else {}
-    return Member(url, str(group["__key__"]), f"{group['__key__']}.{ext}", data, cls, meta)
+    return ShardGroup(url, str(group["__key__"]), f"{group['__key__']}.{ext}", data, cls, meta)
 
 
-def stream(urls: Sequence[str], *, wanted: Callable[[str, str], bool] | None = None) -> Iterator[Member]:
+def stream(urls: Sequence[str], *, wanted: Callable[[str, str], bool] | None = None) -> Iterator[ShardGroup]:
     """The image members of ``urls`` in order, read front to back without unpacking anything.
 
     ``wanted(shard, member name)`` filters before a member is handed on (its bytes are read anyway:
     a tar is sequential). Every shard in ``urls`` is read: callers that split work (ranks, decoding
     workers) pass each part its own shards (see ``tlkit.extract.shard_members``).
+    Public as ``tlkit.read_shards``: a change to its signature is a plugin API change (``docs/plugin-api.md``).
     """
     import webdataset as wds
 

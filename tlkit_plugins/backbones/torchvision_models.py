@@ -10,7 +10,6 @@ through ``torch.hub`` (progress bar, hash check). Never silently random: ``weigh
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,10 +17,8 @@ import torchvision
 from torchvision.models import get_model, get_model_weights
 
 import tlkit
-from tlkit.backbones import from_weights_file, random_weights
+from tlkit.backbones import fetch_pretrained, from_weights_file, pretrained_available, random_weights
 from tlkit.errors import WeightsError
-from tlkit.sources.pretrained import fetch_url
-from tlkit.sources.weights import hub_checkpoint_dir
 
 DEFAULT_ALIAS = "resnet18"
 
@@ -31,7 +28,7 @@ def _weights_entry(name: str, entry: str = "DEFAULT") -> Any:
 
 
 def _weights_available(weights: Any) -> bool:
-    return (hub_checkpoint_dir() / Path(weights.url).name).is_file()
+    return pretrained_available(weights.url)
 
 
 def _strip_classifier(model: torch.nn.Module, name: str) -> torch.nn.Module:
@@ -52,7 +49,7 @@ def build_torchvision(name: str, weights: Any, request: tlkit.WeightsRequest) ->
     """Build ``name`` with the requested weights (``weights``: the enum entry for ``pretrained``), without its classifier."""
     if request.kind == "random":
         return random_weights(_strip_classifier(get_model(name, weights=None), name))
-    path = request.path if request.path is not None else fetch_url(weights.url, f"torchvision '{name}' ({weights})")
+    path = request.path if request.path is not None else fetch_pretrained(weights.url, f"torchvision '{name}' ({weights})")
     # GoogLeNet and Inception-v3 checkpoints include their auxiliary classifiers.
     extra = {"aux_logits": True, "init_weights": False} if name in ("googlenet", "inception_v3") else {}
     model = get_model(name, weights=None, num_classes=len(weights.meta["categories"]), **extra)

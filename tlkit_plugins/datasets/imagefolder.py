@@ -10,7 +10,7 @@ Files with the usual photo extensions (torchvision's list, as its ``ImageFolder`
 one, which keeps the ants/bees placeholder ``imageNotFound.gif`` out as in the reference) are images;
 everything else (hidden files, READMEs, links that lead nowhere or in a circle) is left out and named
 in a note. Whether an image file actually decodes is the engine's
-business (``dataset.on_bad_image``), not the loader's. Test classes must be train classes;
+business (``images.on_bad_image``), not the loader's. Test classes must be train classes;
 a train class with no test images is allowed and noted (its test recall simply cannot be measured).
 """
 
@@ -26,8 +26,6 @@ from pydantic import ConfigDict
 
 import tlkit
 from tlkit.errors import DataError
-from tlkit.sources.archives import fetch
-from tlkit.sources.image_files import EXTENSIONS, walk_images
 
 
 @dataclass(frozen=True)
@@ -56,7 +54,7 @@ def _class_dirs(split_dir: Path) -> list[str]:
 
 def _image_files(class_dir: Path) -> tuple[list[Path], list[Path]]:
     """Image files under ``class_dir`` (recursively, following links once), and the other files left out."""
-    found = walk_images(class_dir)
+    found = tlkit.walk_images(class_dir)
     return found.images, found.skipped
 
 
@@ -81,7 +79,7 @@ def _scan(split: str, split_dir: Path, classes: list[str], notes: list[str]) -> 
             f"(hidden, not an image by name, or a broken link): {shown}"
         )
     if not samples:
-        raise DataError(f"{split_dir} holds no images ({', '.join(EXTENSIONS)})")
+        raise DataError(f"{split_dir} holds no images ({', '.join(tlkit.IMAGE_EXTENSIONS)})")
     return samples
 
 
@@ -91,7 +89,7 @@ def _root(options: ImageFolderOptions) -> Path:
         raise DataError(f"data folder {root} is a file, not a folder; set dataset.root to the folder holding '{options.train}' and '{options.test}'")
     if not root.is_dir():
         if options.download:
-            fetch(options.download, root, sha256=options.sha256)
+            tlkit.fetch_archive(options.download, root, sha256=options.sha256)
         elif options.split is not None:
             raise DataError(f"data folder {root} does not exist; set dataset.root to a folder with one sub-folder of images per class")
         else:

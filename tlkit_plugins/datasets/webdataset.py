@@ -20,9 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import tlkit
-from tlkit.contract.specs import ShardMember
+from tlkit import SHARD_CLASSES_FILE, ShardGroup, ShardMember, expand_shards, read_shards
 from tlkit.errors import DataError, did_you_mean
-from tlkit.sources.shards import CLASSES_FILE, Member, expand, stream
 
 
 @dataclass(frozen=True)
@@ -37,7 +36,7 @@ def _is_local(url: str) -> bool:
 
 
 def _shards(pattern: str, key: str) -> list[str]:
-    urls = expand(pattern)
+    urls = expand_shards(pattern)
     if not urls:
         raise DataError(f"'dataset.{key}': the pattern {pattern!r} names no shard")
     for url in urls:
@@ -49,8 +48,8 @@ def _shards(pattern: str, key: str) -> list[str]:
 def _class_list(options: WebDatasetOptions, first_shard: str) -> list[str] | None:
     if options.classes:
         path = Path(options.classes).expanduser()
-    elif _is_local(first_shard) and (Path(first_shard).parent / CLASSES_FILE).is_file():
-        path = Path(first_shard).parent / CLASSES_FILE
+    elif _is_local(first_shard) and (Path(first_shard).parent / SHARD_CLASSES_FILE).is_file():
+        path = Path(first_shard).parent / SHARD_CLASSES_FILE
     else:
         return None
     try:
@@ -62,7 +61,7 @@ def _class_list(options: WebDatasetOptions, first_shard: str) -> list[str] | Non
     return names
 
 
-def _label(member: Member, classes: list[str] | None) -> int | str:
+def _label(member: ShardGroup, classes: list[str] | None) -> int | str:
     """The class index (with a class list) or the class name (without one) of ``member``."""
     name = member.meta.get("class")
     where = f"{member.shard}: {member.key}"
@@ -85,10 +84,10 @@ def _label(member: Member, classes: list[str] | None) -> int | str:
 def load_webdataset(options: WebDatasetOptions) -> tlkit.LoadedDataset:
     shards = {"train": _shards(options.train, "train"), "test": _shards(options.test, "test")}
     classes = _class_list(options, shards["train"][0])
-    listed: dict[str, list[tuple[Member, int | str]]] = {}
+    listed: dict[str, list[tuple[ShardGroup, int | str]]] = {}
     for split, urls in shards.items():
-        # Only the small fields survive the loop: a Member's bytes are dropped once hashed.
-        listed[split] = [(_light(m), _label(m, classes)) for m in stream(urls)]
+        # Only the small fields survive the loop: a ShardGroup's bytes are dropped once hashed.
+        listed[split] = [(_light(m), _label(m, classes)) for m in read_shards(urls)]
         if not listed[split]:
             raise DataError(f"the {split} shards ({urls[0]}{', ...' if len(urls) > 1 else ''}) hold no image members")
     names = classes or sorted({str(label) for split in listed.values() for _, label in split})
@@ -103,9 +102,9 @@ def load_webdataset(options: WebDatasetOptions) -> tlkit.LoadedDataset:
     return tlkit.LoadedDataset(classes=tuple(names), splits=splits, notes=notes)
 
 
-def _light(member: Member) -> Member:
+def _light(member: ShardGroup) -> ShardGroup:
     """The member without its image bytes (their hash kept), so listing holds one image at a time."""
-    return Member(member.shard, member.key, member.name, b"", member.cls, {**member.meta, "sha256": member.sha256})
+    return ShardGroup(member.shard, member.key, member.name, b"", member.cls, {**member.meta, "sha256": member.sha256})
 
 
 @tlkit.hookimpl

@@ -7,6 +7,7 @@ step and training takes well under a second.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -38,8 +39,7 @@ def fit_linear(train: tlkit.Features, options: LinearOptions, ctx: tlkit.FitCont
     history: list[dict[str, float]] = []
     with one_thread():
         _train(layer, optimizer, train, options, ctx, history)
-    config = {"in_features": int(train.x.shape[1]), "out_features": ctx.num_classes}
-    return tlkit.TrainedHead(module=layer.eval(), history=history, config=config)
+    return dataclasses.replace(adopt_linear(layer), history=history)
 
 
 def _train(
@@ -67,6 +67,11 @@ def _train(
             ctx.report(epoch, point)
 
 
+def adopt_linear(layer: torch.nn.Linear) -> tlkit.TrainedHead:
+    """A trained layer (ours, or the classifier fine-tuning trained with the backbone) as this head: its config is what ``build_linear`` takes."""
+    return tlkit.TrainedHead(module=layer.eval(), config={"in_features": int(layer.in_features), "out_features": int(layer.out_features)})
+
+
 def build_linear(config: Mapping[str, Any]) -> torch.nn.Module:
     """The untrained layer of a saved head, from its saved ``config``."""
     return torch.nn.Linear(int(config["in_features"]), int(config["out_features"]))
@@ -79,6 +84,7 @@ def register_heads(register: Any) -> None:
             name="linear",
             fit=fit_linear,
             build=build_linear,
+            from_classifier=adopt_linear,
             description="linear layer, full-batch SGD with cross-entropy (the PyTorch tutorial reference)",
             options=LinearOptions,
         )

@@ -16,6 +16,7 @@ from tlkit_example_plugin.datasets import labelled_csv_spec
 from tlkit_example_plugin.heads import ridge_spec
 
 __version__ = "0.1.0"
+tlkit_plugin_api = 2  # the plugin API this was written for: a tlkit that speaks another says so in `tlkit plugins`
 
 
 @tlkit.hookimpl

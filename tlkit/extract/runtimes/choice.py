@@ -24,7 +24,8 @@ import torch
 
 from tlkit.extract.features import torch_forward
 from tlkit.extract.runtimes import sessions
-from tlkit.extract.runtimes.conversion import ConversionFailed, ModelStore, StoredModel, convert_files, model_key, state_digest
+from tlkit.extract.runtimes.conversion import ConversionFailed, ModelStore, StoredModel, convert_files, model_key
+from tlkit.util.hashing import weights_digest
 
 RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
@@ -63,10 +64,6 @@ class RuntimeChoice:
     model_path: str | None = None
     note: str = ""  # the one line the run shows: what runs and, for a fallback, why
     reason: str = ""  # why ``auto`` chose torch without trying a conversion (recorded, not shown)
-
-    def cache_identity(self) -> dict[str, str]:
-        """The part of the feature-cache key this choice decides: features differ by runtime and precision."""
-        return {"runtime": self.runtime, "precision": self.precision}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -133,7 +130,7 @@ class _Request:
 
     def weights(self) -> str:
         if self.digest is None:
-            self.digest = state_digest(self.model)
+            self.digest = weights_digest(self.model)
         return self.digest
 
 

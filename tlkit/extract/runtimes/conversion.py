@@ -2,7 +2,7 @@
 
 Conversion costs seconds to minutes, so a converted model is stored under tlkit's cache
 (``<cache>/runtimes/<key>/``) and reused by every later run with the same key: the backbone, its
-options, the sha256 of its actual parameters, the runtime, the precision, the runtime's and torch's
+options, the digest of its actual parameters (:func:`tlkit.util.hashing.weights_digest`), the runtime, the precision, the runtime's and torch's
 versions and the input size. A folder is built under a temporary name and renamed into place, so a
 crash never leaves a half-written model where a run would find it, and ``manifest.json`` records the
 sha256 of every file: a damaged model is detected on load and rebuilt, never used.
@@ -16,9 +16,7 @@ quantised ONNX file and runs it in int8.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import shutil
 import time
 import uuid
@@ -32,6 +30,7 @@ from typing import Any
 
 import torch
 
+from tlkit.util.atomic import publish_folder
 from tlkit.util.hashing import file_sha256, json_sha256
 
 MANIFEST = "manifest.json"
@@ -41,20 +40,6 @@ FORMAT = 1
 
 class ConversionFailed(Exception):
     """The exporter or converter refused this backbone; the message says why in one line."""
-
-
-def state_digest(model: torch.nn.Module) -> str:
-    """sha256 of every parameter and buffer (names, shapes, dtypes, bytes): what the weights really are.
-
-    Hashing the tensors rather than trusting a weights-file id also covers random weights and
-    weights changed in place after loading.
-    """
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return digest.hexdigest()
 
 
 def model_key(identity: Mapping[str, Any]) -> str:
@@ -193,11 +178,7 @@ class ModelStore:
             }
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
             final = self.folder(key)
-            if final.exists():
-                old = self.base / f".old-{uuid.uuid4().hex}"
-                os.replace(final, old)
-                shutil.rmtree(old, ignore_errors=True)
-            os.replace(tmp, final)
+            publish_folder(tmp, final)  # a previous (damaged) folder for the key is replaced
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -9,13 +9,14 @@ smaller one runs on torch, and the record's ``reason`` says why.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from tlkit.extract.decode import BadImage, pipeline_named
+from tlkit.extract.pipeline import ImagePipeline
 from tlkit.extract.runtimes.choice import Runtime, choose_runtime
 
 AUTO_MIN_IMAGES = 100  # a conversion costs 10-60 s on 2 cores: about what eager extraction of 100-300 images costs
@@ -23,7 +24,29 @@ PROBE_IMAGES = 8
 CALIBRATION_IMAGES = 64
 
 
-def _decoded(paths: Sequence[Path], pipeline: Any, limit: int) -> torch.Tensor:
+@dataclass(frozen=True)
+class RuntimeRequest:
+    """What choosing the runtime of a run needs from it: the recipe's settings, the backbone's identity, its images.
+
+    ``requested``, ``precision`` and ``insist_precision`` are the recipe's ``extract`` settings;
+    ``backbone`` and ``options`` (plain data) name the converted model in the model store, next to
+    the hash of its weights; ``train_paths`` give the probe and calibration images, decoded through
+    ``pipeline`` exactly as extraction will; ``total_images`` decides whether ``auto`` converts at all.
+    """
+
+    requested: str
+    precision: str
+    backbone: str
+    options: Mapping[str, object]
+    pipeline: ImagePipeline
+    device: torch.device
+    train_paths: Sequence[Path]
+    total_images: int
+    cache_root: Path
+    insist_precision: bool = False
+
+
+def _decoded(paths: Sequence[Path], pipeline: ImagePipeline, limit: int) -> torch.Tensor:
     decode = pipeline_named(pipeline.decoder, pipeline.preprocessing, pipeline.background)
     images = []
     for path in paths:
@@ -39,24 +62,25 @@ def _decoded(paths: Sequence[Path], pipeline: Any, limit: int) -> torch.Tensor:
     return torch.stack(images)
 
 
-def runtime_for(recipe: Any, model: torch.nn.Module, train_paths: Sequence[Path], total_images: int, pipeline: Any, device: torch.device, cache_root: Path) -> Runtime:
-    """The runtime that runs this recipe's forward pass (``recipe.extract.runtime``), and its record."""
-    settings = recipe.extract
-    requested = settings.runtime
-    spread = list(train_paths[:: max(1, len(train_paths) // CALIBRATION_IMAGES)])
-    crop = pipeline.preprocessing.crop_size
-    common: dict[str, Any] = {
-        "precision": settings.precision,
-        "device": device,
-        "identity": {"backbone": recipe.backbone.name, "options": dataclasses.asdict(recipe.backbone.options)},
-        "input_shape": (3, crop, crop),
-        "probe": lambda: _decoded(train_paths, pipeline, PROBE_IMAGES),
-        "calibration": lambda: _decoded(spread, pipeline, CALIBRATION_IMAGES),
-        "cache_root": cache_root,
-        "insist_precision": settings.insist_precision,
-    }
-    if requested == "auto" and total_images < AUTO_MIN_IMAGES:
-        runtime = choose_runtime(model, requested="torch", **common)
-        reason = f"{total_images} images: too few to pay for converting the backbone (auto converts from {AUTO_MIN_IMAGES})"
-        return dataclasses.replace(runtime, choice=dataclasses.replace(runtime.choice, requested="auto", reason=reason))
-    return choose_runtime(model, requested=requested, **common)
+def runtime_for(model: torch.nn.Module, request: RuntimeRequest) -> Runtime:
+    """The runtime that runs this forward pass (``request.requested``), and its record."""
+    auto_skips = request.requested == "auto" and request.total_images < AUTO_MIN_IMAGES
+    paths = request.train_paths
+    spread = list(paths[:: max(1, len(paths) // CALIBRATION_IMAGES)])
+    crop = request.pipeline.preprocessing.crop_size
+    runtime = choose_runtime(
+        model,
+        requested="torch" if auto_skips else request.requested,
+        precision=request.precision,
+        device=request.device,
+        identity={"backbone": request.backbone, "options": dict(request.options)},
+        input_shape=(3, crop, crop),
+        probe=lambda: _decoded(paths, request.pipeline, PROBE_IMAGES),
+        calibration=lambda: _decoded(spread, request.pipeline, CALIBRATION_IMAGES),
+        cache_root=request.cache_root,
+        insist_precision=request.insist_precision,
+    )
+    if not auto_skips:
+        return runtime
+    reason = f"{request.total_images} images: too few to pay for converting the backbone (auto converts from {AUTO_MIN_IMAGES})"
+    return dataclasses.replace(runtime, choice=dataclasses.replace(runtime.choice, requested="auto", reason=reason))
