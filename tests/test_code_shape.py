@@ -61,15 +61,18 @@ def test_the_run_is_composed_once() -> None:
 
 def test_no_any_on_the_engine_to_plugin_path() -> None:
     """What the engine hands a plugin, and the records it hands them through, are typed (generic specs and Choice)."""
-    from tlkit.contract.specs import BackboneSpec, DatasetSpec, HeadSpec
+    from tlkit.contract.specs import BackboneSpec, DatasetSpec, HeadSpec, TrainedHead
     from tlkit.extract.cache import CacheIdentity, open_store
+    from tlkit.saved.manifest import RunManifest
     from tlkit.extract.runtimes.stage import RuntimeRequest, runtime_for
     from tlkit.recipe.loader import Choice, Recipe
 
     annotations = {
-        **{f"BackboneSpec.{k}": v for k, v in BackboneSpec.__annotations__.items() if k in ("build", "options")},
-        **{f"DatasetSpec.{k}": v for k, v in DatasetSpec.__annotations__.items() if k in ("load", "options")},
-        **{f"HeadSpec.{k}": v for k, v in HeadSpec.__annotations__.items() if k in ("fit", "load", "options", "from_classifier")},
+        **{f"BackboneSpec.{k}": v for k, v in BackboneSpec.__annotations__.items()},
+        **{f"DatasetSpec.{k}": v for k, v in DatasetSpec.__annotations__.items()},
+        **{f"HeadSpec.{k}": v for k, v in HeadSpec.__annotations__.items()},
+        **{f"TrainedHead.{k}": v for k, v in TrainedHead.__annotations__.items()},
+        **{f"RunManifest.{k}": v for k, v in RunManifest.__annotations__.items()},
         **{f"Choice.{k}": v for k, v in Choice.__annotations__.items()},
         **{f"Recipe.{k}": v for k, v in Recipe.__annotations__.items() if k in ("dataset", "backbone", "head")},
         **{f"CacheIdentity.{k}": v for k, v in CacheIdentity.__annotations__.items()},

@@ -127,6 +127,18 @@ def test_a_head_saved_without_its_config_is_a_clear_error(head: HeadSpec, tmp_pa
         load_head(head, path, head.options())
 
 
+def test_a_saved_config_that_is_not_flat_scalars_is_one_line_before_build(head: HeadSpec, tmp_path: Path) -> None:
+    """``build`` is promised a flat ``str -> number | str`` config: a (resealed) file with a list in it never reaches it."""
+    trained = head.fit(blobs([6, 6], dim=4, spread=6.0, seed=1), head.options(), FitContext(num_classes=2, seed=0))
+    path = tmp_path / "head.safetensors"
+    metadata = head_metadata(head.name, trained)
+    config = json.loads(metadata["config"])
+    config[next(iter(config))] = [1, 2, 3]
+    save_file(head_tensors(trained.module), str(path), metadata={**metadata, "config": json.dumps(config)})
+    with pytest.raises(RunError, match=r"'config' metadata holds .* a list, not a number or string; run the recipe again"):
+        load_head(head, path, head.options())
+
+
 def test_the_same_seed_gives_the_same_head(head: HeadSpec) -> None:
     train = blobs([15, 15], dim=8, spread=2.0, seed=10)
     x = blobs([20, 20], dim=8, spread=2.0, seed=11).x

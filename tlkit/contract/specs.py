@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Generic, NamedTuple, TypeAlias, TypeVar
 
 import torch
 
@@ -27,6 +27,13 @@ if TYPE_CHECKING:
 
 OptionsT = TypeVar("OptionsT", bound="DataclassInstance")
 PluginOptions: TypeAlias = "DataclassInstance"
+
+# What plugins hand tlkit as data rather than calls: saved as JSON, so typed as JSON, never ``Any``.
+JSONValue: TypeAlias = "None | bool | int | float | str | Sequence[JSONValue] | Mapping[str, JSONValue]"
+# A head's constructor settings (``TrainedHead.config``, handed back to ``HeadSpec.build``): flat
+# scalars, so ``int(config["dim"])`` type-checks in a plugin and a saved file cannot smuggle in more.
+ConfigValue: TypeAlias = "bool | int | float | str"
+HeadConfig: TypeAlias = "Mapping[str, ConfigValue]"
 """A registered plugin's options as the engine holds them: an instance of the dataclass its spec declares."""
 
 
@@ -81,7 +88,7 @@ class BackboneSpec(Generic[OptionsT]):
     # What people choose a model by, known without building it (``tlkit backbones`` shows it): a
     # zero-argument callable returning any of ``input_size`` (pixels), ``num_params``,
     # ``pretrained_tag`` and ``license``; called only when listing.
-    card: Callable[[], Mapping[str, Any]] | None = None
+    card: Callable[[], Mapping[str, JSONValue]] | None = None
 
     def resolve_preprocessing(self) -> Preprocessing:
         """The preprocessing record, computing it if the plugin registered a callable."""
@@ -177,8 +184,8 @@ class TrainedHead:
 
     module: torch.nn.Module
     history: Sequence[Mapping[str, float]] = field(default_factory=tuple)
-    config: Mapping[str, Any] = field(default_factory=dict)
-    choices: Mapping[str, Any] = field(default_factory=dict)
+    config: HeadConfig = field(default_factory=dict)
+    choices: Mapping[str, JSONValue] = field(default_factory=dict)
     notes: Sequence[str] = ()
 
 
@@ -203,5 +210,5 @@ class HeadSpec(Generic[OptionsT]):
     description: str = ""
     options: type[OptionsT] = NoOptions  # type: ignore[assignment]  # no options declared: fit takes a NoOptions
     plugin: str = ""
-    build: Callable[[Mapping[str, Any]], torch.nn.Module] | None = None
+    build: Callable[[HeadConfig], torch.nn.Module] | None = None
     from_classifier: Callable[[torch.nn.Linear], TrainedHead] | None = None

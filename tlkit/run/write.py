@@ -21,7 +21,7 @@ from tlkit.outputs import report
 from tlkit.outputs.predictions import PREDICTION_COLUMNS, PredictionRow
 from tlkit.saved import manifest
 from tlkit.saved.head_files import head_metadata, head_tensors
-from tlkit.saved.manifest import BackboneRecord, FeatureRecord, HeadRecord, RunManifest
+from tlkit.saved.manifest import BackboneRecord, FeatureRecord, HeadRecord, RunManifest, plain_json
 from tlkit.saved.run_directory import RunDirectory
 from tlkit.saved.splits import write_split
 
@@ -74,7 +74,7 @@ def run_manifest(prepared: Prepared, feature_dim: int, trained: TrainedHead) -> 
         head=HeadRecord(
             name=recipe.head.name,
             options={k: v for k, v in resolved["head"].items() if k != "name"},
-            choices=dict(trained.choices),
+            choices=plain_json(trained.choices),
         ),
         classes=tuple(prepared.classes),
         tlkit_version=__version__,

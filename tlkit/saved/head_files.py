@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from tlkit.contract.specs import HeadSpec, PluginOptions, TrainedHead
+from tlkit.contract.specs import HeadConfig, HeadSpec, PluginOptions, TrainedHead
 from tlkit.errors import RunError
 
 FORMAT = "1"  # bump when the meaning of the metadata keys changes
@@ -51,6 +51,16 @@ def read_head_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]
     return tensors, metadata
 
 
+def _head_config(value: dict[str, Any] | None, path: Path) -> HeadConfig | None:
+    """The saved ``config`` as the flat scalars ``HeadSpec.build`` is promised (see :data:`~tlkit.contract.specs.HeadConfig`)."""
+    if value is None:
+        return None
+    for key, item in value.items():
+        if not isinstance(item, bool | int | float | str):
+            raise RunError(f"{path}: its 'config' metadata holds {key!r} = a {type(item).__name__}, not a number or string; run the recipe again")
+    return value
+
+
 def saved_json(metadata: Mapping[str, str], key: str, path: Path) -> dict[str, Any] | None:
     """``metadata[key]`` parsed as a JSON object, or None when the head was saved without it."""
     if key not in metadata:
@@ -66,7 +76,7 @@ def saved_json(metadata: Mapping[str, str], key: str, path: Path) -> dict[str, A
 
 def build_head(spec: HeadSpec[PluginOptions], tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], options: PluginOptions, path: Path) -> torch.nn.Module:
     """The saved head as a module in eval mode: ``build(config)`` + its tensors, or the head's ``load``."""
-    config = saved_json(metadata, "config", path)
+    config = _head_config(saved_json(metadata, "config", path), path)
     if spec.build is not None and config is not None:
         module = spec.build(config)
         module.load_state_dict(dict(tensors), strict=True)

@@ -34,6 +34,13 @@ JSONValue: TypeAlias = "str | int | float | bool | None | list[JSONValue] | dict
 JSONObject: TypeAlias = "dict[str, JSONValue]"
 
 
+def plain_json(value: Mapping[str, object]) -> JSONObject:
+    """A plugin's mapping (``TrainedHead.choices``: any ``Sequence``/``Mapping`` nesting) as plain JSON, checked
+    here (finite numbers, string keys) so that what is written is exactly what a reader gets back."""
+    result: JSONObject = json.loads(json.dumps(dict(value), allow_nan=False))
+    return result
+
+
 @dataclass(frozen=True)
 class BackboneRecord:
     """Which backbone, built with which options and weights; the weights are checked against ``weights_sha256`` on load."""
