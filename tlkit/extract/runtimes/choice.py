@@ -24,7 +24,17 @@ import torch
 
 from tlkit.extract.features import torch_forward
 from tlkit.extract.runtimes import sessions
-from tlkit.extract.runtimes.conversion import ConversionFailed, ModelStore, StoredModel, convert_files, model_key
+from tlkit.extract.runtimes.conversion import (
+    ConversionFailed,
+    ForeignEntry,
+    ModelStore,
+    StoredModel,
+    StoreUnwritable,
+    TransientFailure,
+    build_private,
+    convert_files,
+    model_key,
+)
 from tlkit.util.hashing import weights_digest
 
 RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
@@ -142,11 +152,13 @@ def _key(request: _Request, runtime: str, shape: tuple[int, ...]) -> tuple[str, 
     return model_key(identity), identity
 
 
-def _build(request: _Request, runtime: str, key: str, identity: dict[str, Any]) -> tuple[StoredModel, float, Forward | None]:
+def _build(request: _Request, runtime: str, key: str, identity: dict[str, Any]) -> tuple[StoredModel, float, Forward | None, str]:
     """Convert, check agreement on the probe batch, and store the model or the verdict against it.
 
     Also returns the session the agreement check ran on (``None`` when rejected), so a model just
-    built is not compiled a second time to run.
+    built is not compiled a second time to run, and a note when the store could not be written (the
+    model was then converted for this run only). A failure of the disk or the machine while
+    converting raises :class:`TransientFailure`: only the exporter's or the agreement's verdict is stored.
     """
     probe = request.probe_batch()
     threshold = AGREEMENT[request.precision]
@@ -166,8 +178,32 @@ def _build(request: _Request, runtime: str, key: str, identity: dict[str, Any]) 
         return main, {"agreement": cosine, "max_abs_diff": diff}
 
     start = time.perf_counter()
-    stored = request.store.save(key, build, {"identity": identity})
-    return stored, time.perf_counter() - start, checked[0] if checked and stored.main is not None else None
+    note = ""
+    try:
+        stored = request.store.save(key, build, {"identity": identity})
+    except StoreUnwritable as exc:
+        stored, note = build_private(build, {"identity": identity}), f"{exc}: converted for this run only"
+    return stored, time.perf_counter() - start, checked[0] if checked and stored.main is not None else None, note
+
+
+def _stored(request: _Request, runtime: str, key: str, identity: dict[str, Any]) -> tuple[StoredModel, float, Forward | None, str]:
+    """The verified stored model (or verdict) for ``key``, else one converted now; and a note on what was wrong or unwritable."""
+    try:
+        stored = request.store.load(key, identity)
+    except ForeignEntry as exc:
+        stored, damaged = None, f"stored model {key[:12]} {exc}"
+    except ValueError as exc:
+        stored, damaged = None, f"stored model was damaged ({exc})"
+    else:
+        damaged = ""
+    if stored is not None:
+        return stored, 0.0, None, ""
+    try:
+        stored, spent, built, unwritable = _build(request, runtime, key, identity)
+    except (OSError, TransientFailure) as exc:
+        raise TransientFailure("; ".join(filter(None, [damaged, f"converting failed ({exc}); not remembered, tried again next run"]))) from None
+    rebuilt = f"{damaged}, {'converted again' if unwritable else 'rebuilt'}" if damaged else ""
+    return stored, spent, built, "; ".join(filter(None, [rebuilt, unwritable]))
 
 
 def _try(request: _Request, runtime: str, shape: tuple[int, ...]) -> tuple[Runtime | None, str]:
@@ -179,24 +215,19 @@ def _try(request: _Request, runtime: str, shape: tuple[int, ...]) -> tuple[Runti
     if runtime == "openvino" and not sessions.openvino_precision_supported(request.precision):
         return None, f"this CPU has no native {request.precision} for openvino"
     key, identity = _key(request, runtime, shape)
-    damaged = ""
     try:
-        stored, spent, reused = request.store.load(key), 0.0, True
-    except ValueError as exc:
-        stored, damaged = None, f"stored model was damaged ({exc}), rebuilt; "
-    built: Forward | None = None
-    if stored is None:
-        stored, spent, built = _build(request, runtime, key, identity)
-        reused = False
+        stored, spent, built, note = _stored(request, runtime, key, identity)
+    except TransientFailure as exc:
+        return None, f"{runtime}: {exc}"
     if stored.main is None:
-        return None, f"{runtime}: {damaged}{stored.manifest.get('rejected', 'rejected')}"
+        return None, f"{runtime}: {note + '; ' if note else ''}{stored.manifest.get('rejected', 'rejected')}"
     start = time.perf_counter()
     forward = built or sessions.load(runtime, stored.main, request.precision, request.threads)
     choice = RuntimeChoice(
         requested="", runtime=runtime, precision=request.precision, version=sessions.version(runtime),
         agreement=stored.manifest.get("agreement"), max_abs_diff=stored.manifest.get("max_abs_diff"),
-        conversion_s=round(spent, 3), load_s=round(time.perf_counter() - start, 3), reused=reused,
-        model_path=str(stored.main), note=damaged.rstrip("; "),
+        conversion_s=round(spent, 3), load_s=round(time.perf_counter() - start, 3), reused=spent == 0.0 and built is None,
+        model_path=str(stored.main) if stored.kept else None, note=note,
     )
     return Runtime(forward, choice), ""
 

@@ -4,8 +4,13 @@ Conversion costs seconds to minutes, so a converted model is stored under tlkit'
 (``<cache>/runtimes/<key>/``) and reused by every later run with the same key: the backbone, its
 options, the digest of its actual parameters (:func:`tlkit.util.hashing.weights_digest`), the runtime, the precision, the runtime's and torch's
 versions and the input size. A folder is built under a temporary name and renamed into place, so a
-crash never leaves a half-written model where a run would find it, and ``manifest.json`` records the
-sha256 of every file: a damaged model is detected on load and rebuilt, never used.
+crash never leaves a half-written model where a run would find it, and ``manifest.json`` records that
+identity and the sha256 of every file: a damaged model, or one copied or linked over another key (made
+for another identity), is detected on load and rebuilt, never used; links in the store are never
+followed. Only the exporter's refusal (or disagreement with eager) is stored as a verdict: a failure
+of the disk or the machine while converting (:class:`TransientFailure`) is not. A store that cannot be
+written is read all the same, and a model missing from it is converted for the run alone
+(:func:`build_private`).
 
 ONNX goes through torch's current exporter (``torch.onnx.export(..., dynamo=True)``), OpenVINO through
 ``openvino.convert_model(model, example_input=...)`` (no ONNX step). Both keep the batch dimension
@@ -16,8 +21,13 @@ quantised ONNX file and runs it in int8.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
 import shutil
+import stat
+import tempfile
 import time
 import uuid
 import warnings
@@ -30,12 +40,15 @@ from typing import Any
 
 import torch
 
-from tlkit.util.atomic import publish_folder
+from tlkit.util.atomic import publish_folder, write_atomic
 from tlkit.util.hashing import file_sha256, json_sha256
 
 MANIFEST = "manifest.json"
 RUNTIMES_DIR = "runtimes"
 FORMAT = 1
+MAX_MANIFEST_BYTES = 1 << 20
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # a file of an entry: a plain name, never a path
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 class ConversionFailed(Exception):
@@ -59,6 +72,7 @@ class StoredModel:
     folder: Path
     main: Path | None  # None: a stored verdict that this conversion is rejected (manifest["rejected"] says why)
     manifest: dict[str, Any]
+    kept: bool = True  # False: converted for this run only (the store could not be written), no file left
 
 
 def _batch_dim() -> Any:
@@ -125,8 +139,77 @@ def build_files(runtime: str, precision: str, model: torch.nn.Module, example: t
     return folder / "model.xml"
 
 
+class ForeignEntry(ValueError):
+    """A stored entry made for another identity than its key's (copied or linked over it): never used."""
+
+
+class StoreUnwritable(Exception):
+    """The store's folder cannot be written (read-only, no permission, no space); the message is one line."""
+
+
+class TransientFailure(Exception):
+    """Converting failed for a reason of the moment (disk full, I/O error, no memory): never stored as a verdict."""
+
+
+def transient(exc: BaseException) -> BaseException | None:
+    """The ``OSError`` or ``MemoryError`` in ``exc``'s chain, if any: then the disk or the machine failed, not the model."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, (OSError, MemoryError)):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _regular(path: Path) -> bool:
+    """A regular file, not followed through a link (a link, FIFO or device in the store is never read)."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _read_manifest(folder: Path) -> dict[str, Any] | None:
+    """The manifest as a typed record, or ``None`` when absent; ``ValueError`` (one clause) when it is not one."""
+    path = folder / MANIFEST
+    if not os.path.lexists(path):
+        return None
+    if not _regular(path):
+        raise ValueError(f"{MANIFEST} is not a regular file")
+    try:
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_MANIFEST_BYTES + 1)
+        manifest = json.loads(raw) if len(raw) <= MAX_MANIFEST_BYTES else None
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"unreadable manifest ({_one_line(exc)})") from None
+    if not isinstance(manifest, dict):
+        raise ValueError("unreadable manifest (not a JSON object under 1 MiB)")
+    files, main, identity = manifest.get("files"), manifest.get("main"), manifest.get("identity")
+    if not isinstance(files, dict) or not all(
+        isinstance(n, str) and _NAME.fullmatch(n) and n != MANIFEST and isinstance(d, str) and _HEX64.fullmatch(d) for n, d in files.items()
+    ):
+        raise ValueError("unreadable manifest (its file list is not plain names with sha256 digests)")
+    if not isinstance(identity, dict) or (main is not None and main not in files):
+        raise ValueError("unreadable manifest (no identity, or a main file it does not list)")
+    return manifest
+
+
+def _describe(identity: Mapping[str, Any]) -> str:
+    weights = str(identity.get("weights_sha256", "?"))[:12]
+    return f"backbone {str(identity.get('backbone', '?'))[:60]!r}, weights sha256 {weights}..., {identity.get('runtime', '?')} {identity.get('precision', '?')}"
+
+
 class ModelStore:
-    """Converted models under ``root/runtimes/``, one folder per key, verified by sha256 on load."""
+    """Converted models under ``root/runtimes/``, one folder per key, verified on load.
+
+    An entry holds the identity it was made for (``manifest["identity"]``: backbone, options, weights
+    digest, runtime, precision, versions, input size) and the sha256 of each file. :meth:`load` uses it
+    only when that identity is the one asked for (so its digest is the folder's key) and every file
+    matches: an entry copied or linked over another key, or damaged, is refused (``ValueError``) and
+    rebuilt by the caller. Links inside the store (the entry's folder, its files) are never followed.
+    """
 
     def __init__(self, root: Path) -> None:
         self.base = root / RUNTIMES_DIR
@@ -134,50 +217,59 @@ class ModelStore:
     def folder(self, key: str) -> Path:
         return self.base / key
 
-    def load(self, key: str) -> StoredModel | None:
-        """The stored model for ``key``, or ``None`` when absent; raises ``ValueError`` when damaged."""
+    def load(self, key: str, identity: Mapping[str, Any] | None = None) -> StoredModel | None:
+        """The stored model for ``key`` (made for ``identity`` when given), ``None`` when absent; ``ValueError`` when not usable."""
         folder = self.folder(key)
-        manifest_path = folder / MANIFEST
-        if not manifest_path.is_file():
-            return None
         try:
-            manifest = json.loads(manifest_path.read_text())
-            files: dict[str, str] = manifest["files"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"unreadable manifest ({_one_line(exc)})") from None
-        for name, expected in files.items():
+            info = os.lstat(folder)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise ValueError(f"unreadable ({_one_line(exc)})") from None
+        if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+            raise ForeignEntry("is a link or not a folder and not used (links in the store are never followed)")
+        manifest = _read_manifest(folder)
+        if manifest is None:
+            return None
+        recorded = manifest["identity"]
+        if model_key(recorded) != key or (identity is not None and json_sha256(dict(identity)) != json_sha256(recorded)):
+            raise ForeignEntry(f"was made for another model ({_describe(recorded)}) and not used")
+        for name, expected in manifest["files"].items():
             path = folder / name
-            if not path.is_file():
-                raise ValueError(f"{name} is missing")
+            if not _regular(path):
+                raise ValueError(f"{name} is missing or not a regular file")
             if file_sha256(path) != expected:
                 raise ValueError(f"{name} does not match its recorded sha256")
+        with contextlib.suppress(OSError):
+            os.utime(folder)  # "last used", for `tlkit cache clear --older-than` (a read-only store keeps its times)
         main = manifest.get("main")
         return StoredModel(folder, folder / str(main) if main else None, manifest)
+
+    def _staging(self) -> Path:
+        try:
+            self.base.mkdir(parents=True, exist_ok=True)
+            tmp = self.base / f".tmp-{uuid.uuid4().hex}"
+            tmp.mkdir()
+        except OSError as exc:
+            raise StoreUnwritable(f"the model store {self.base} cannot be written ({exc.strerror or _one_line(exc)})") from exc
+        return tmp
 
     def save(self, key: str, build: Callable[[Path], tuple[Path | None, Mapping[str, Any]]], record: Mapping[str, Any]) -> StoredModel:
         """Build a model with ``build(tmp_folder) -> (main file, facts)`` and move it into place atomically.
 
-        ``record`` (the identity) and ``facts`` (agreement, or why the model was rejected) are stored in
-        the manifest beside each file's sha256 and the seconds ``build`` took. A main file of ``None``
-        stores a verdict alone (a rejected conversion), so later runs do not pay for it again. A
-        previous (damaged) folder for the key is replaced.
+        ``record`` (``{"identity": ...}``) and ``facts`` (agreement, or why the model was rejected) are
+        stored in the manifest beside each file's sha256 and the seconds ``build`` took. A main file of
+        ``None`` stores a verdict alone (a rejected conversion), so later runs do not pay for it again;
+        ``build`` raises instead for anything that is not a verdict. A previous (damaged or foreign)
+        folder, or a link, at the key is replaced. :class:`StoreUnwritable` when the store cannot be
+        written at all (nothing was built).
         """
-        self.base.mkdir(parents=True, exist_ok=True)
-        tmp = self.base / f".tmp-{uuid.uuid4().hex}"
-        tmp.mkdir()
+        tmp = self._staging()
         try:
-            start = time.perf_counter()
-            main, facts = build(tmp)
-            if main is None:
-                for leftover in tmp.iterdir():
-                    shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
-            files = {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-            manifest = {
-                **record, **facts, "main": main.name if main else None, "files": files,
-                "conversion_s": round(time.perf_counter() - start, 3), "created": time.time(),
-            }
-            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
+            main, manifest = _build_into(tmp, build, record)
             final = self.folder(key)
+            if final.is_symlink():
+                final.unlink()  # a link at the key is replaced, never written through
             publish_folder(tmp, final)  # a previous (damaged) folder for the key is replaced
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -188,6 +280,35 @@ class ModelStore:
         shutil.rmtree(self.folder(key), ignore_errors=True)
 
 
+def _build_into(
+    folder: Path, build: Callable[[Path], tuple[Path | None, Mapping[str, Any]]], record: Mapping[str, Any]
+) -> tuple[Path | None, dict[str, Any]]:
+    """Run ``build`` in ``folder`` and write its manifest there (atomically); returns (main file, manifest)."""
+    start = time.perf_counter()
+    main, facts = build(folder)
+    if main is None:
+        for leftover in folder.iterdir():
+            shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+    files = {p.name: file_sha256(p) for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")}
+    manifest = {
+        **record, **facts, "main": main.name if main else None, "files": files,
+        "conversion_s": round(time.perf_counter() - start, 3), "created": time.time(),
+    }
+    write_atomic(folder / MANIFEST, json.dumps(manifest, indent=2, default=str).encode())
+    return main, manifest
+
+
+def build_private(build: Callable[[Path], tuple[Path | None, Mapping[str, Any]]], record: Mapping[str, Any]) -> StoredModel:
+    """:meth:`ModelStore.save` for a store that cannot be written: built in a private temporary folder, deleted at once.
+
+    The caller must have loaded the model (a session holds what it needs) inside ``build``; the
+    returned record's folder no longer exists.
+    """
+    with tempfile.TemporaryDirectory(prefix="tlkit-convert-") as tmp:
+        main, manifest = _build_into(Path(tmp), build, record)
+    return StoredModel(Path(tmp), Path(tmp) / main.name if main else None, manifest, kept=False)
+
+
 def convert_files(runtime: str, precision: str, model: torch.nn.Module, example: torch.Tensor, folder: Path, calibration: torch.Tensor | None) -> Path:
     """:func:`build_files`, with any exporter or converter failure as :class:`ConversionFailed` (one line)."""
     try:
@@ -195,4 +316,7 @@ def convert_files(runtime: str, precision: str, model: torch.nn.Module, example:
     except ConversionFailed:
         raise
     except Exception as exc:  # noqa: BLE001 - exporters raise anything (torch._dynamo, onnxscript, openvino errors)
+        cause = transient(exc)
+        if cause is not None:  # the disk or the machine failed, not the model: never a verdict
+            raise TransientFailure(_one_line(cause)) from exc
         raise ConversionFailed(_one_line(exc)) from exc
