@@ -181,3 +181,60 @@ def test_a_read_only_store_converts_for_the_run_alone(tmp_path: Path) -> None:
             if not path.is_symlink():
                 path.chmod(0o755 if path.is_dir() else 0o644)
         shutil.rmtree(base, ignore_errors=True)
+
+
+_READ_ONLY_RECIPE_RUN = DROP_OVERRIDE + textwrap.dedent(
+    """
+    import os, sys
+    from pathlib import Path
+    sys.path.insert(0, {tests!r})
+    from feature_helpers import TinyPlugin
+    from tlkit.contract.observer import Observer
+    from tlkit.contract.plugin_manager import load_plugins
+    from tlkit.extract.runtimes import stage
+    from tlkit.recipe.loader import resolve
+    from tlkit.run.engine import run
+    if os.geteuid() == 0:
+        drop_file_mode_override()
+    stage.AUTO_MIN_IMAGES = 1  # auto converts as for a data set of 100+ images
+    recipe = {{
+        "name": "ro", "seed": 0, "dataset": {{"root": {data!r}}}, "backbone": {{"name": "tiny_cnn", "weights": "none"}},
+        "extract": {{"workers": 0}}, "head": {{"epochs": 5, "eval_every": 5}},
+    }}
+
+    class Notes(Observer):
+        def note(self, text):
+            print("NOTE", text.replace(chr(10), "<newline>"))
+
+    run(resolve(recipe, load_plugins(entry_points=False, extra=[TinyPlugin()])), Path({out!r}), Notes())
+    """
+)
+
+
+def test_a_run_on_a_read_only_shared_cache_without_its_converted_model(tmp_path: Path) -> None:
+    """The issue's case: the default ``auto`` runtime, a read-only cache holding no converted model, no features."""
+    from conftest import make_image_folder
+
+    base = Path(tempfile.mkdtemp(prefix="tlkit-ro-run-"))
+    root = base / "cache"
+    try:
+        data = make_image_folder(base / "data", n_train=4, n_test=2)
+        root.mkdir()
+        root.chmod(0o555)
+        if os.geteuid() == 0:
+            os.chown(root, 65534, 65534)
+        script = base / "run.py"
+        script.write_text(_READ_ONLY_RECIPE_RUN.format(tests=str(Path(__file__).parent), data=str(data), out=str(base / "out")))
+        env = {**os.environ, "TLKIT_CACHE_DIR": str(root)}
+        done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env)
+        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stdout + done.stderr
+        notes = [line for line in done.stdout.splitlines() if line.startswith("NOTE ")]
+        runtime = [n for n in notes if n.startswith("NOTE runtime: ")]
+        assert len(runtime) == 1 and "converted for this run only" in runtime[0], notes
+        assert any("read-only" in n and "not saved" in n for n in notes), notes
+        assert list(root.iterdir()) == []
+    finally:
+        for path in [base, *base.rglob("*")]:
+            if not path.is_symlink():
+                path.chmod(0o755 if path.is_dir() else 0o644)
+        shutil.rmtree(base, ignore_errors=True)

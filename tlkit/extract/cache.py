@@ -48,6 +48,7 @@ LEGACY_HASH_INDEX = "file-hashes.json"  # format 1: one file rewritten whole by 
 COMPACT_AT = 8  # merge the per-writer files once this many have piled up
 META = "entry.json"
 _STALE_TMP_S = 3600.0
+_READ_ONLY = (errno.EACCES, errno.EPERM, errno.EROFS)  # what writing a read-only cache (a team's shared one) answers
 
 
 @dataclass(frozen=True)
@@ -272,6 +273,9 @@ class FeatureStore:
                 write_atomic(meta, json.dumps({"identity": identity.to_dict(), "created": time.time()}, indent=2).encode())
             os.utime(meta)  # "last used", for `tlkit cache clear --older-than`
         except OSError as exc:
+            if exc.errno in _READ_ONLY and not os.path.lexists(self.path) and root.is_dir():
+                self.read_only = True  # a read-only cache without this entry: nothing to read, nothing saved (noted)
+                return
             if not (self.path / META).is_file() or not os.access(self.path, os.R_OK | os.X_OK):
                 raise OutputError(
                     f"cannot write the feature cache in {self.path} ({exc.strerror}); set {CACHE_ENV} to a writable folder "
