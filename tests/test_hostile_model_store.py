@@ -238,3 +238,42 @@ def test_a_run_on_a_read_only_shared_cache_without_its_converted_model(tmp_path:
             if not path.is_symlink():
                 path.chmod(0o755 if path.is_dir() else 0o644)
         shutil.rmtree(base, ignore_errors=True)
+
+
+def _run(folder: Path, out: Path, seed: int, runtime: str, cache: bool = True) -> tuple[dict, list[str]]:
+    from feature_helpers import TinyPlugin
+
+    from tlkit.contract.observer import Observer
+    from tlkit.contract.plugin_manager import load_plugins
+    from tlkit.recipe.loader import resolve
+    from tlkit.run.engine import run
+
+    recipe = {
+        "name": "swap", "seed": seed, "dataset": {"root": str(folder)}, "backbone": {"name": "tiny_cnn", "weights": "none"},
+        "extract": {"workers": 0, "cache": cache, "runtime": runtime}, "head": {"epochs": 5, "eval_every": 5},
+    }
+    notes: list[str] = []
+
+    class Notes(Observer):
+        def note(self, text: str) -> None:
+            notes.append(text)
+
+    result = run(resolve(recipe, load_plugins(entry_points=False, extra=[TinyPlugin()])), out, Notes())
+    return json.loads((result.out_dir / "metrics.json").read_text()), notes
+
+
+def test_a_run_with_a_swapped_entry_gives_its_own_weights_accuracy(image_folder: Path, tmp_path: Path, feature_cache_dir: Path) -> None:
+    """Must hold 4 of issue 18: another backbone's converted model copied over this run's key is never used."""
+    _run(image_folder, tmp_path / "other", seed=0, runtime="onnxruntime")
+    own, _ = _run(image_folder, tmp_path / "own", seed=1, runtime="onnxruntime")
+    wanted = Path(own["features"]["runtime"]["model_path"]).parent
+    other = next(e for e in entries(feature_cache_dir) if e != wanted)
+    shutil.rmtree(wanted)
+    shutil.copytree(other, wanted)
+    shutil.rmtree(feature_cache_dir / "features")  # so the swapped model, if used, would extract (and cache) every feature
+    swapped, notes = _run(image_folder, tmp_path / "swapped", seed=1, runtime="onnxruntime")
+    record = swapped["features"]["runtime"]
+    assert not record["reused"] and "made for another model" in record["note"] and "rebuilt" in record["note"]
+    assert [n for n in notes if n.startswith("runtime: ")] == [record["note"]]
+    truth, _ = _run(image_folder, tmp_path / "torch", seed=1, runtime="torch", cache=False)
+    assert (swapped["test_accuracy"], swapped["train_accuracy"]) == (truth["test_accuracy"], truth["train_accuracy"])
