@@ -275,6 +275,88 @@ def test_cache_commands(image_folder: Path, model: torch.nn.Module, store: Featu
 
 
 
+def _stored_model(root: Path, backbone: str = "tiny_cnn") -> Path:
+    """A converted-model entry (a stand-in file, as the store keeps it) and a listing index beside the features."""
+    from tlkit.extract.runtimes.conversion import ModelStore, model_key
+
+    identity = {"backbone": backbone, "weights_sha256": "0" * 64, "runtime": "onnxruntime", "precision": "fp32"}
+
+    def build(folder: Path) -> tuple[Path, dict[str, object]]:
+        (folder / "model.onnx").write_bytes(b"x" * 5000)
+        return folder / "model.onnx", {"agreement": 1.0}
+
+    stored = ModelStore(root).save(model_key(identity), build, {"identity": identity})
+    (root / "catalog").mkdir(exist_ok=True)
+    (root / "catalog" / "listings-0.json").write_text("{}" * 1000)
+    return stored.folder
+
+
+def test_cache_info_and_clear_cover_every_store(image_folder: Path, model: torch.nn.Module, store: FeatureStore, feature_cache_dir: Path) -> None:
+    from tlkit.cli.app import app
+
+    extract_cached(model, _paths(image_folder), TINY_PRE, store, workers=0)
+    folder = _stored_model(feature_cache_dir)
+    runner = CliRunner()
+    info = runner.invoke(app, ["cache", "info", "--json"])
+    assert info.exit_code == 0, info.output
+    data = json.loads(info.output)
+    assert data["stores"]["converted_models"]["entries"] == 1 and data["stores"]["converted_models"]["bytes"] >= 5000
+    assert data["stores"]["listing_index"]["bytes"] >= 2000 and data["bytes"] >= 7000 + data["stores"]["features"]["bytes"]
+    text = runner.invoke(app, ["cache", "info"]).output
+    assert "converted models" in text and "listing index" in text
+    os.utime(folder, (time.time() - 3 * 86400,) * 2)  # unused for 3 days: --older-than reaches converted models too
+    older = runner.invoke(app, ["cache", "clear", "--older-than", "2d"])
+    assert older.exit_code == 0 and "removed 1 cache entry" in older.output and "converted model" in older.output
+    assert not folder.exists() and len(cache.list_entries()) == 1
+    _stored_model(feature_cache_dir)
+    everything = runner.invoke(app, ["cache", "clear"])
+    assert everything.exit_code == 0 and "removed 2 cache entries" in everything.output, everything.output
+    assert not (feature_cache_dir / "runtimes").exists() or not any((feature_cache_dir / "runtimes").iterdir())
+    assert not (feature_cache_dir / "catalog").exists()
+
+
+def test_cache_clear_refuses_while_a_run_holds_the_cache(
+    feature_cache_dir: Path, store: FeatureStore, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tlkit.cli.app import main
+    from tlkit.util.cache_lock import held
+
+    store.write({"a" * 64: torch.ones(16)})
+    with held(feature_cache_dir):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["cache", "clear"])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert f"in use by a run (pid {os.getpid()})" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+        assert store.lookup(["a" * 64])  # nothing was removed
+    stale = feature_cache_dir / "locks" / "run-999999999-dead.lock"
+    stale.write_text("999999999\n")  # left by a run killed with -9: no process holds its lock
+    with pytest.raises(SystemExit) as exit_info:
+        main(["cache", "clear"])
+    assert exit_info.value.code in (0, None) and "removed 1 cache entry" in capsys.readouterr().out
+    assert not stale.exists()
+
+
+def test_a_run_holds_the_cache_for_its_duration(image_folder: Path, tmp_path: Path, feature_cache_dir: Path) -> None:
+    from tlkit.contract.observer import Observer
+    from tlkit.contract.plugin_manager import load_plugins
+    from tlkit.recipe.loader import resolve
+    from tlkit.run.engine import run
+    from tlkit.util.cache_lock import holders
+
+    seen: list[list[int]] = []
+
+    class Watch(Observer):
+        def note(self, text: str) -> None:
+            seen.append(holders(feature_cache_dir))
+
+    recipe = {"name": "held", "dataset": {"root": str(image_folder)}, "backbone": {"name": "tiny_cnn", "weights": "none"},
+              "extract": {"workers": 0}, "head": {"epochs": 5, "eval_every": 5}}
+    run(resolve(recipe, load_plugins(entry_points=False, extra=[TinyPlugin()])), tmp_path / "run", Watch())
+    assert seen and all(pids == [os.getpid()] for pids in seen)
+    assert holders(feature_cache_dir) == [] and list((feature_cache_dir / "locks").iterdir()) == []
+
+
 def test_cache_clear_rejects_a_bad_duration_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     from tlkit.cli.app import main
 

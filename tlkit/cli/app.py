@@ -282,7 +282,7 @@ def compare(
 
 
 cache_app = typer.Typer(
-    help="The feature cache: what it holds, where, and clearing it.", no_args_is_help=True, rich_markup_mode=None, context_settings=_CONTEXT
+    help="The cache (features, converted models, the listing index): what it holds, where, and clearing it.", no_args_is_help=True, rich_markup_mode=None, context_settings=_CONTEXT
 )
 app.add_typer(cache_app, name="cache")
 
@@ -307,7 +307,7 @@ def cache_list(
 
 @cache_app.command("info", cls=Command)
 def cache_info(json_: Annotated[bool, typer.Option("--json", help=_JSON_HELP)] = False) -> None:
-    """Where the feature cache is (TLKIT_CACHE_DIR) and how much it holds."""
+    """Where the cache is (TLKIT_CACHE_DIR) and how much each store holds: features, converted models, the listing index."""
     from tlkit.extract import cache
 
     data = cache.summary()
@@ -324,7 +324,7 @@ def cache_clear(
         typer.Option("--older-than", metavar="DURATION", help="Only entries unused for this long, e.g. 30d, 12h, 1d12h."),
     ] = None,
 ) -> None:
-    """Remove cached features: everything, or the entries not used for --older-than."""
+    """Remove cached features and converted models: everything (and the indexes), or the entries not used for --older-than."""
     from tlkit.extract import cache
     from tlkit.util.units import human_bytes
 
@@ -332,9 +332,11 @@ def cache_clear(
         seconds = cache.parse_duration(older_than) if older_than is not None else None
     except ValueError as exc:
         raise TlkitError(f"--older-than: {exc}") from None
-    removed = cache.clear(older_than_s=seconds)
+    removed = cache.clear(older_than_s=seconds)  # refused (one line, exit 2) while a run holds the cache
     freed = human_bytes(sum(e.bytes for e in removed))
-    console.say(f"removed {len(removed)} cache entr{'y' if len(removed) == 1 else 'ies'} ({freed})")
+    models = sum(e.kind == "converted model" for e in removed)
+    of_which = f", {models} of them converted model{'' if models == 1 else 's'}" if models else ""
+    console.say(f"removed {len(removed)} cache entr{'y' if len(removed) == 1 else 'ies'} ({freed}{of_which})")
 
 
 def _say_warnings(held: list[warnings.WarningMessage], *, unless_about: str = "") -> None:

@@ -392,8 +392,25 @@ def print_cache_summary(data: Mapping[str, Any]) -> None:
             ("entries", data["entries"]),
             ("features", data["features"]),
             ("size", human_bytes(data["bytes"])),
+            *_store_rows(data),
         ],
     )
+
+
+def _store_rows(data: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """`tlkit cache info`'s lines for each store beside the features, and the runs holding the cache."""
+    from tlkit.util.units import human_bytes
+
+    stores = data.get("stores", {})
+    rows: list[tuple[str, Any]] = []
+    if "converted_models" in stores:
+        models = stores["converted_models"]
+        rows.append(("converted models", f"{models['entries']} ({human_bytes(models['bytes'])}) in {models['path']}"))
+    if "listing_index" in stores:
+        rows.append(("listing index", f"{human_bytes(stores['listing_index']['bytes'])} in {stores['listing_index']['path']}"))
+    if data.get("in_use_by"):
+        rows.append(("in use by", "runs with pid " + ", ".join(str(pid) for pid in data["in_use_by"])))
+    return rows
 
 
 def exit_code_for(exc: BaseException, *, debug: bool) -> int:

@@ -29,10 +29,10 @@ from typing import Any
 
 from tlkit.util.atomic import write_atomic
 from tlkit.util.hashing import json_sha256
-from tlkit.util.locations import cache_root
+from tlkit.util.locations import CATALOG_DIR, cache_root
 
 FORMAT = 1
-FOLDER = "catalog"
+FOLDER = CATALOG_DIR
 KEEP = 4  # listings of other environments sharing the cache folder (venvs), newest first
 ENV_VARS = (
     "TLKIT_LOAD_PLUGINS",

@@ -29,7 +29,7 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -38,11 +38,14 @@ from safetensors.torch import save
 from tlkit.contract.preprocessing import Preprocessing
 from tlkit.errors import OutputError
 from tlkit.util.atomic import write_atomic
+from tlkit.util.cache_lock import holders
 from tlkit.util.hashing import json_sha256, sha256_of, stamp
-from tlkit.util.locations import CACHE_ENV, cache_root
+from tlkit.util.locations import CACHE_ENV, CATALOG_DIR, FEATURES_DIR, RUNTIMES_DIR, cache_root
+
+if TYPE_CHECKING:
+    from tlkit.extract.runtimes.conversion import StoreEntry
 
 FORMAT = 2  # 2: chunks and hash-index files carry checksums
-FEATURES_DIR = "features"
 HASH_DIR = "file-hashes"  # one file per writer (see FileHashes)
 LEGACY_HASH_INDEX = "file-hashes.json"  # format 1: one file rewritten whole by every process
 COMPACT_AT = 8  # merge the per-writer files once this many have piled up
@@ -441,6 +444,7 @@ class EntryInfo:
     bytes: int
     last_used: float
     path: Path
+    kind: str = "features"  # or "converted model" (what `tlkit cache clear` removed)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -489,35 +493,78 @@ def list_entries(root: Path | None = None) -> list[EntryInfo]:
     return sorted(entries, key=lambda e: e.last_used, reverse=True)
 
 
+def _model_entry(entry: StoreEntry) -> EntryInfo:
+    identity = entry.identity
+    return EntryInfo(
+        key=entry.folder.name, backbone=str(identity.get("backbone", "?")), weights=str(identity.get("weights_sha256", "?")),
+        precision=str(identity.get("precision", "?")), features=0, chunks=0, bytes=entry.bytes, last_used=entry.last_used,
+        path=entry.folder, kind="converted model",
+    )
+
+
+def _files_bytes(folder: Path) -> int:
+    try:
+        return sum(os.lstat(p).st_size for p in folder.iterdir())
+    except OSError:
+        return 0
+
+
 def summary(root: Path | None = None) -> dict[str, Any]:
-    """Where the cache is and how much it holds (`tlkit cache info`)."""
+    """Where the cache is and how much each of its stores holds (`tlkit cache info`): features, converted models, indexes."""
+    from tlkit.extract.runtimes.conversion import ModelStore  # the runtimes package imports this module
+
     root = root or cache_root()
     entries = list_entries(root)
-    index = [root / LEGACY_HASH_INDEX, *(root / HASH_DIR).glob("*.json")]
+    models = ModelStore(root).entries()
+    legacy = root / LEGACY_HASH_INDEX
+    index_bytes = _files_bytes(root / HASH_DIR) + (legacy.stat().st_size if legacy.is_file() else 0)
+    listing_bytes = _files_bytes(root / CATALOG_DIR)
+    feature_bytes, model_bytes = sum(e.bytes for e in entries), sum(m.bytes for m in models)
     return {
         "path": str(root),
         "env": CACHE_ENV,
         "entries": len(entries),
         "features": sum(e.features for e in entries),
-        "bytes": sum(e.bytes for e in entries) + sum(p.stat().st_size for p in index if p.is_file()),
+        "bytes": feature_bytes + model_bytes + index_bytes + listing_bytes,
+        "stores": {
+            "features": {"path": str(root / FEATURES_DIR), "entries": len(entries), "bytes": feature_bytes + index_bytes},
+            "converted_models": {"path": str(root / RUNTIMES_DIR), "entries": sum(not m.leftover for m in models), "bytes": model_bytes},
+            "listing_index": {"path": str(root / CATALOG_DIR), "bytes": listing_bytes},
+        },
+        "in_use_by": holders(root, remove_stale=False),
     }
 
 
 def clear(root: Path | None = None, older_than_s: float | None = None) -> list[EntryInfo]:
-    """Remove entries (all, or those unused for ``older_than_s`` seconds); returns what was removed.
+    """Remove entries of every store (all, or those unused for ``older_than_s`` seconds); returns what was removed.
 
-    Clearing everything also forgets the file-hash index.
+    Feature entries and converted models go by their last use; clearing everything also forgets the
+    file-hash index and the listing index (both rebuilt when next needed). Refused with an
+    :class:`~tlkit.errors.OutputError` while a run holds the cache (:mod:`tlkit.util.cache_lock`).
     """
+    from tlkit.extract.runtimes.conversion import ModelStore  # the runtimes package imports this module
+
     root = root or cache_root()
+    busy = holders(root)
+    if busy:
+        pids = ", ".join(str(pid) for pid in busy)
+        raise OutputError(f"the cache in {root} is in use by a run (pid {pids}): clear it once the run has ended")
     now = time.time()
     removed = []
     for entry in list_entries(root):
         if older_than_s is None or now - entry.last_used > older_than_s:
             shutil.rmtree(entry.path, ignore_errors=True)
             removed.append(entry)
+    store = ModelStore(root)
+    for model in store.entries():
+        if older_than_s is None or now - model.last_used > older_than_s:
+            store.discard(model)
+            if not model.leftover:
+                removed.append(_model_entry(model))
     if older_than_s is None:
         (root / LEGACY_HASH_INDEX).unlink(missing_ok=True)
         shutil.rmtree(root / HASH_DIR, ignore_errors=True)
+        shutil.rmtree(root / CATALOG_DIR, ignore_errors=True)
     return removed
 
 

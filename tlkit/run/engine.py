@@ -33,6 +33,8 @@ from tlkit.run.ranks import DistEnv, detect
 from tlkit.run.signals import EXIT_CODE, Terminated, terminate_as_interrupt
 from tlkit.run.stages import seed_everything
 from tlkit.saved.run_directory import RunDirectory, default_out_dir
+from tlkit.util.cache_lock import held
+from tlkit.util.locations import cache_root
 
 __all__ = ["RunResult", "run", "seed_everything"]
 
@@ -48,11 +50,12 @@ def run(
     """
     env = detect() if env is None else env
     progress = Progress(observer or Observer())
-    if env.distributed:
-        return run_ranks(recipe, out_dir, progress, env, resuming=resume is not None)
-    run_dir = _run_directory(recipe, out_dir, resume)
-    with terminate_as_interrupt():  # SIGTERM (timeout, docker, schedulers) takes Ctrl-C's clean way out
-        return _one_process(recipe, run_dir, progress, resume=resume is not None)
+    with held(cache_root()):  # `tlkit cache clear` refuses while the run uses the cache (features, converted models)
+        if env.distributed:
+            return run_ranks(recipe, out_dir, progress, env, resuming=resume is not None)
+        run_dir = _run_directory(recipe, out_dir, resume)
+        with terminate_as_interrupt():  # SIGTERM (timeout, docker, schedulers) takes Ctrl-C's clean way out
+            return _one_process(recipe, run_dir, progress, resume=resume is not None)
 
 
 def _one_process(recipe: Recipe, run_dir: RunDirectory, progress: Progress, *, resume: bool = False) -> RunResult:

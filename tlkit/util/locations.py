@@ -10,6 +10,10 @@ import os
 from pathlib import Path
 
 CACHE_ENV = "TLKIT_CACHE_DIR"
+# The stores under the cache folder (``tlkit cache info`` and ``clear`` cover them all).
+FEATURES_DIR = "features"  # feature vectors (tlkit.extract.cache)
+RUNTIMES_DIR = "runtimes"  # converted models (tlkit.extract.runtimes.conversion)
+CATALOG_DIR = "catalog"  # the listing index (tlkit.cli.listing_index)
 
 
 def cache_root() -> Path:

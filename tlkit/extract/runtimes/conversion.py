@@ -42,9 +42,9 @@ import torch
 
 from tlkit.util.atomic import publish_folder, write_atomic
 from tlkit.util.hashing import file_sha256, json_sha256
+from tlkit.util.locations import RUNTIMES_DIR
 
 MANIFEST = "manifest.json"
-RUNTIMES_DIR = "runtimes"
 FORMAT = 1
 MAX_MANIFEST_BYTES = 1 << 20
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # a file of an entry: a plain name, never a path
@@ -278,6 +278,46 @@ class ModelStore:
 
     def remove(self, key: str) -> None:
         shutil.rmtree(self.folder(key), ignore_errors=True)
+
+    def entries(self) -> list[StoreEntry]:
+        """Every entry (and leftover: a link, a temporary folder), as ``tlkit cache info`` and ``clear`` see it; nothing is followed."""
+        try:
+            folders = sorted(self.base.iterdir())
+        except OSError:
+            return []
+        found = []
+        for folder in folders:
+            try:
+                info = os.lstat(folder)
+            except OSError:
+                continue
+            identity: dict[str, Any] = {}
+            size = info.st_size
+            if stat.S_ISDIR(info.st_mode):
+                with contextlib.suppress(OSError, ValueError):
+                    identity = (_read_manifest(folder) or {}).get("identity", {})
+                with contextlib.suppress(OSError):
+                    size = sum(os.lstat(p).st_size for p in folder.iterdir())
+            found.append(StoreEntry(folder, identity, size, info.st_mtime, leftover=folder.name.startswith(".") or not stat.S_ISDIR(info.st_mode)))
+        return found
+
+    def discard(self, entry: StoreEntry) -> None:
+        """Remove one entry (a link is removed itself, never what it points to)."""
+        if entry.folder.is_symlink() or not entry.folder.is_dir():
+            entry.folder.unlink(missing_ok=True)
+        else:
+            shutil.rmtree(entry.folder, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class StoreEntry:
+    """One folder of the store as listed (not verified): its identity as recorded, its size, when it was last used."""
+
+    folder: Path
+    identity: Mapping[str, Any]
+    bytes: int
+    last_used: float
+    leftover: bool = False  # a temporary folder of an unfinished conversion, or something that is no entry (a link)
 
 
 def _build_into(
