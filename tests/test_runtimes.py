@@ -219,3 +219,34 @@ def test_int8_is_calibrated_and_close(tmp_path: Path) -> None:
     assert found.choice.agreement is not None and 0.95 <= found.choice.agreement < 1.0
     again = choose(model, tmp_path, "onnxruntime", precision="int8", calibration=calibration)
     assert again.choice.reused and calls == [1]  # calibration images are not decoded again
+
+
+def test_the_probe_images_are_drawn_across_classes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The training folder lists one class first: its first 8 images would probe one class only (issue 18)."""
+    from types import SimpleNamespace
+
+    from tlkit.extract.runtimes import stage
+
+    paths = [tmp_path / f"{name}_{i:02d}.jpg" for name in ("ants", "bees", "cats") for i in range(10)]
+    labels = [i // 10 for i in range(30)]
+    captured: dict[str, object] = {}
+
+    def record(model: object, **kwargs: object) -> object:
+        captured.update(kwargs)
+        return SimpleNamespace(choice=None)
+
+    monkeypatch.setattr(stage, "choose_runtime", record)
+    monkeypatch.setattr(stage, "_decoded", lambda paths, pipeline, limit: list(paths)[:limit])
+
+    def probe(seed: int) -> list[Path]:
+        request = stage.RuntimeRequest(
+            requested="onnxruntime", precision="fp32", backbone="b", options={}, pipeline=SimpleNamespace(preprocessing=SimpleNamespace(crop_size=32)),  # type: ignore[arg-type]
+            device=torch.device("cpu"), train_paths=paths, total_images=300, cache_root=tmp_path, train_labels=labels, seed=seed,
+        )
+        stage.runtime_for(torch.nn.Identity(), request)
+        return captured["probe"]()  # type: ignore[operator,no-any-return]
+
+    first = probe(0)
+    assert len(first) == 8 and {p.name.split("_")[0] for p in first} == {"ants", "bees", "cats"}
+    assert [p.name.split("_")[0] for p in first[:3]] == ["ants", "bees", "cats"]  # one of each class in turn
+    assert probe(0) == first and probe(1) != first  # drawn from the recipe's seed: the same run, the same probe

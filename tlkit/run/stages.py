@@ -161,6 +161,7 @@ def with_runtime(prepared: Prepared, observer: Observer | None = None) -> Prepar
     observer = observer or Observer()
     observer.stage("choosing the runtime")
     recipe = prepared.recipe
+    probe_samples = [s for s in prepared.dataset.splits["train"] if s.member is None]  # a shard member's path is only a name
     request = RuntimeRequest(
         requested=recipe.extract.runtime,
         precision=recipe.extract.precision,
@@ -169,7 +170,9 @@ def with_runtime(prepared: Prepared, observer: Observer | None = None) -> Prepar
         options=dataclasses.asdict(recipe.backbone.options),
         pipeline=prepared.pipeline,
         device=prepared.device,
-        train_paths=[s.path for s in prepared.dataset.splits["train"]],
+        train_paths=[s.path for s in probe_samples],
+        train_labels=[s.label for s in probe_samples],
+        seed=recipe.seed,
         total_images=sum(len(prepared.dataset.splits[split]) for split in SPLITS),
         cache_root=cache_root(),
     )

@@ -1,6 +1,7 @@
 """The runtime for a run: :func:`choose_runtime` fed from a recipe and its data set.
 
-The probe batch of the agreement check is the run's own first training images, and int8 calibrates
+The probe batch of the agreement check is drawn from the run's own training images across its
+classes (one of each class in turn, picked at random from the recipe's seed), and int8 calibrates
 on training images spread over the split; both are decoded only when a model is converted. ``auto``
 converts only for data sets large enough to pay for a conversion (:data:`AUTO_MIN_IMAGES`); a
 smaller one runs on torch, and the record's ``reason`` says why.
@@ -9,6 +10,8 @@ smaller one runs on torch, and the record's ``reason`` says why.
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +34,8 @@ class RuntimeRequest:
     ``requested``, ``precision`` and ``insist_precision`` are the recipe's ``extract`` settings;
     ``backbone`` and ``options`` (plain data) name the converted model in the model store, next to
     the hash of its weights; ``train_paths`` give the probe and calibration images, decoded through
-    ``pipeline`` exactly as extraction will; ``total_images`` decides whether ``auto`` converts at all.
+    ``pipeline`` exactly as extraction will, and ``train_labels`` (beside them) with ``seed`` spread the
+    probe over the classes; ``total_images`` decides whether ``auto`` converts at all.
     """
 
     requested: str
@@ -44,6 +48,8 @@ class RuntimeRequest:
     total_images: int
     cache_root: Path
     insist_precision: bool = False
+    train_labels: Sequence[int] | None = None
+    seed: int = 0
 
 
 def _decoded(paths: Sequence[Path], pipeline: ImagePipeline, limit: int) -> torch.Tensor:
@@ -62,6 +68,22 @@ def _decoded(paths: Sequence[Path], pipeline: ImagePipeline, limit: int) -> torc
     return torch.stack(images)
 
 
+def across_classes(paths: Sequence[Path], labels: Sequence[int] | None, seed: int) -> list[Path]:
+    """``paths`` in the order the probe takes them: one image of each class in turn, shuffled within each class by ``seed``.
+
+    The first few images of a folder are usually of one class, and a converted model that agreed on
+    one class only would be trusted on all of them.
+    """
+    rng = random.Random(seed)
+    groups: dict[int, list[Path]] = {}
+    for path, label in zip(paths, labels if labels is not None else [0] * len(paths)):
+        groups.setdefault(label, []).append(path)
+    for members in groups.values():
+        rng.shuffle(members)
+    turns = itertools.zip_longest(*(groups[label] for label in sorted(groups)))
+    return [path for turn in turns for path in turn if path is not None]
+
+
 def runtime_for(model: torch.nn.Module, request: RuntimeRequest) -> Runtime:
     """The runtime that runs this forward pass (``request.requested``), and its record."""
     auto_skips = request.requested == "auto" and request.total_images < AUTO_MIN_IMAGES
@@ -75,7 +97,7 @@ def runtime_for(model: torch.nn.Module, request: RuntimeRequest) -> Runtime:
         device=request.device,
         identity={"backbone": request.backbone, "options": dict(request.options)},
         input_shape=(3, crop, crop),
-        probe=lambda: _decoded(paths, request.pipeline, PROBE_IMAGES),
+        probe=lambda: _decoded(across_classes(paths, request.train_labels, request.seed), request.pipeline, PROBE_IMAGES),
         calibration=lambda: _decoded(spread, request.pipeline, CALIBRATION_IMAGES),
         cache_root=request.cache_root,
         insist_precision=request.insist_precision,
