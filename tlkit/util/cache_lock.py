@@ -67,7 +67,7 @@ def holders(root: Path, *, remove_stale: bool = True) -> list[int]:
     if fcntl is None:
         return []
     try:
-        files = sorted((root / LOCKS_DIR).glob(f"{_PREFIX}*.lock"))
+        files = sorted((root / LOCKS_DIR).glob(f"*{_PREFIX}*.lock"))  # with the .tmp- names of runs starting (or killed starting)
     except OSError:
         return []
     pids = []
