@@ -27,14 +27,15 @@ def collectives(rank: int, world: int, port: int, out: str, skip_rank: int) -> N
     result: dict = {"rank": rank}
     try:
         with process_group(env, torch.device("cpu"), timeout=4):
-            gathered = gather_to_main(env, {"rank": rank, "x": torch.full((2,), float(rank))}, "gathering the test values")
-            result["gathered"] = None if gathered is None else [g["rank"] for g in gathered]
-            result["broadcast"] = broadcast_from_main(env, "from rank 0" if rank == 0 else None, "broadcasting")
+            gathered = gather_to_main(env, {"rank": rank}, "gathering the test values", torch.full((2,), float(rank)), max_floats=2)
+            result["gathered"] = None if gathered is None else [g.record("gathering")["rank"] for g in gathered]
+            result["floats"] = None if gathered is None else [g.floats.tolist() for g in gathered]
+            result["broadcast"] = broadcast_from_main(env, {"text": "from rank 0"} if rank == 0 else None, "broadcasting")["text"]
             started = time.monotonic()
             if rank == skip_rank:
                 time.sleep(8)
             else:
-                gather_to_main(env, rank, "gathering the second values")
+                gather_to_main(env, {"rank": rank}, "gathering the second values")
     except DistributedError as exc:
         result["error"] = str(exc)
     result["seconds"] = time.monotonic() - started
