@@ -178,8 +178,12 @@ def run_ranks(recipe: Recipe, out_dir: Path | None, progress: Progress, env: Dis
             failure, outcome = exc, f"rank 0 failed: {exc}"
         # Not in a finally: after SIGTERM or Ctrl-C the other ranks are going too, and nobody would answer.
         waiting = "waiting for rank 0 to train the head and write the run"
-        answer = broadcast_from_main(env, result_record(outcome) if env.is_main else None, waiting)
-        if failure is not None:
+        try:
+            answer = broadcast_from_main(env, result_record(outcome) if env.is_main else None, waiting)
+        except DistributedError:
+            if failure is None:
+                raise
+        if failure is not None:  # rank 0's own error, also when the rank that caused it has left
             raise failure
         if not env.is_main:
             outcome = result_from(answer, waiting)
