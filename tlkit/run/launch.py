@@ -11,6 +11,9 @@ The flow, through the stages of :mod:`tlkit.run.stages`, every wait bounded (:mo
 3. rank 0 alone ends the run as a one-process run does (:func:`tlkit.run.finish.finish`: ``fit``,
    ``evaluate``, ``write``), plus ``ranks.csv``: which rank extracted which image;
 4. rank 0 sends its result (or its error) to every rank; all return it, print the same line and exit alike.
+
+What ranks send each other are JSON records and float tensors, checked on arrival (:mod:`tlkit.run.rank_records`):
+never pickles, and before any image is decoded the ranks check that they run the same recipe, code and data.
 """
 
 from __future__ import annotations

@@ -15,10 +15,10 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
@@ -31,6 +31,7 @@ from tlkit.run.ranks import DistEnv, DistributedError, MalformedRecord, Received
 from tlkit.run.stages import BadFile, Prepared, SplitFeatures
 
 MAX_REASON = 500  # characters of a skipped file's reason kept from a peer
+Fail = Callable[[str], NoReturn]  # raises MalformedRecord naming the rank
 
 
 @dataclass(frozen=True)
@@ -110,21 +111,21 @@ def part_record(part: RankPart) -> tuple[dict[str, Any], torch.Tensor]:
     return record, torch.cat([f.features[s].x.reshape(-1).float().cpu() for s in stages.SPLITS])
 
 
-def _count(record: dict[str, Any], key: str, fail: Any) -> int:
+def _count(record: dict[str, Any], key: str, fail: Fail) -> int:
     value = record.get(key)
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         fail(f"'{key}' is not a count")
     return int(value)
 
 
-def _positions(record: dict[str, Any], split: str, size: int, fail: Any) -> list[int]:
+def _positions(record: dict[str, Any], split: str, size: int, fail: Fail) -> list[int]:
     value = record.get("positions", {}).get(split) if isinstance(record.get("positions"), dict) else None
     if not isinstance(value, list) or not all(isinstance(p, int) and not isinstance(p, bool) and 0 <= p < size for p in value):
         fail(f"'positions.{split}' is not a list of image positions in 0..{size - 1}")
-    return value  # type: ignore[return-value]
+    return value
 
 
-def _bad_files(record: dict[str, Any], listing: dict[str, set[str]], fail: Any) -> tuple[BadFile, ...]:
+def _bad_files(record: dict[str, Any], listing: dict[str, set[str]], fail: Fail) -> tuple[BadFile, ...]:
     rows = record.get("bad")
     if not isinstance(rows, list):
         fail("'bad' is not a list")
@@ -139,7 +140,7 @@ def _bad_files(record: dict[str, Any], listing: dict[str, set[str]], fail: Any) 
 def part_from(received: Received, prepared: Prepared, dim: int, what: str) -> RankPart:
     """A peer's part checked against rank 0's listing and feature dimension; samples and labels come from rank 0's own listing."""
 
-    def fail(reason: str) -> None:
+    def fail(reason: str) -> NoReturn:
         raise MalformedRecord(received.rank, what, reason)
 
     record = received.record(what)
@@ -165,7 +166,7 @@ def part_from(received: Received, prepared: Prepared, dim: int, what: str) -> Ra
         offset += n * d
     split_features = SplitFeatures(
         features=features, samples=samples, bad=_bad_files(record, listing, fail),
-        cached=_count(record, "cached", fail), extracted=_count(record, "extracted", fail), seconds=float(seconds),  # type: ignore[arg-type]
+        cached=_count(record, "cached", fail), extracted=_count(record, "extracted", fail), seconds=float(seconds),
     )
     return RankPart(received.rank, positions, split_features)
 
@@ -196,7 +197,7 @@ def result_record(outcome: RunResult | str) -> dict[str, Any]:
     return {"out_dir": str(outcome.out_dir), "counts": dict(m.counts), "test": _split_summary(m.test), "train": _split_summary(m.train)}
 
 
-def _split_from(value: Any, fail: Any) -> SplitMetrics:
+def _split_from(value: Any, fail: Fail) -> SplitMetrics:
     ok = isinstance(value, dict) and all(isinstance(value.get(k), int) for k in ("correct", "count"))
     ok = ok and all(value.get(k) is None or isinstance(value.get(k), (int, float)) for k in ("accuracy", "balanced_accuracy"))
     if not ok:
@@ -207,7 +208,7 @@ def _split_from(value: Any, fail: Any) -> SplitMetrics:
 def result_from(record: dict[str, Any], what: str) -> RunResult | str:
     """Rank 0's answer on another rank: its error line, or a result holding the headline figures (the rest is in metrics.json)."""
 
-    def fail(reason: str) -> None:
+    def fail(reason: str) -> NoReturn:
         raise MalformedRecord(0, what, reason)
 
     if isinstance(record.get("error"), str):
