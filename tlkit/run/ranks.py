@@ -283,7 +283,10 @@ def _sizes(env: DistEnv, sizes: list[int], limits: list[tuple[int, str]], what: 
 
 def _padded(data: bytes | torch.Tensor, size: int) -> torch.Tensor:
     """``data`` as a flat uint8 (bytes) or float32 tensor of ``size`` elements (at least one), on the group's device."""
-    flat = torch.tensor(list(data), dtype=torch.uint8) if isinstance(data, bytes) else data.detach().reshape(-1).float().cpu()
+    if isinstance(data, bytes):
+        flat = torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.zeros(0, dtype=torch.uint8)
+    else:
+        flat = data.detach().reshape(-1).float().cpu()
     padded = torch.zeros(max(size, 1), dtype=flat.dtype)
     padded[: flat.numel()] = flat
     return padded.to(_group_device[0])
