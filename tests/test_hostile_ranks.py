@@ -131,3 +131,77 @@ def test_a_rank_whose_master_port_is_held_by_a_silent_service_ends_within_the_ti
     line = done.stdout.strip()
     assert "\n" not in line and f"cannot join the process group at 127.0.0.1:{port}" in line and "within 3 s" in line, line
     assert time.monotonic() - started < 100  # 3 s (+3 s grace) on a loaded machine; before the fix it never ended
+
+
+def _peer_part(tmp_path: Path, **changes):
+    """A well-formed rank-1 part of a 6-image split (batches of 2), as received, with ``changes`` to its record or floats."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from tlkit.contract.specs import Sample
+    from tlkit.run.ranks import Received, encode_record
+
+    samples = [Sample(tmp_path / f"{i}.jpg", i % 2) for i in range(6)]
+    prepared = SimpleNamespace(dataset=SimpleNamespace(splits={"train": samples, "test": samples[:2]}))
+    record = {"rank": 1, "positions": {"train": [2, 3], "test": []}, "shapes": {"train": [2, 4], "test": [0, 0]},
+              "bad": [["train", str(samples[3].path), "truncated"]], "cached": 0, "extracted": 2, "seconds": 0.5}
+    floats = changes.pop("floats", torch.arange(8, dtype=torch.float32))
+    record.update(changes)
+    return Received(1, encode_record(record), floats), prepared
+
+
+def test_a_peer_part_is_read_back_against_rank_0s_listing(tmp_path):
+    import torch
+
+    from tlkit.run.rank_records import part_from
+
+    received, prepared = _peer_part(tmp_path)
+    part = part_from(received, prepared, 4, "gathering")
+    assert part.positions["train"] == [2, 3] and part.features.samples["train"] == tuple(prepared.dataset.splits["train"][2:4])
+    assert torch.equal(part.features.features["train"].x, torch.arange(8.0).reshape(2, 4)) and part.features.features["train"].y.tolist() == [0, 1]
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"rank": 0}, "it says it is rank 0"),
+        ({"positions": {"train": [2, 99], "test": []}}, "'positions.train' is not a list of image positions in 0..5"),
+        ({"positions": {"train": "all", "test": []}}, "'positions.train' is not a list"),
+        ({"shapes": {"train": [2, 16], "test": [0, 0]}}, "feature shapes"),
+        ({"floats": "nan"}, "not finite"),
+        ({"floats": "short"}, "do not match their shapes"),
+        ({"bad": [["train", "/etc/passwd", "x"]]}, "'bad' names a file that is not in rank 0's listing"),
+        ({"cached": -1}, "'cached' is not a count"),
+        ({"seconds": "soon"}, "'seconds' is not a duration"),
+    ],
+)
+def test_a_malformed_peer_part_is_one_line_naming_the_rank(tmp_path, changes, reason):
+    import torch
+
+    from tlkit.run.rank_records import part_from
+    from tlkit.run.ranks import MalformedRecord
+
+    floats = {"nan": torch.full((8,), float("nan")), "short": torch.zeros(5)}.get(changes.get("floats", ""))
+    if floats is not None:
+        changes = {**changes, "floats": floats}
+    received, prepared = _peer_part(tmp_path, **changes)
+    with pytest.raises(MalformedRecord, match="^rank 1 sent a malformed record while gathering") as info:
+        part_from(received, prepared, 4, "gathering")
+    assert reason in str(info.value) and "\n" not in str(info.value)
+
+
+def test_rank_0s_result_reaches_the_others_as_json_and_a_malformed_one_is_refused():
+    from tlkit.run.rank_records import result_from
+    from tlkit.run.ranks import MalformedRecord
+
+    split = {"accuracy": 0.5, "balanced_accuracy": 0.5, "correct": 2, "count": 4}
+    result = result_from({"out_dir": "/runs/a", "counts": {"train": 8, "test": 4}, "test": split, "train": split}, "waiting")
+    assert not isinstance(result, str)
+    assert str(result.out_dir) == "/runs/a" and result.metrics.test_accuracy == 0.5 and result.metrics.counts == {"train": 8, "test": 4}
+    assert result_from({"error": "rank 0 failed: disk full"}, "waiting") == "rank 0 failed: disk full"
+    assert result_from({"error": "bad \x1b[2J"}, "waiting") == "bad \\x1b[2J"  # no escape sequence reaches a terminal raw
+    with pytest.raises(MalformedRecord, match="control characters"):
+        result_from({"out_dir": "/runs/\x1b[2J", "counts": {"train": 8, "test": 4}, "test": split, "train": split}, "waiting")
+    with pytest.raises(MalformedRecord, match="^rank 0 sent a malformed record while waiting"):
+        result_from({"out_dir": "/runs/a", "counts": {"train": "many"}}, "waiting")

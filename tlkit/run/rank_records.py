@@ -212,12 +212,20 @@ def result_from(record: dict[str, Any], what: str) -> RunResult | str:
         raise MalformedRecord(0, what, reason)
 
     if isinstance(record.get("error"), str):
-        return str(record["error"])[:2000]
+        return _printable(record["error"][:2000])
     counts, out_dir = record.get("counts"), record.get("out_dir")
     if not isinstance(out_dir, str) or not isinstance(counts, dict) or not all(isinstance(counts.get(s), int) for s in stages.SPLITS):
         fail("it holds no run directory and counts")
+    if _printable(out_dir) != out_dir:
+        fail("its run directory holds control characters")
+    counts = {s: int(counts[s]) for s in stages.SPLITS}
     metrics = RunMetrics(test=_split_from(record.get("test"), fail), train=_split_from(record.get("train"), fail), classes=[], counts=counts, feature_dim=0)
     return RunResult(out_dir=Path(out_dir), metrics=metrics)
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters escaped (it reaches the terminal of every rank)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def parts_on_main(mine: RankPart, received: Sequence[Received], prepared: Prepared, what: str) -> list[RankPart]:
