@@ -100,6 +100,7 @@ def test_collectives_gather_in_rank_order_and_a_missing_rank_is_one_error_within
     _spawn(dist_workers.collectives, 3, str(tmp_path), 2)
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(3)]
     assert results[0]["gathered"] == [0, 1, 2] and results[1]["gathered"] is None
+    assert results[0]["floats"] == [[0.0, 0.0], [1.0, 1.0], [2.0, 2.0]]
     assert all(r["broadcast"] == "from rank 0" for r in results[:2])
     error = results[0]["error"]  # rank 2 never came to the second gather
     assert error.startswith("rank 0/3: another rank failed or did not answer within 4 s while gathering the second values (")

@@ -31,8 +31,10 @@ from tlkit.saved.run_directory import RunDirectory
 class RunResult:
     """Where a finished run went, its metrics, its test predictions (``predictions.csv``, in memory), and the files it skipped.
 
-    In a multi-process run every rank returns the same result (rank 0 wrote it), with ``ranks`` the
-    number of processes and ``rank`` this one; :attr:`ranks_line` is the line each of them prints.
+    In a multi-process run every rank returns rank 0's result (rank 0 wrote it), with ``ranks`` the
+    number of processes and ``rank`` this one; :attr:`ranks_line` is the line each of them prints. The
+    other ranks receive it as JSON, so theirs holds the run directory and the headline figures
+    (accuracies, correct and total per split, counts); the whole record is the run's ``metrics.json``.
     """
 
     out_dir: Path

@@ -11,6 +11,9 @@ The flow, through the stages of :mod:`tlkit.run.stages`, every wait bounded (:mo
 3. rank 0 alone ends the run as a one-process run does (:func:`tlkit.run.finish.finish`: ``fit``,
    ``evaluate``, ``write``), plus ``ranks.csv``: which rank extracted which image;
 4. rank 0 sends its result (or its error) to every rank; all return it, print the same line and exit alike.
+
+What ranks send each other are JSON records and float tensors, checked on arrival (:mod:`tlkit.run.rank_records`):
+never pickles, and before any image is decoded the ranks check that they run the same recipe, code and data.
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ import os
 import socket
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -31,8 +33,11 @@ from tlkit.contract.specs import Features, Sample
 from tlkit.recipe.loader import Recipe
 from tlkit.run import stages
 from tlkit.run.finish import Progress, RunResult, finish
+from tlkit.run.rank_records import RankPart, check_same_run, feature_dim, max_floats, part_record, parts_on_main, result_from, result_record
 from tlkit.run.ranks import DistEnv, DistributedError, broadcast_from_main, device_for, gather_to_main, process_group
 from tlkit.run.stages import Prepared, Shard, SplitFeatures
+
+__all__ = ["RankPart", "merge", "positions_of", "run_ranks"]
 from tlkit.saved.run_directory import RunDirectory, default_out_dir
 
 LOG_COLUMNS = ["split", "index", "path", "rank"]
@@ -52,15 +57,6 @@ class RankObserver(Observer):
     def task(self, description: str, total: int | None, unit: str = "it") -> Iterator[Callable[[int], None]]:
         with self.inner.task(self.prefix + description, total, unit) as advance:
             yield advance
-
-
-@dataclass(frozen=True)
-class RankPart:
-    """What one rank sends to rank 0: per split, the positions (in the whole split) of the images it kept, and their features."""
-
-    rank: int
-    positions: dict[str, list[int]]
-    features: SplitFeatures
 
 
 def positions_of(kept: Sequence[Sample], shard_samples: Sequence[Sample], all_positions: Sequence[int]) -> list[int]:
@@ -139,6 +135,7 @@ def _write_rank_log(rows: list[tuple[str, int, str, int]]) -> Callable[[RunDirec
 def _extract_mine(recipe: Recipe, env: DistEnv, progress: Progress, observer: Observer) -> tuple[Prepared, RankPart]:
     with progress.timed("prepare"):
         prepared = stages.prepare(recipe, observer)
+    check_same_run(env, prepared)  # before any image is decoded: every rank the same recipe, code and data
     with progress.timed("extract"):
         features = stages.extract(prepared, observer, shard=rank_shard(recipe, env))
     observer.note(f"extracted its shard (batches {env.rank}, {env.rank + env.world_size}, ... of each split): {features.extracted} extracted, {features.cached} cached")
@@ -172,18 +169,27 @@ def run_ranks(recipe: Recipe, out_dir: Path | None, progress: Progress, env: Dis
     with process_group(env, device):
         progress.note(f"{env.label()}: pid {os.getpid()} on {socket.gethostname()}, {device}, launched by {env.launcher}")
         prepared, mine = _extract_mine(recipe, env, progress, observer)
-        parts = gather_to_main(env, mine, "gathering the extracted features")
+        gathering = "gathering the extracted features"
+        record, floats = part_record(mine)
+        received = gather_to_main(env, record, gathering, floats, max_floats(prepared, feature_dim(mine)))
         outcome: RunResult | str = "rank 0 stopped before it could report"
         failure: Exception | None = None
         try:
-            if parts is not None:
-                outcome = _finish_on_main(prepared, parts, out_dir, progress, env)
+            if received is not None:
+                outcome = _finish_on_main(prepared, parts_on_main(mine, received, prepared, gathering), out_dir, progress, env)
         except Exception as exc:  # noqa: BLE001 - told to every rank, then raised here unchanged
             failure, outcome = exc, f"rank 0 failed: {exc}"
         # Not in a finally: after SIGTERM or Ctrl-C the other ranks are going too, and nobody would answer.
-        outcome = broadcast_from_main(env, outcome, "waiting for rank 0 to train the head and write the run")
-        if failure is not None:
+        waiting = "waiting for rank 0 to train the head and write the run"
+        try:
+            answer = broadcast_from_main(env, result_record(outcome) if env.is_main else None, waiting)
+        except DistributedError:
+            if failure is None:
+                raise
+        if failure is not None:  # rank 0's own error, also when the rank that caused it has left
             raise failure
+        if not env.is_main:
+            outcome = result_from(answer, waiting)
     if not isinstance(outcome, RunResult):
         raise DistributedError(str(outcome))
     return dataclasses.replace(outcome, ranks=env.world_size, rank=env.rank)

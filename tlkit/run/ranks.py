@@ -12,16 +12,23 @@ Why these choices:
   ``rank``: no image twice, none missed, and each batch one that a one-process run computes.
 - **Backend chosen from the device.** gloo on CPU, nccl when the ranks run on CUDA, each rank on the
   GPU of its ``LOCAL_RANK``.
+- **Nothing received is unpickled.** Ranks exchange tensors and UTF-8 JSON records only (a length
+  first, bounded by :data:`MAX_RECORD_BYTES`, then the bytes), never ``gather_object`` or
+  ``broadcast_object_list``, which unpickle what a peer sends: whoever reaches ``MASTER_PORT`` could
+  otherwise run code in rank 0. A malformed record is one line naming the rank that sent it.
 - **Every collective has a deadline.** The process group's timeout (``TLKIT_DIST_TIMEOUT`` seconds)
-  bounds every wait, and a failed collective or the launcher's SIGTERM (torchrun stops the other
+  bounds every wait, joining the group included (torch's store client can wait forever on a port held
+  by another service, so the join runs in a thread that is given up at the deadline), and a failed collective or the launcher's SIGTERM (torchrun stops the other
   ranks when one dies) becomes one :class:`DistributedError` line on rank 0, never a hang. The
   features each rank extracted are already in the feature cache, so a rerun resumes there.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,6 +43,7 @@ from tlkit.util.units import positive_number
 
 TIMEOUT_ENV = "TLKIT_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 1800.0
+MAX_RECORD_BYTES = 64 * 2**20  # a JSON record from a peer (positions, skipped files, the result)
 
 
 class DistributedError(TlkitError):
@@ -128,6 +136,7 @@ def backend_for(device: torch.device) -> str:
 
 
 _group_timeout = [DEFAULT_TIMEOUT_S]  # the running group's deadline, for messages
+_group_device = [torch.device("cpu")]  # where the exchanged tensors live (nccl: this rank's GPU)
 
 
 class _Stopped(BaseException):
@@ -147,16 +156,8 @@ def process_group(env: DistEnv, device: torch.device, timeout: float | None = No
         torch.cuda.set_device(device)
     seconds = timeout_s() if timeout is None else timeout
     _group_timeout[0] = seconds
-    try:
-        dist.init_process_group(
-            backend_for(device),
-            init_method=f"tcp://{env.master_addr}:{env.master_port}",
-            rank=env.rank,
-            world_size=env.world_size,
-            timeout=timedelta(seconds=seconds),
-        )
-    except Exception as exc:  # noqa: BLE001 - rendezvous failures come as RuntimeError, DistStoreError, TimeoutError
-        raise DistributedError(f"{env.label()}: cannot join the process group at {env.master_addr}:{env.master_port} ({_first_line(exc)})") from None
+    _group_device[0] = device
+    _join(env, device, seconds)
     stopped = DistributedError(
         f"{env.label()} was stopped by the launcher (SIGTERM): another rank failed or the job was cancelled; "
         "every feature extracted so far is in the feature cache, and a rerun resumes from it"
@@ -171,6 +172,38 @@ def process_group(env: DistEnv, device: torch.device, timeout: float | None = No
             dist.destroy_process_group()
         except Exception:  # noqa: BLE001 - a broken group cannot be torn down cleanly; the process is ending anyway
             pass
+
+
+def _join(env: DistEnv, device: torch.device, seconds: float) -> None:
+    """``init_process_group``, given up at the deadline even where torch's store client would wait forever.
+
+    A non-zero rank whose ``MASTER_PORT`` is held by another service (one that accepts and never
+    answers) waits in the store's handshake without a timeout; the join runs in a daemon thread so
+    that wait ends at ``seconds`` (plus a little, so torch's own timeout message comes first).
+    """
+    import torch.distributed as dist
+
+    where = f"{env.master_addr}:{env.master_port}"
+    failure: list[BaseException] = []
+
+    def join() -> None:
+        try:
+            dist.init_process_group(
+                backend_for(device), init_method=f"tcp://{where}", rank=env.rank, world_size=env.world_size, timeout=timedelta(seconds=seconds)
+            )
+        except BaseException as exc:  # noqa: BLE001 - rendezvous failures come as RuntimeError, DistStoreError, TimeoutError
+            failure.append(exc)
+
+    thread = threading.Thread(target=join, name="tlkit-join", daemon=True)
+    thread.start()
+    thread.join(seconds + min(5.0, seconds) if seconds < 1e9 else None)
+    if thread.is_alive():
+        raise DistributedError(
+            f"{env.label()}: cannot join the process group at {where}: nothing answered as rank 0's store within {seconds:.0f} s "
+            f"(another service may hold MASTER_PORT, or rank 0 is not running; use a free port reachable only by the job's hosts)"
+        )
+    if failure:
+        raise DistributedError(f"{env.label()}: cannot join the process group at {where} ({_first_line(failure[0])})") from None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -193,21 +226,122 @@ def collective(env: DistEnv, what: str) -> Iterator[None]:
         ) from None
 
 
-def gather_to_main(env: DistEnv, value: Any, what: str) -> list[Any] | None:
-    """Every rank's ``value`` on rank 0 (in rank order), ``None`` on the others."""
+def encode_record(record: Mapping[str, Any]) -> bytes:
+    """A record as the UTF-8 JSON bytes ranks exchange (paths and other non-JSON values as strings)."""
+    return json.dumps(record, default=str, separators=(",", ":")).encode("utf-8")
+
+
+def decode_record(rank: int, data: bytes, what: str) -> dict[str, Any]:
+    """A peer's bytes as a JSON object, or one line naming the rank that sent something else."""
+    try:
+        value = json.loads(data.decode("utf-8"))
+        reason = "" if isinstance(value, dict) else f"a JSON {type(value).__name__}, not a record"
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        reason = f"not UTF-8 JSON: {_first_line(exc)[:80]}"
+    if reason:
+        raise MalformedRecord(rank, what, reason)
+    return value
+
+
+class MalformedRecord(DistributedError):
+    """A peer sent bytes that are not the record expected (another tlkit, or a stranger on ``MASTER_PORT``)."""
+
+    def __init__(self, rank: int, what: str, reason: str) -> None:
+        super().__init__(
+            f"rank {rank} sent a malformed record while {what} ({reason}); nothing it sent was used. Every rank must run "
+            "the same tlkit, and MASTER_ADDR:MASTER_PORT must be reachable only by the job's own hosts"
+        )
+
+
+@dataclass(frozen=True)
+class Received:
+    """What one rank sent to rank 0: a record's bytes (decoded only by :meth:`record`) and a flat float tensor."""
+
+    rank: int
+    data: bytes
+    floats: torch.Tensor
+
+    def record(self, what: str) -> dict[str, Any]:
+        return decode_record(self.rank, self.data, what)
+
+
+def _sizes(env: DistEnv, sizes: list[int], limits: list[tuple[int, str]], what: str) -> list[list[int]]:
+    """Every rank's sizes (all-gathered), each checked against its bound on every rank, so all refuse alike."""
     import torch.distributed as dist
 
-    received: list[Any] | None = [None] * env.world_size if env.is_main else None
+    mine = torch.tensor(sizes, dtype=torch.int64, device=_group_device[0])
+    out = [torch.zeros_like(mine) for _ in range(env.world_size)]
     with collective(env, what):
-        dist.gather_object(value, received, dst=0)
-    return received
+        dist.all_gather(out, mine)
+    table = [row.cpu().tolist() for row in out]
+    for rank, row in enumerate(table):
+        for value, (limit, unit) in zip(row, limits):
+            if not 0 <= value <= limit:
+                raise MalformedRecord(rank, what, f"it announced {value} {unit}, outside 0..{limit}")
+    return table
 
 
-def broadcast_from_main(env: DistEnv, value: Any, what: str) -> Any:
-    """Rank 0's ``value`` on every rank."""
+def _padded(data: bytes | torch.Tensor, size: int) -> torch.Tensor:
+    """``data`` as a flat uint8 (bytes) or float32 tensor of ``size`` elements (at least one), on the group's device."""
+    if isinstance(data, bytes):
+        flat = torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.zeros(0, dtype=torch.uint8)
+    else:
+        flat = data.detach().reshape(-1).float().cpu()
+    padded = torch.zeros(max(size, 1), dtype=flat.dtype)
+    padded[: flat.numel()] = flat
+    return padded.to(_group_device[0])
+
+
+def _gather(env: DistEnv, tensor: torch.Tensor, what: str) -> list[torch.Tensor]:
     import torch.distributed as dist
 
-    box = [value if env.is_main else None]
+    out = [torch.empty_like(tensor) for _ in range(env.world_size)] if env.is_main else None
     with collective(env, what):
-        dist.broadcast_object_list(box, src=0)
-    return box[0]
+        dist.gather(tensor, out, dst=0)
+    return [t.cpu() for t in out or []]
+
+
+def gather_to_main(env: DistEnv, record: Mapping[str, Any], what: str, floats: torch.Tensor | None = None, max_floats: int = 0) -> list[Received] | None:
+    """Every rank's JSON ``record`` and ``floats`` (flattened) on rank 0, in rank order; ``None`` on the others.
+
+    Sizes go first and are bounded on every rank (:data:`MAX_RECORD_BYTES`, ``max_floats``); the bytes
+    are decoded only by :meth:`Received.record`, as JSON, never unpickled.
+    """
+    data = encode_record(record)
+    values = torch.empty(0) if floats is None else floats
+    table = _sizes(env, [len(data), values.numel()], [(MAX_RECORD_BYTES, "bytes of record"), (max_floats, "feature values")], what)
+    blobs = _gather(env, _padded(data, max(row[0] for row in table)), what)
+    numbers = _gather(env, _padded(values, max(row[1] for row in table)), what)
+    if not env.is_main:
+        return None
+    return [Received(r, blobs[r][: table[r][0]].numpy().tobytes(), numbers[r][: table[r][1]]) for r in range(env.world_size)]
+
+
+def all_gather_records(env: DistEnv, record: Mapping[str, Any], what: str) -> list[dict[str, Any]]:
+    """Every rank's JSON ``record`` on every rank, in rank order (bounded, decoded as JSON only)."""
+    import torch.distributed as dist
+
+    data = encode_record(record)
+    table = _sizes(env, [len(data)], [(MAX_RECORD_BYTES, "bytes of record")], what)
+    mine = _padded(data, max(row[0] for row in table))
+    out = [torch.empty_like(mine) for _ in range(env.world_size)]
+    with collective(env, what):
+        dist.all_gather(out, mine)
+    return [decode_record(r, out[r].cpu()[: table[r][0]].numpy().tobytes(), what) for r in range(env.world_size)]
+
+
+def broadcast_from_main(env: DistEnv, record: Mapping[str, Any] | None, what: str) -> dict[str, Any]:
+    """Rank 0's JSON ``record`` on every rank (the others pass ``None``); bounded, decoded as JSON only."""
+    import torch.distributed as dist
+
+    data = encode_record(record or {}) if env.is_main else b""
+    size = torch.tensor([len(data)], dtype=torch.int64, device=_group_device[0])
+    with collective(env, what):
+        dist.broadcast(size, src=0)
+    length = int(size.item())
+    if not 0 <= length <= MAX_RECORD_BYTES:
+        raise MalformedRecord(0, what, f"it announced {length} bytes of record, outside 0..{MAX_RECORD_BYTES}")
+    box = _padded(data, length)
+    with collective(env, what):
+        dist.broadcast(box, src=0)
+    return decode_record(0, box.cpu().numpy().tobytes(), what)
