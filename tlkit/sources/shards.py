@@ -266,7 +266,7 @@ class _Header(tarfile.TarInfo):
     """A tar header that records why the archive ended: a zero block is its proper end, anything short is a cut."""
 
     @classmethod
-    def fromtarfile(cls, tar: tarfile.TarFile) -> tarfile.TarInfo:
+    def fromtarfile(cls, tar: tarfile.TarFile) -> _Header:
         try:
             return super().fromtarfile(tar)
         except (EmptyHeaderError, TruncatedHeaderError):
