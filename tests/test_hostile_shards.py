@@ -92,6 +92,14 @@ def test_a_pipe_url_runs_when_the_recipe_allows_it(tiny_plugins, tmp_path):
                    classes=str(tmp_path / "shards" / "classes.json"), allow_pipe=True)
     assert mark.exists() and len(loaded.splits["train"]) == 4
     assert len(_load(tiny_plugins, f"file:{written.splits['train'][0]}", written.pattern("test")).splits["train"]) == 4  # file: is a path
+    # a run directory is not trusted: tlkit features ignores its recipe's allow_pipe
+    classes = str(tmp_path / "shards" / "classes.json")
+    recipe = _recipe(tmp_path, f"pipe:touch {mark}; cat {written.splits['train'][0]}", written.pattern("test"), classes=classes, allow_pipe=True)
+    run(load_recipe(recipe, tiny_plugins), tmp_path / "run")
+    mark.unlink()
+    with pytest.raises(SystemExit) as info:
+        main(["features", str(tmp_path / "run"), "--out", str(tmp_path / "f.npz")])
+    assert info.value.code == 2 and not mark.exists() and not (tmp_path / "f.npz").exists()
 
 
 # 2. member names confined: absolute, '..' and link members are bad members, never read from the filesystem

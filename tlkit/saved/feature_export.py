@@ -10,6 +10,7 @@ entry where it still holds them (the usual case: nothing is recomputed) and are 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -73,8 +74,8 @@ def _shard_members(model: SavedModel, plugins: Any, listed: dict[str, list[tuple
     directory is not trusted: its recipe's ``allow_pipe`` is ignored, so re-listing runs no command.
     """
     first = next((path for rows in listed.values() for path, _ in rows), None)
-    if first is None or first.is_file() or plugins is None:
-        return None
+    if first is None or plugins is None or not (any(p.is_file() for p in first.parents) or re.match(r"^[A-Za-z][\w+.-]+:", str(first))):
+        return None  # a shard member's shown path lies under its shard (a file) or its URL
     from tlkit.contract.options import validate_options
 
     path = model.run_dir / "recipe.yaml"

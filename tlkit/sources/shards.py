@@ -276,9 +276,9 @@ class _Header(tarfile.TarInfo):
 
 def _bad_name(info: tarfile.TarInfo) -> str:
     name = info.name
-    if name.startswith("/") or "\\" in name or re.match(r"^[A-Za-z]:", name):
+    if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:[/\\]", name):
         return "an absolute member name (never read from this computer)"
-    if ".." in name.split("/"):
+    if ".." in re.split(r"[/\\]", name):
         return "a member name with '..' (never read from outside its shard)"
     if info.islnk() or info.issym():
         return "a link member (never followed)"

@@ -42,6 +42,7 @@ class WebDatasetOptions:
 
 SAFE_SCHEMES = ("", "file", "http", "https")  # opened as files, or fetched without running a command the URL names
 OLD_CLASSES_FILE = "classes.txt"  # what tlkit 0.1.0's shards make wrote
+MAX_CLASS_LIST_BYTES = 16 * 2**20
 
 
 def _scheme(url: str) -> str:
@@ -90,6 +91,8 @@ def _class_list(options: WebDatasetOptions, first_shard: str) -> list[str] | Non
     else:
         return None
     try:
+        if not path.is_file() or path.stat().st_size > MAX_CLASS_LIST_BYTES:
+            raise DataError(f"class list {path} is not a regular file of at most {MAX_CLASS_LIST_BYTES // 2**20} MiB; set dataset.classes to a classes.json")
         text = path.read_text(encoding="utf-8")
         names = _names(text, path)
     except (OSError, UnicodeDecodeError) as exc:
@@ -180,7 +183,8 @@ def _index(label: int | str, names: list[str]) -> int:
 
 def _shown(name: str) -> str:
     """The member's name as shown under its shard: never absolute, never with '..' (so never the name of a local file)."""
-    return "/".join(part if part not in ("", ".", "..") else "%2E%2E" if part == ".." else "_" for part in name.replace("\\", "/").lstrip("/").split("/")) or "_"
+    parts = [part if part != ".." else "%2E%2E" for part in name.replace("\\", "/").split("/") if part not in ("", ".")]
+    return "/".join(parts) or "_"
 
 
 @tlkit.hookimpl
