@@ -39,6 +39,11 @@ class WebDatasetOptions:
     classes: str | None = field(default=None, metadata={"help": "class-list file: JSON as tlkit shards make writes, or one name per line (default: classes.json or classes.txt beside the shards, else .json class names)"})
     allow_pipe: bool = field(default=False, metadata={"help": "let pipe: URLs (a shell command) and other schemes that run a program (gs:, hf:, scp:...) open shards; only for recipes you wrote"})
 
+    def __post_init__(self) -> None:
+        """Refused while the recipe is read, before anything is built: a recipe from someone else runs no command."""
+        for key in ("train", "test"):
+            _refuse_commands(getattr(self, key), key, self.allow_pipe)
+
 
 SAFE_SCHEMES = ("", "file", "http", "https")  # opened as files, or fetched without running a command the URL names
 OLD_CLASSES_FILE = "classes.txt"  # what tlkit 0.1.0's shards make wrote
@@ -60,19 +65,22 @@ def _local(url: str) -> Path:
     return Path(url2pathname(urlparse(url).path)) if _scheme(url) == "file" else Path(url).expanduser()
 
 
-def _shards(pattern: str, key: str, allow_pipe: bool) -> list[str]:
-    scheme = _scheme(pattern)
+def _refuse_commands(url: str, key: str, allow_pipe: bool) -> None:
+    scheme = _scheme(url)
     if scheme not in SAFE_SCHEMES and not allow_pipe:
         raise DataError(
-            f"'dataset.{key}': {pattern[:60]!r} runs a command ({scheme}: URLs make webdataset start a program); "
+            f"'dataset.{key}': {url[:60]!r} runs a command ({scheme}: URLs make webdataset start a program); "
             "tlkit runs no command a recipe names unless it sets dataset.allow_pipe: true (only for recipes you wrote)"
         )
+
+
+def _shards(pattern: str, key: str, allow_pipe: bool) -> list[str]:
+    _refuse_commands(pattern, key, allow_pipe)
     urls = expand_shards(pattern)
     if not urls:
         raise DataError(f"'dataset.{key}': the pattern {pattern!r} names no shard")
     for url in urls:
-        if _scheme(url) not in SAFE_SCHEMES and not allow_pipe:  # a brace pattern may name several schemes
-            raise DataError(f"'dataset.{key}': {url[:60]!r} runs a command; set dataset.allow_pipe: true to allow it")
+        _refuse_commands(url, key, allow_pipe)  # a brace pattern may name several schemes
         if _is_local(url) and not _local(url).is_file():
             raise DataError(f"shard {url} does not exist; check 'dataset.{key}' (a path or brace pattern such as train-{{000000..000009}}.tar)")
     return [str(_local(u)) if _is_local(u) else u for u in urls]
