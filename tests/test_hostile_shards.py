@@ -146,6 +146,9 @@ def test_absolute_dotdot_and_link_members_are_skipped_and_never_read_from_disk(t
     with np.load(out) as data:
         assert len(data["x_test"]) == 4 and len(data["x_train"]) == 8
         assert not any(str(secret) == p for p in data["paths_test"])
+    from tlkit.outputs.report import _thumbnail_uri
+
+    assert _thumbnail_uri(str(secret)) not in report  # what the report embedded before: the outside file, as a thumbnail
 
 
 # 3. tlkit shards make: links out of the folder not packed, earlier shards cleaned
