@@ -35,6 +35,7 @@ CLASSES_FILE = "classes.json"  # beside the shards tlkit shards make writes; pub
 OLD_CLASSES_FILE = "classes.txt"  # what 0.1.0 wrote (one name a line): still read, never written
 MEMBER_BYTES_ENV = "TLKIT_MAX_MEMBER_BYTES"
 DEFAULT_MAX_MEMBER_BYTES = 512 * 2**20
+MAX_LABEL_BYTES = 2**20  # a .cls or .json member
 MAX_SHARDS = 100_000  # names one brace pattern may expand to
 
 
@@ -295,13 +296,13 @@ def _groups(url: str, limit: int) -> Iterator[dict[str, Any]]:
                 if not (info.isfile() or info.islnk() or info.issym()):
                     continue
                 key, suffix = _split_name(info.name)
-                if key is None:
-                    continue
+                if key is None or suffix not in (*IMAGE_EXTENSIONS, "cls", "json"):
+                    continue  # members tlkit does not use are never read
                 if current is not None and key != current["__key__"]:
                     yield current
                     current = None
                 current = current or {"__key__": key}
-                current[suffix] = _read(tar, info, limit, current, url)
+                current[suffix] = _read(tar, info, limit if suffix in IMAGE_EXTENSIONS else min(limit, MAX_LABEL_BYTES), current)
             if getattr(tar, "tlkit_cut", None) is not None and info is not None:
                 last = _split_name(info.name)[0] or info.name
                 yield _cut(current if current is not None and current["__key__"] == last else {"__key__": last}, info.name)
@@ -326,8 +327,9 @@ def _cut(group: dict[str, Any], member: str) -> dict[str, Any]:
     return {**group, ext: b"", "__error__": f"the shard is cut short inside or after member '{member}' (truncated or still being written); write or fetch it again"}
 
 
-def _read(tar: tarfile.TarFile, info: tarfile.TarInfo, limit: int, group: dict[str, Any], url: str) -> bytes:
-    reason = _bad_name(info) or (f"{info.size} bytes, above TLKIT_MAX_MEMBER_BYTES ({limit}); not read" if info.size > limit else "")
+def _read(tar: tarfile.TarFile, info: tarfile.TarInfo, limit: int, group: dict[str, Any]) -> bytes:
+    """The member's bytes, or ``b""`` with the group's ``__error__`` set when its name, type or size is refused (nothing read)."""
+    reason = _bad_name(info) or (f"{info.size} bytes, above the limit of {limit} ({MEMBER_BYTES_ENV} for images); not read" if info.size > limit else "")
     if reason:
         group["__error__"] = f"member '{info.name}': {reason}"
         return b""
