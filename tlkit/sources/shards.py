@@ -7,7 +7,10 @@ re-encoding), so a shard member has the same sha256 as its file and both share c
 
 Reading never unpacks a shard: :func:`stream` yields one member group at a time while the tar is read
 front to back (local files or URLs, ``train-{000000..000099}.tar`` brace patterns), so memory stays
-that of one image however many shards there are.
+that of one image however many shards there are. A shard is untrusted: a member is read only after its
+header passed (a relative name without ``..``, a regular file, at most ``TLKIT_MAX_MEMBER_BYTES``); any
+other member, and the place where a cut-short shard ends, comes back as a group with ``error`` set.
+Which URL schemes may be opened (``pipe:`` runs a command) is the loader's decision (``webdataset``).
 """
 
 from __future__ import annotations
