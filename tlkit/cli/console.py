@@ -449,6 +449,10 @@ def exit_code_for(exc: BaseException, *, debug: bool) -> int:
 def print_shards(written: Any) -> None:
     """What ``tlkit shards make`` wrote, and the ``--set`` lines that run it."""
     table(None, ["split", "images", "shards", "pattern"], [(s, written.images[s], len(p), written.pattern(s)) for s, p in written.splits.items()])
+    skipped = getattr(written, "skipped", ())
+    if skipped:
+        shown = ", ".join(str(p) for p in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+        say(f"left out {len(skipped)} link{'s' if len(skipped) != 1 else ''} to files outside the folder (never packed): {shown}")
     say(f"run them with: --set dataset.name=webdataset --set 'dataset.train={written.pattern('train')}' --set 'dataset.test={written.pattern('test')}'")
 
 

@@ -62,6 +62,9 @@ class ShardImages(IterableDataset[tuple[torch.Tensor, int, str]]):
         info = get_worker_info()
         mine = self.shards if info is None else self.shards[info.id:: info.num_workers]
         for member in stream(mine, wanted=lambda shard, name: (shard, name) in self.index):
+            if member.error:  # not read (a hostile name, a link, too large, where a cut-short shard ends)
+                yield torch.zeros(self.shape), self.index[(member.shard, member.name)], member.error
+                continue
             # the time limit bounds decoding only: reading the shard streams (a slow network is not a hang)
             yield decode_item(self.decode, io.BytesIO(member.data), self.index[(member.shard, member.name)], self.shape, self.timeout_s)
 

@@ -10,6 +10,7 @@ entry where it still holds them (the usual case: nothing is recomputed) and are 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from tlkit.saved.splits import read_split
 from tlkit.util.atomic import atomic_path
 
 if TYPE_CHECKING:
+    from tlkit.contract.specs import Sample
     from tlkit.extract.cache import FeatureStore
 
 FORMATS = (".npz", ".parquet")
@@ -65,13 +67,43 @@ def _store(model: SavedModel) -> FeatureStore | None:
     return open_store(identity.with_recorded(model.manifest.features.cache_extra))
 
 
+def _shard_members(model: SavedModel, plugins: Any, listed: dict[str, list[tuple[Path, str]]]) -> dict[str, Sample] | None:
+    """The run's samples by shown path when its images are shard members (listed again by the run's loader), else None.
+
+    A shard member's ``split.csv`` path is only a name (``<shard>/<member>``), never a file to open. The run
+    directory is not trusted: its recipe's ``allow_pipe`` is ignored, so re-listing runs no command.
+    """
+    first = next((path for rows in listed.values() for path, _ in rows), None)
+    if first is None or plugins is None or not (any(p.is_file() for p in first.parents) or re.match(r"^[A-Za-z][\w+.-]+:", str(first))):
+        return None  # a shard member's shown path lies under its shard (a file) or its URL
+    from tlkit.contract.options import validate_options
+
+    path = model.run_dir / "recipe.yaml"
+    try:
+        dataset = dict((yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("dataset") or {})
+        spec = plugins.datasets.get(str(dataset.pop("name")))
+    except (OSError, yaml.YAMLError, AttributeError, KeyError, TypeError) as exc:
+        raise RunError(f"{path} cannot be read ({exc}); run the recipe again") from None
+    dataset.pop("allow_pipe", None)
+    loaded = spec.load(validate_options(spec.options, dataset, "dataset"))
+    samples = {str(s.path): s for split in loaded.splits.values() for s in split}
+    if not any(s.member is not None for s in samples.values()):
+        return None
+    return samples
+
+
 def split_arrays(
-    model: SavedModel, task: Callable[[int], AbstractContextManager[Callable[[int], None]]] | None = None
+    model: SavedModel, task: Callable[[int], AbstractContextManager[Callable[[int], None]]] | None = None, plugins: Any = None
 ) -> tuple[dict[str, SplitArrays], int, int]:
-    """Features of every split in ``split.csv``: ``({split: arrays}, cached count, skipped count)``."""
+    """Features of every split in ``split.csv``: ``({split: arrays}, cached count, skipped count)``.
+
+    With ``plugins``, a run whose images are shard members gets them from its shards (listed again), never from files.
+    """
     from tlkit.extract.features import extract_cached, prepare_model, resolve_device
+    from tlkit.extract.shard_members import extract_members_cached
 
     listed = read_split(model.run_dir / "split.csv")
+    members = _shard_members(model, plugins, listed)
     index = {name: i for i, name in enumerate(model.classes)}
     store = _store(model)
     device = resolve_device("auto")
@@ -81,7 +113,13 @@ def split_arrays(
     for split, rows in listed.items():
         paths = [path for path, _ in rows]
         extra: dict[str, Any] = {"task": task} if task is not None else {}
-        got = extract_cached(backbone, paths, model.pipeline, store, batch_size=model.batch_size, device=device, **extra)
+        if members is not None:
+            if any(str(p) not in members for p in paths):
+                missing = next(p for p in paths if str(p) not in members)
+                raise RunError(f"{missing} is no longer in the run's shards (were they rewritten?); run the recipe again")
+            got = extract_members_cached(backbone, [members[str(p)] for p in paths], model.pipeline, store, batch_size=model.batch_size, device=device, **extra)
+        else:
+            got = extract_cached(backbone, paths, model.pipeline, store, batch_size=model.batch_size, device=device, **extra)
         cached += got.cached
         skipped += len(paths) - len(got.kept)
         result[split] = SplitArrays(
@@ -128,7 +166,7 @@ def write_features(run_dir: Path | str, out: Path, plugins: Any, task: Callable[
     if out.suffix.lower() not in FORMATS:
         raise TlkitError(f"--out {out}: give a file ending in .npz (numpy, scikit-learn) or .parquet (pandas)")
     model = load_model(run_dir, plugins)
-    arrays, cached, skipped = split_arrays(model, task)
+    arrays, cached, skipped = split_arrays(model, task, plugins)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(out) as tmp:
