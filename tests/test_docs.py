@@ -17,6 +17,7 @@ import re
 import shlex
 import shutil
 import warnings
+import zlib
 from pathlib import Path
 
 import pytest
@@ -92,7 +93,7 @@ def _csv_data(root: Path) -> tuple[Path, Path]:
         lines = []
         for label, colour in zip(("red", "green"), CLASS_COLOURS):
             for i in range(count):
-                make_image(root / "images" / f"{split}-{label}-{i}.png", colour, size=(80, 64), seed=hash((split, label, i)) % 991)
+                make_image(root / "images" / f"{split}-{label}-{i}.png", colour, size=(80, 64), seed=zlib.crc32(f"{split}/{label}/{i}".encode()))
                 lines.append(f"images/{split}-{label}-{i}.png,{label}")
         (root / f"{split}.csv").write_text("\n".join(lines) + "\n")
     return root / "train.csv", root / "test.csv"
