@@ -13,6 +13,7 @@ chunks as extraction proceeds, so an interrupted run resumes where it stopped.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import time
@@ -52,7 +53,7 @@ DECODE_TIMEOUT_S = 30.0  # a photo decodes in milliseconds; a file that takes th
 
 
 def decode_timeout() -> float:
-    """Seconds one file may take to decode and preprocess (``$TLKIT_DECODE_TIMEOUT_S``, default 30)."""
+    """Seconds one file may take to decode and preprocess (``$TLKIT_DECODE_TIMEOUT_S``, default 30; ``inf``: no limit)."""
     try:
         return positive_number(DECODE_TIMEOUT_ENV, DECODE_TIMEOUT_S)
     except ValueError as exc:
@@ -70,8 +71,8 @@ def _expire(signum: int, frame: Any) -> None:
 @contextmanager
 def _time_limit(seconds: float) -> Iterator[None]:
     """Interrupt the block after ``seconds`` in a DataLoader worker (its own process: SIGALRM is free there)."""
-    if torch.utils.data.get_worker_info() is None:
-        yield  # the main process: its timers belong to the caller; the batch timeout still bounds workers
+    if torch.utils.data.get_worker_info() is None or not math.isfinite(seconds):
+        yield  # inf: no limit; the main process: its timers belong to the caller; the batch timeout still bounds workers
         return
     previous = signal.signal(signal.SIGALRM, _expire)
     signal.setitimer(signal.ITIMER_REAL, seconds)
@@ -242,13 +243,18 @@ def _loader(dataset: ImageFiles, batch_size: int, workers: int | None, device: t
         pin_memory=device.type == "cuda",
         prefetch_factor=4 if num_workers else None,
         # A backstop for a decoder stuck where no signal reaches it: no batch for this long ends the wait.
-        timeout=batch_timeout(dataset.timeout_s, batch_size) if num_workers else 0,
+        timeout=_loader_timeout(batch_timeout(dataset.timeout_s, batch_size)) if num_workers else 0,
     )
 
 
 def batch_timeout(per_file_s: float, batch_size: int) -> float:
     """How long to wait for one batch from a worker: every file at its limit, plus slack for start-up."""
     return per_file_s * (batch_size + 1) + 5.0
+
+
+def _loader_timeout(seconds: float) -> float:
+    """The DataLoader's ``timeout`` (0 waits without one): ``inf`` from ``TLKIT_DECODE_TIMEOUT_S=inf`` is no limit."""
+    return seconds if math.isfinite(seconds) else 0
 
 
 def _hung(dataset: ImageFiles, done: int, batch_size: int) -> DataError:

@@ -32,7 +32,7 @@ import torch
 
 from tlkit.errors import TlkitError
 from tlkit.run.signals import sigterm_raises
-from tlkit.util.units import positive_number
+from tlkit.util.units import bounded_wait, positive_number
 
 TIMEOUT_ENV = "TLKIT_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 1800.0
@@ -103,7 +103,7 @@ def detect(environ: Mapping[str, str] | None = None) -> DistEnv:
 
 
 def timeout_s(environ: Mapping[str, str] | None = None) -> float:
-    """Seconds any collective may wait (``TLKIT_DIST_TIMEOUT``, default 30 minutes)."""
+    """Seconds any collective may wait (``TLKIT_DIST_TIMEOUT``, default 30 minutes; ``inf``: no limit)."""
     try:
         return positive_number(TIMEOUT_ENV, DEFAULT_TIMEOUT_S, environ)
     except ValueError as exc:
@@ -153,7 +153,7 @@ def process_group(env: DistEnv, device: torch.device, timeout: float | None = No
             init_method=f"tcp://{env.master_addr}:{env.master_port}",
             rank=env.rank,
             world_size=env.world_size,
-            timeout=timedelta(seconds=seconds),
+            timeout=timedelta(seconds=bounded_wait(seconds)),  # inf: no limit (a year for torch)
         )
     except Exception as exc:  # noqa: BLE001 - rendezvous failures come as RuntimeError, DistStoreError, TimeoutError
         raise DistributedError(f"{env.label()}: cannot join the process group at {env.master_addr}:{env.master_port} ({_first_line(exc)})") from None
