@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from tlkit.contract.preprocessing import Preprocessing
-from tlkit.errors import DataError, DeviceError
+from tlkit.errors import DataError, DeviceError, WeightsError
 from tlkit.extract.cache import FeatureStore, hash_files
 from tlkit.extract.decode import BACKGROUND, BadImage, pipeline_named
 from tlkit.extract.pipeline import ImagePipeline, as_pipeline
@@ -267,17 +267,36 @@ def _hung(dataset: ImageFiles, done: int, batch_size: int) -> DataError:
     )
 
 
+class NonFiniteFeatures(WeightsError):
+    """The backbone gave NaN or infinite features: raised by :func:`batch_features` before anything
+    sees them (the cache, a head), so a run stops in one line instead of fitting or storing NaN.
+    Callers that know the backbone (the run's stages, ``tlkit predict``) name it and its weights file."""
+
+
 def batch_features(
     model: torch.nn.Module, batch: torch.Tensor, device: torch.device, precision: str, forward: Callable[[torch.Tensor], torch.Tensor] | None = None
 ) -> torch.Tensor:
-    """Features (n, D) float32 on the CPU for a batch of n preprocessed images (through ``forward`` when given)."""
+    """Features (n, D) float32 on the CPU for a batch of n preprocessed images (through ``forward`` when given).
+
+    Non-finite features are :class:`NonFiniteFeatures`: preprocessed pixels are always finite, so the
+    cause is the backbone (weights holding NaN/inf) or, at reduced precision, an overflow.
+    """
     n = len(batch)
     if n == 1:
         # oneDNN takes another code path for a batch of one; its results differ in the last bits.
         # Computing the image twice keeps features identical to a full batch.
         batch = batch.expand(2, -1, -1, -1)
     # a runtime from tlkit.extract.runtimes handles device and precision itself
-    return (forward or torch_forward(model, device, precision))(batch)[:n]
+    features = (forward or torch_forward(model, device, precision))(batch)[:n]
+    finite = torch.isfinite(features).all(dim=1) if features.dim() == 2 else torch.isfinite(features).flatten(1).all(dim=1)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        hint = f"; at extract.precision {precision} an overflow can do this too, try fp32" if precision != "fp32" else ""
+        raise NonFiniteFeatures(
+            f"the backbone gave NaN or infinite features for {bad} of {n} images of a batch: its weights hold NaN or inf "
+            f"(a damaged or diverged weights file){hint}; nothing was cached"
+        )
+    return features
 
 
 def extract(

@@ -25,7 +25,7 @@ from tlkit.contract.preprocessing import Preprocessing
 from tlkit.contract.specs import BackboneSpec, HeadSpec, PluginOptions
 from tlkit.contract.weights_request import WeightsRequest
 from tlkit.errors import DataError, RunError, TlkitError, WeightsError
-from tlkit.extract.features import extract, prepare_model, resolve_device
+from tlkit.extract.features import NonFiniteFeatures, extract, prepare_model, resolve_device
 from tlkit.extract.pipeline import ImagePipeline
 from tlkit.saved.head_files import load_head
 from tlkit.saved.manifest import FILE as MANIFEST_FILE
@@ -209,7 +209,10 @@ def predict(
     """
     target = resolve_device(device)
     backbone = prepare_model(model.backbone, target)
-    result = extract(backbone, list(paths), model.pipeline, batch_size=model.batch_size, workers=workers, device=target, on_batch=on_batch)
+    try:
+        result = extract(backbone, list(paths), model.pipeline, batch_size=model.batch_size, workers=workers, device=target, on_batch=on_batch)
+    except NonFiniteFeatures as exc:
+        raise NonFiniteFeatures(f"run {model.run_dir}, backbone '{model.manifest.backbone.name}': {exc}") from None
     kept = [paths[i] for i in result.kept]
     if not kept:
         return Predictions(paths=[], probabilities=torch.empty(0, len(model.classes)), bad=result.bad)

@@ -32,7 +32,7 @@ def _check(info: os.stat_result, max_bytes: int) -> None:
         kind = next((name for test, name in _KINDS if test(info.st_mode)), "not a plain file")
         raise UnsafeFile(f"is {kind}, not a regular file")
     if info.st_size > max_bytes:
-        raise UnsafeFile(f"is {info.st_size / 2**20:.1f} MiB, more than the {max_bytes / 2**20:.0f} MiB such a file can hold")
+        raise UnsafeFile(f"is {info.st_size / 2**20:.1f} MiB, over the {max_bytes / 2**20:g} MiB bound for such a file")
 
 
 @contextmanager
@@ -60,7 +60,7 @@ def read_regular(path: Path | str, max_bytes: int) -> bytes:
     with open_regular(path, max_bytes) as fh:
         data = fh.read(max_bytes + 1)
     if len(data) > max_bytes:
-        raise UnsafeFile(f"grew past {max_bytes / 2**20:.0f} MiB while it was read")
+        raise UnsafeFile(f"grew past the {max_bytes / 2**20:g} MiB bound for such a file while it was read")
     return data
 
 
@@ -72,6 +72,6 @@ def sha256_regular(path: Path | str, max_bytes: int) -> str:
         for block in iter(lambda: fh.read(_BLOCK), b""):
             done += len(block)
             if done > max_bytes:
-                raise UnsafeFile(f"grew past {max_bytes / 2**20:.0f} MiB while it was read")
+                raise UnsafeFile(f"grew past the {max_bytes / 2**20:g} MiB bound for such a file while it was read")
             digest.update(block)
     return digest.hexdigest()
