@@ -58,9 +58,9 @@ def open_regular(path: Path | str, max_bytes: int) -> Iterator[BinaryIO]:
 def read_regular(path: Path | str, max_bytes: int) -> bytes:
     """The bytes of ``path`` (see :func:`open_regular`); a file that grew past ``max_bytes`` while read is refused too."""
     with open_regular(path, max_bytes) as fh:
-        data = fh.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise UnsafeFile(f"grew past the {max_bytes / 2**20:g} MiB bound for such a file while it was read")
+        data = fh.read(os.fstat(fh.fileno()).st_size)  # the size checked above, read in one allocation
+        if fh.read(1):
+            raise UnsafeFile("changed while it was read (it grew); try again when nothing writes it")
     return data
 
 
