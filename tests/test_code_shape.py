@@ -63,9 +63,9 @@ def test_no_any_on_the_engine_to_plugin_path() -> None:
     """What the engine hands a plugin, and the records it hands them through, are typed (generic specs and Choice)."""
     from tlkit.contract.specs import BackboneSpec, DatasetSpec, HeadSpec, TrainedHead
     from tlkit.extract.cache import CacheIdentity, open_store
-    from tlkit.saved.manifest import RunManifest
     from tlkit.extract.runtimes.stage import RuntimeRequest, runtime_for
     from tlkit.recipe.loader import Choice, Recipe
+    from tlkit.saved.manifest import RunManifest
 
     annotations = {
         **{f"BackboneSpec.{k}": v for k, v in BackboneSpec.__annotations__.items()},
