@@ -138,3 +138,98 @@ def test_an_archive_from_libtorch_itself(tmp_path: Path, tch_state: dict[str, to
     ext.save_multi(list(tch_state.values()), [k.replace(".", "|") for k in tch_state], str(path))
     tensors = load_state_dict(path)
     assert set(tensors) == set(tch_state) and all(torch.equal(tensors[k], v) for k, v in tch_state.items())
+
+
+# --- hostile archives: bounded in depth and in memory ---
+
+
+def _nested_dicts(depth: int) -> bytes:
+    """A protocol-2 pickle of ``{"a": {"a": ... {}}}`` ``depth`` deep, written opcode by opcode (pickle itself would recurse)."""
+    key = b"X\x01\x00\x00\x00a"
+    return b"\x80\x02" + (b"}" + key) * depth + b"}" + b"s" * depth + b"."
+
+
+def test_a_pickle_nested_100000_deep_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "deep.ot"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as records:
+        records.writestr("deep/data.pkl", _nested_dicts(100_000))
+        records.writestr("deep/constants.pkl", pickle.dumps((), protocol=2))
+    with pytest.raises(WeightsError, match=r"deep\.ot .*nested") as info:
+        load_state_dict(path)
+    assert "\n" not in str(info.value)
+
+
+class _StorageRef:
+    def __init__(self, numel: int) -> None:
+        self.numel = numel
+
+
+class _Tensor:
+    def __init__(self, numel: int) -> None:
+        self.numel = numel
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        from collections import OrderedDict
+
+        return (torch._utils._rebuild_tensor_v2, (_StorageRef(self.numel), 0, (self.numel,), (1,), False, OrderedDict()))
+
+
+class _ArchivePickler(pickle.Pickler):
+    def persistent_id(self, obj: Any) -> Any:
+        if isinstance(obj, _StorageRef):
+            return ("storage", torch.FloatStorage, "0", "cpu", obj.numel)
+        return None
+
+
+def _bomb(path: Path, numel: int, record_bytes: int) -> Path:
+    """An archive whose one tensor of ``numel`` floats has a record of ``record_bytes`` zeros, deflated (a 2 GiB record is ~2 MB)."""
+    import io
+
+    buffer = io.BytesIO()
+    _ArchivePickler(buffer, protocol=2).dump({"fc|weight": _Tensor(numel)})
+    zeros = bytes(1 << 20)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as records:
+        records.writestr("bomb/data.pkl", buffer.getvalue())
+        records.writestr("bomb/constants.pkl", pickle.dumps((), protocol=2))
+        with records.open("bomb/data/0", "w", force_zip64=True) as record:
+            for _ in range(record_bytes >> 20):
+                record.write(zeros)
+    return path
+
+
+def test_a_small_crafted_archive_reads_back(tmp_path: Path) -> None:
+    path = _bomb(tmp_path / "ok.ot", 1 << 18, 1 << 20)  # the crafting is right: 1 MiB of zeros is a tensor
+    assert read_named_tensors(path)["fc.weight"].shape == (1 << 18,)
+
+
+_PEAK = '''
+import resource, sys
+from tlkit.errors import WeightsError
+from tlkit.sources.weights import load_state_dict
+try:
+    load_state_dict(sys.argv[1])
+except WeightsError as exc:
+    print("refused:", exc)
+else:
+    print("loaded")
+print("peak_kib", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+'''
+
+
+@pytest.mark.parametrize("numel", [2**29, 2**10], ids=["claims-2GiB", "claims-4KiB"])
+def test_a_2_gib_deflated_record_is_refused_under_1_5_gb(tmp_path: Path, numel: int) -> None:
+    import subprocess
+    import sys
+
+    path = _bomb(tmp_path / "bomb.ot", numel, 2 * 2**30)
+    assert path.stat().st_size < 16 * 2**20
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", _PEAK, str(path)], capture_output=True, text=True, env=env, timeout=600, check=False)
+    lines = dict(line.split(" ", 1) for line in done.stdout.splitlines() if " " in line)
+    assert done.returncode == 0, done.stderr[-2000:]
+    peak_gb = int(lines["peak_kib"]) * 1024 / 1e9
+    assert peak_gb < 1.5, peak_gb
+    if numel == 2**29:
+        assert "refused:" in lines and "bomb.ot" in lines["refused:"], done.stdout
+    else:  # only the 4 KiB the tensor needs are inflated
+        assert "loaded" in done.stdout or "refused:" in lines

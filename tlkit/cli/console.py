@@ -1,12 +1,17 @@
 """What the CLI shows: progress bars, tables, CSV files, and the one-line error/warning format.
 
 rich is imported on first use, not at import: ``tlkit --help`` and ``--version`` never need it.
+
+Text reaching the terminal often holds a user's names (class folders, file paths, recipe values), so
+every line and table goes through :func:`visible`: control characters (escape sequences, carriage
+returns, C1 codes, bidirectional overrides) are shown escaped (``\x1b``), never sent raw.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import re
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
@@ -40,9 +45,24 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'tlkit.cli.console' has no attribute {name!r}")
 
 
+# C0 and C1 control characters (line breaks and tabs apart) and the invisible bidirectional marks.
+_CONTROLS = "\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
+_IN_MESSAGES = re.compile(f"[{_CONTROLS}]")
+_IN_ONE_LINE = re.compile(f"[{_CONTROLS}\n\t]")
+
+
+def visible(text: str, *, one_line: bool = False) -> str:
+    """``text`` safe for a terminal: control characters shown as Python escapes (``\x1b``, ``\u202e``).
+
+    Line breaks and tabs stay in messages; ``one_line`` (a table cell, a name) escapes them too.
+    """
+    pattern = _IN_ONE_LINE if one_line else _IN_MESSAGES
+    return pattern.sub(lambda found: ascii(found.group())[1:-1], text)
+
+
 def say(text: str) -> None:
     """One plain line on stdout (no markup, no highlighting)."""
-    _console(False).print(text, highlight=False, markup=False)
+    _console(False).print(visible(text), highlight=False, markup=False)
 
 
 def print_error(message: str) -> None:
@@ -53,10 +73,11 @@ def print_warning(message: str) -> None:
     _console(True).print(f"[yellow]warning:[/] {_escape(message)}", highlight=False)
 
 
-def _escape(text: str) -> str:
+def _escape(text: str, *, one_line: bool = False) -> str:
+    """``text`` for rich markup: :func:`visible`, then its square brackets escaped."""
     from rich.markup import escape
 
-    return escape(text)
+    return escape(visible(text, one_line=one_line))
 
 
 def _rate_column() -> Any:
@@ -88,10 +109,11 @@ class ConsoleObserver(Observer):
         self.console = console or _console(True)
 
     def note(self, text: str) -> None:
-        self.console.print(text, highlight=False, markup=False)
+        self.console.print(visible(text), highlight=False, markup=False)
 
     @contextmanager
     def task(self, description: str, total: int | None, unit: str = "it") -> Iterator[Callable[[int], None]]:
+        description = visible(description, one_line=True)
         if not self.console.is_terminal:
             with self._plain_task(description, total, unit) as advance:
                 yield advance
@@ -109,7 +131,7 @@ class ConsoleObserver(Observer):
             TimeRemainingColumn(),
         ]
         with Progress(*columns, console=self.console, transient=False) as bar:
-            task_id = bar.add_task(description, total=total, unit=unit)
+            task_id = bar.add_task(_escape(description), total=total, unit=unit)  # TextColumn reads markup
             yield lambda n: bar.advance(task_id, n)
 
     @contextmanager
@@ -142,7 +164,7 @@ class ConsoleObserver(Observer):
 
     def point(self, label: str, values: Mapping[str, float]) -> None:
         shown = "  ".join(f"{k} {v:.4f}" for k, v in values.items() if k != "epoch")
-        self.console.print(f"  {label}: {shown}", highlight=False)
+        self.console.print(f"  {visible(label, one_line=True)}: {shown}", highlight=False, markup=False)
 
 
 def progress(description: str, total: int, *, unit: str = "it", quiet: bool = False) -> Any:
@@ -157,11 +179,11 @@ def table(title: str | None, columns: Sequence[str] | None, rows: Sequence[Seque
     from rich.table import Table
 
     width = len(rows[0]) if rows else 0
-    t = Table(title=title, title_justify="left", show_header=columns is not None)
+    t = Table(title=None if title is None else _escape(title, one_line=True), title_justify="left", show_header=columns is not None)
     for column in columns if columns is not None else [""] * width:
-        t.add_column(column, overflow="fold")
+        t.add_column(_escape(column, one_line=True), overflow="fold")
     for row in rows:
-        t.add_row(*("-" if v is None else _escape(str(v)) for v in row))
+        t.add_row(*("-" if v is None else _escape(str(v)) for v in row))  # a cell may be lines (options_text)
     _console(False).print(t)
 
 
@@ -210,7 +232,7 @@ def count(value: int | None) -> str:
 def print_evaluation(test: Mapping[str, Any], classes: Sequence[str]) -> None:
     """The test split's per-class precision/recall/F1 table and its confusion matrix."""
     rows = [
-        (name, _number(m["precision"]), _number(m["recall"]), _number(m["f1"]), m["support"])
+        (visible(name, one_line=True), _number(m["precision"]), _number(m["recall"]), _number(m["f1"]), m["support"])
         for name, m in ((name, test["per_class"][name]) for name in classes)
     ]
     table("per class (test)", ["class", "precision", "recall", "F1", "images"], rows)
@@ -218,7 +240,7 @@ def print_evaluation(test: Mapping[str, Any], classes: Sequence[str]) -> None:
     table(
         "confusion matrix (rows: true class, columns: predicted)",
         ["true \\ predicted", *classes],
-        [(name, *row) for name, row in zip(classes, matrix)],
+        [(visible(name, one_line=True), *row) for name, row in zip(classes, matrix)],
     )
 
 
@@ -246,7 +268,7 @@ def print_run_summary(recipe: Any, result: Any) -> None:
         table(
             f"skipped {len(bad)} file{'s' if len(bad) != 1 else ''} that could not be used (all in bad_images.csv)",
             ["split", "file", "reason"],
-            [(b.split, str(b.path), b.reason) for b in bad[:shown]],
+            [(b.split, visible(str(b.path), one_line=True), b.reason) for b in bad[:shown]],
         )
         if len(bad) > shown:
             say(f"and {len(bad) - shown} more: see {result.out_dir / 'bad_images.csv'}")
@@ -275,9 +297,9 @@ def print_predictions(rows: Sequence[PredictionRow], bad: Sequence[tuple[Path, s
 
 
 def _prediction_cells(row: PredictionRow, top_k: int) -> list[str]:
-    cells = [row.path, row.predicted_class, f"{row.confidence:.4f}"]
+    cells = [visible(row.path, one_line=True), visible(row.predicted_class, one_line=True), f"{row.confidence:.4f}"]
     if top_k > 1:
-        cells.append(", ".join(f"{t.name} {t.probability:.4f}" for t in row.top))
+        cells.append(", ".join(f"{visible(t.name, one_line=True)} {t.probability:.4f}" for t in row.top))
     return cells
 
 

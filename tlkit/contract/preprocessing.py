@@ -29,8 +29,18 @@ _INTERPOLATIONS = {
 }
 PIPELINES = ("torchvision", "timm")
 CROP_MODES = ("center", "squash", "border")
+# Bounds on the sizes: far above any backbone's input (timm's largest is 1024), far below what would make
+# decoding one image allocate gigabytes (a damaged or hostile model.json, a plugin's mistake).
+MAX_CROP_SIZE = 4096
+MAX_RESIZE_SIZE = 8192
 # Fields left out of to_dict() at these values, so records saved before they existed keep their cache keys.
 _OPTIONAL = {"pipeline": "torchvision", "crop_mode": "center", "crop_pct": None}
+
+
+def _check_sizes(crop_size: int, resize_size: int) -> None:
+    for name, value, most in (("crop_size", crop_size, MAX_CROP_SIZE), ("resize_size", resize_size, MAX_RESIZE_SIZE)):
+        if not 1 <= value <= most:
+            raise ValueError(f"{name} must be a whole number from 1 to {most}, not {value!r}")
 
 
 @dataclass(frozen=True)
@@ -54,6 +64,9 @@ class Preprocessing:
     crop_pct: float | None = None
 
     def __post_init__(self) -> None:
+        _check_sizes(self.crop_size, self.resize_size)
+        if not all(math.isfinite(v) for v in (*self.mean, *self.std)) or not all(v > 0 for v in self.std):
+            raise ValueError(f"mean and std must be finite numbers, std above 0, not {list(self.mean)} / {list(self.std)}")
         if self.interpolation not in _INTERPOLATIONS:
             raise ValueError(f"interpolation must be one of {sorted(_INTERPOLATIONS)}, not {self.interpolation!r}")
         if self.pipeline not in PIPELINES:

@@ -13,6 +13,7 @@ chunks as extraction proceeds, so an interrupted run resumes where it stopped.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import time
@@ -26,7 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from tlkit.contract.preprocessing import Preprocessing
-from tlkit.errors import DataError, DeviceError
+from tlkit.errors import DataError, DeviceError, WeightsError
 from tlkit.extract.cache import FeatureStore, hash_files
 from tlkit.extract.decode import BACKGROUND, BadImage, pipeline_named
 from tlkit.extract.pipeline import ImagePipeline, as_pipeline
@@ -52,7 +53,7 @@ DECODE_TIMEOUT_S = 30.0  # a photo decodes in milliseconds; a file that takes th
 
 
 def decode_timeout() -> float:
-    """Seconds one file may take to decode and preprocess (``$TLKIT_DECODE_TIMEOUT_S``, default 30)."""
+    """Seconds one file may take to decode and preprocess (``$TLKIT_DECODE_TIMEOUT_S``, default 30; ``inf``: no limit)."""
     try:
         return positive_number(DECODE_TIMEOUT_ENV, DECODE_TIMEOUT_S)
     except ValueError as exc:
@@ -70,8 +71,8 @@ def _expire(signum: int, frame: Any) -> None:
 @contextmanager
 def _time_limit(seconds: float) -> Iterator[None]:
     """Interrupt the block after ``seconds`` in a DataLoader worker (its own process: SIGALRM is free there)."""
-    if torch.utils.data.get_worker_info() is None:
-        yield  # the main process: its timers belong to the caller; the batch timeout still bounds workers
+    if torch.utils.data.get_worker_info() is None or not math.isfinite(seconds):
+        yield  # inf: no limit; the main process: its timers belong to the caller; the batch timeout still bounds workers
         return
     previous = signal.signal(signal.SIGALRM, _expire)
     signal.setitimer(signal.ITIMER_REAL, seconds)
@@ -242,13 +243,18 @@ def _loader(dataset: ImageFiles, batch_size: int, workers: int | None, device: t
         pin_memory=device.type == "cuda",
         prefetch_factor=4 if num_workers else None,
         # A backstop for a decoder stuck where no signal reaches it: no batch for this long ends the wait.
-        timeout=batch_timeout(dataset.timeout_s, batch_size) if num_workers else 0,
+        timeout=_loader_timeout(batch_timeout(dataset.timeout_s, batch_size)) if num_workers else 0,
     )
 
 
 def batch_timeout(per_file_s: float, batch_size: int) -> float:
     """How long to wait for one batch from a worker: every file at its limit, plus slack for start-up."""
     return per_file_s * (batch_size + 1) + 5.0
+
+
+def _loader_timeout(seconds: float) -> float:
+    """The DataLoader's ``timeout`` (0 waits without one): ``inf`` from ``TLKIT_DECODE_TIMEOUT_S=inf`` is no limit."""
+    return seconds if math.isfinite(seconds) else 0
 
 
 def _hung(dataset: ImageFiles, done: int, batch_size: int) -> DataError:
@@ -261,17 +267,36 @@ def _hung(dataset: ImageFiles, done: int, batch_size: int) -> DataError:
     )
 
 
+class NonFiniteFeatures(WeightsError):
+    """The backbone gave NaN or infinite features: raised by :func:`batch_features` before anything
+    sees them (the cache, a head), so a run stops in one line instead of fitting or storing NaN.
+    Callers that know the backbone (the run's stages, ``tlkit predict``) name it and its weights file."""
+
+
 def batch_features(
     model: torch.nn.Module, batch: torch.Tensor, device: torch.device, precision: str, forward: Callable[[torch.Tensor], torch.Tensor] | None = None
 ) -> torch.Tensor:
-    """Features (n, D) float32 on the CPU for a batch of n preprocessed images (through ``forward`` when given)."""
+    """Features (n, D) float32 on the CPU for a batch of n preprocessed images (through ``forward`` when given).
+
+    Non-finite features are :class:`NonFiniteFeatures`: preprocessed pixels are always finite, so the
+    cause is the backbone (weights holding NaN/inf) or, at reduced precision, an overflow.
+    """
     n = len(batch)
     if n == 1:
         # oneDNN takes another code path for a batch of one; its results differ in the last bits.
         # Computing the image twice keeps features identical to a full batch.
         batch = batch.expand(2, -1, -1, -1)
     # a runtime from tlkit.extract.runtimes handles device and precision itself
-    return (forward or torch_forward(model, device, precision))(batch)[:n]
+    features = (forward or torch_forward(model, device, precision))(batch)[:n]
+    finite = torch.isfinite(features).all(dim=1) if features.dim() == 2 else torch.isfinite(features).flatten(1).all(dim=1)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        hint = f"; at extract.precision {precision} an overflow can do this too, try fp32" if precision != "fp32" else ""
+        raise NonFiniteFeatures(
+            f"the backbone gave NaN or infinite features for {bad} of {n} images of a batch: its weights hold NaN or inf "
+            f"(a damaged or diverged weights file){hint}; nothing was cached"
+        )
+    return features
 
 
 def extract(

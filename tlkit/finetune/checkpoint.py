@@ -8,6 +8,12 @@ written with :func:`tlkit.util.atomic.write_atomic`, the tensors first and the s
 file names its tensor file and that file's sha256, so a kill at any moment leaves the previous
 checkpoint or the new one, never a mix. Older tensor files are deleted only after the new state file
 is in place.
+
+``checkpoint.json`` carries a ``checksum`` over all of its fields (:func:`state_checksum`), so a
+damaged field is caught before any is used, and it is parsed into a :class:`CheckpointRecord` with
+bounds (an epoch is a whole number in range, the tensor file a plain name in the folder, the
+history numbers, ...): an edited file that still checks out is one line, never a ``KeyError``. Both
+files are read only when regular and within a size bound (no FIFO, no ``/dev/zero``).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,9 +33,15 @@ from safetensors.torch import load, save
 
 from tlkit.errors import OutputError, RunError
 from tlkit.util.atomic import write_atomic
+from tlkit.util.hashing import json_sha256
+from tlkit.util.regular_files import UnsafeFile, read_regular
 
 STATE_FILE = "checkpoint.json"
-FORMAT = 1
+FORMAT = 2  # 2: the checksum covers every field
+MAX_STATE_BYTES = 256 * 2**20  # the history and optimiser settings of a long run stay far below
+MAX_TENSOR_BYTES = 64 * 2**30
+MAX_EPOCHS = 1_000_000
+_TENSOR_NAME = re.compile(r"epoch-\d{4,7}\.safetensors")
 
 
 @dataclass
@@ -108,7 +121,7 @@ def save_checkpoint(
         tensors.update({f"best.{k}": v for k, v in state.best_state.items()})
     data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()})
     name = f"epoch-{state.epoch:04d}.safetensors"
-    info = {
+    info: dict[str, Any] = {
         "format": FORMAT,
         "epoch": state.epoch,
         "tensors": name,
@@ -122,6 +135,7 @@ def save_checkpoint(
         "recipe": dict(recipe),
         **dict(extra or {}),
     }
+    info["checksum"] = state_checksum(info)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         write_atomic(folder / name, data)
@@ -134,35 +148,110 @@ def save_checkpoint(
     return target
 
 
-def read_checkpoint(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
-    """The state and tensors of the checkpoint in ``folder`` (``None`` when there is none); checks the sha256."""
+def state_checksum(info: Mapping[str, Any]) -> str:
+    """The sha256 of every field of ``checkpoint.json`` but ``checksum`` itself (canonical JSON)."""
+    return json_sha256({k: v for k, v in info.items() if k != "checksum"})
+
+
+@dataclass(frozen=True)
+class CheckpointRecord:
+    """``checkpoint.json`` checked field by field (the mappings handed to torch are checked in :func:`restore`)."""
+
+    epoch: int
+    tensors: str
+    sha256: str
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    rng: dict[str, Any]
+    history: list[dict[str, float]]
+    best_epoch: int
+    best_score: tuple[float, float] | None
+    recipe: dict[str, Any]
+    scaler: dict[str, Any] | None = None
+    path: Path = Path(STATE_FILE)  # where it was read from, for messages
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def parse_record(info: Any, path: Path) -> CheckpointRecord:
+    """``info`` (the JSON of ``checkpoint.json``) as a :class:`CheckpointRecord`; the first wrong field is one :class:`RunError`."""
+
+    def wrong(key: str, expected: str) -> RunError:
+        shown = json.dumps(info.get(key) if isinstance(info, dict) else info)[:40]
+        return RunError(f"checkpoint {path}: '{key}' must be {expected}, not {shown}; delete {path.parent} to start again")
+
+    if not isinstance(info, dict):
+        raise wrong("(top)", "an object")
+    epoch = info.get("epoch")
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or not 0 <= epoch <= MAX_EPOCHS:
+        raise wrong("epoch", f"a whole number from 0 to {MAX_EPOCHS}")
+    if not isinstance(info.get("tensors"), str) or not _TENSOR_NAME.fullmatch(info["tensors"]):
+        raise wrong("tensors", "a file name epoch-NNNN.safetensors")
+    for key in ("optimizer", "scheduler", "rng", "recipe"):
+        if not isinstance(info.get(key), dict):
+            raise wrong(key, "an object")
+    history = info.get("history")
+    if not isinstance(history, list) or not all(isinstance(p, dict) and all(isinstance(k, str) and _number(v) for k, v in p.items()) for p in history):
+        raise wrong("history", "a list of objects of numbers")
+    best_epoch = info.get("best_epoch", 0)
+    if not isinstance(best_epoch, int) or isinstance(best_epoch, bool) or not 0 <= best_epoch <= epoch:
+        raise wrong("best_epoch", f"a whole number from 0 to the epoch ({epoch})")
+    score = info.get("best_score")
+    if score is not None and not (isinstance(score, list) and len(score) == 2 and all(_number(v) for v in score)):
+        raise wrong("best_score", "null or two numbers")
+    if info.get("scaler") is not None and not isinstance(info["scaler"], dict):
+        raise wrong("scaler", "null or an object")
+    return CheckpointRecord(
+        epoch=epoch, tensors=info["tensors"], sha256=str(info.get("sha256")), optimizer=info["optimizer"], scheduler=info["scheduler"],
+        rng=info["rng"], history=[{k: float(v) for k, v in p.items()} for p in history], best_epoch=best_epoch,
+        best_score=(float(score[0]), float(score[1])) if score else None, recipe=info["recipe"], scaler=info.get("scaler"), path=path,
+    )
+
+
+def read_checkpoint(folder: Path) -> tuple[CheckpointRecord, dict[str, torch.Tensor]] | None:
+    """The state and tensors of the checkpoint in ``folder`` (``None`` when there is none); checks the checksums first."""
     path = folder / STATE_FILE
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         return None
+    again = f"delete {folder} to start again"
     try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-        data = (folder / info["tensors"]).read_bytes()
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise RunError(f"checkpoint {path} cannot be read ({exc}); delete {folder} to start again") from None
-    if info.get("format") != FORMAT or hashlib.sha256(data).hexdigest() != info.get("sha256"):
-        raise RunError(f"checkpoint {path} does not match its tensor file {info.get('tensors')}; delete {folder} to start again")
-    return info, load(data)
+        info = json.loads(read_regular(path, MAX_STATE_BYTES).decode("utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:  # UnsafeFile is a ValueError: a FIFO, a huge file
+        raise RunError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {str(exc)[:80]}); {again}") from None
+    if not isinstance(info, dict) or info.get("format") != FORMAT or info.get("checksum") != state_checksum(info):
+        raise RunError(f"checkpoint {path} is damaged or from another tlkit (its checksum does not match its fields); {again}")
+    record = parse_record(info, path)
+    try:
+        data = read_regular(folder / record.tensors, MAX_TENSOR_BYTES)
+    except (OSError, UnsafeFile) as exc:
+        raise RunError(f"checkpoint {path}: its tensor file {record.tensors} cannot be read ({type(exc).__name__}: {str(exc)[:80]}); {again}") from None
+    if hashlib.sha256(data).hexdigest() != record.sha256:
+        raise RunError(f"checkpoint {path} does not match its tensor file {record.tensors}; {again}")
+    try:
+        return record, load(data)
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for damaged files
+        raise RunError(f"checkpoint tensor file {folder / record.tensors} cannot be read ({str(exc)[:80]}); {again}") from None
 
 
 def restore(
-    info: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
+    info: CheckpointRecord, tensors: Mapping[str, torch.Tensor], model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any = None
 ) -> TrainingState:
-    """Put model, optimiser, scheduler and random state back as they were; returns the training state."""
-    model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
-    optimizer.load_state_dict(_optimizer_state(tensors, info["optimizer"]))
-    scheduler.load_state_dict(info["scheduler"])
-    _set_rng_state(tensors, info["rng"])
+    """Put model, optimiser, scheduler and random state back as they were; returns the training state.
+
+    A record that passed :func:`parse_record` but does not fit this model, optimiser or scheduler
+    (an edited file that still checks out) is one :class:`RunError`.
+    """
+    try:
+        model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
+        optimizer.load_state_dict(_optimizer_state(tensors, info.optimizer))
+        scheduler.load_state_dict(info.scheduler)
+        _set_rng_state(tensors, info.rng)
+        if scaler is not None and info.scaler:
+            scaler.load_state_dict(info.scaler)
+    except (KeyError, ValueError, TypeError, RuntimeError, IndexError, AttributeError, OverflowError) as exc:
+        reason = str(exc).strip().splitlines()[0][:100] if str(exc).strip() else type(exc).__name__
+        raise RunError(f"checkpoint {info.path} does not fit this run ({type(exc).__name__}: {reason}); delete {info.path.parent} to start again") from None
     best = {k[len("best.") :]: v for k, v in tensors.items() if k.startswith("best.")}
-    score = info.get("best_score")
-    return TrainingState(
-        epoch=int(info["epoch"]),
-        history=[dict(point) for point in info["history"]],
-        best_epoch=int(info.get("best_epoch", 0)),
-        best_score=(float(score[0]), float(score[1])) if score else None,
-        best_state=best or None,
-    )
+    return TrainingState(epoch=info.epoch, history=[dict(p) for p in info.history], best_epoch=info.best_epoch, best_score=info.best_score, best_state=best or None)

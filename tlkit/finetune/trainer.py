@@ -140,11 +140,8 @@ class Trainer:
             self.observer.note(f"no checkpoint in {self.job.checkpoints}: starting from epoch 1")
             return ckpt.TrainingState()
         info, tensors = found
-        _check_same_recipe(info.get("recipe") or {}, self.job.recipe, self.job.checkpoints)
-        state = ckpt.restore(info, tensors, self.net, self.optimizer, self.scheduler)
-        if self.scaler is not None and info.get("scaler"):
-            self.scaler.load_state_dict(info["scaler"])
-        return state
+        _check_same_recipe(info.recipe, self.job.recipe, self.job.checkpoints)
+        return ckpt.restore(info, tensors, self.net, self.optimizer, self.scheduler, self.scaler)
 
     def _epoch(self, state: ckpt.TrainingState) -> None:
         epoch = state.epoch + 1

@@ -5,15 +5,22 @@ Every figure carries the run's title line (backbone, head, test accuracy: :func:
 PNG that travels alone still says what it shows. Figures are drawn with matplotlib's object API on
 an Agg canvas, so plotting needs no display and never touches pyplot's global state (safe in
 tests, servers and threads).
+
+Every text a user chose (class names, file names, the backbone in the title) is drawn as written:
+:func:`plain` escapes its ``$`` so matplotlib never reads it as mathtext (a class folder named
+``$\frac{$`` would otherwise crash the plot stage after all the work), and figures are drawn with
+``text.usetex`` off whatever the user's matplotlibrc says (:func:`plain_figures`).
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+import matplotlib
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -21,8 +28,26 @@ from matplotlib.ticker import MaxNLocator
 if TYPE_CHECKING:
     from tlkit.outputs.predictions import PredictionRow
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
 THUMBNAIL = 160  # pixels of the longer side of an errors.png thumbnail
 MAX_ERRORS_SHOWN = 48
+
+
+def plain(text: object) -> str:
+    """``text`` as matplotlib must be given it to draw it as written: every ``$`` escaped (no mathtext)."""
+    return str(text).replace("$", r"\$")
+
+
+def plain_figures(draw: _F) -> _F:
+    """Run ``draw`` with ``text.usetex`` off, so the escaped text of :func:`plain` is never handed to TeX."""
+
+    @functools.wraps(draw)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with matplotlib.rc_context({"text.usetex": False}):
+            return draw(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def run_title(backbone: str, head: str, test_accuracy: float | None) -> str:
@@ -40,9 +65,11 @@ def _save(figure: Figure, path: Path) -> Path:
     return path
 
 
+@plain_figures
 def confusion_matrix_png(matrix: Sequence[Sequence[int]], classes: Sequence[str], path: Path, title: str = "") -> Path:
     """Counts in every cell, rows = true class, columns = predicted class; shading by row share."""
     n = len(classes)
+    title, classes = plain(title), [plain(name) for name in classes]
     side = min(12.0, 2.0 + 0.6 * n)
     figure = Figure(figsize=(side + 1.5, side))
     ax = figure.add_subplot()
@@ -75,6 +102,7 @@ def _accuracy_limits(values: Sequence[float]) -> tuple[float, float]:
     return max(0.0, low - margin), min(1.0, high + margin)
 
 
+@plain_figures
 def training_curve_png(
     history: Sequence[Mapping[str, float]], path: Path, title: str = "", kept_epoch: int | None = None, x_label: str = "epoch"
 ) -> Path | None:
@@ -109,10 +137,11 @@ def training_curve_png(
         if kept_epoch is not None:
             ax.axvline(kept_epoch, color="black", linestyle="--", linewidth=1, label=f"kept: {x_label} {kept_epoch}")
         ax.legend(fontsize=8)
-    figure.suptitle(f"{title}\ntraining curve" if title else "training curve")
+    figure.suptitle(f"{plain(title)}\ntraining curve" if title else "training curve")
     return _save(figure, path)
 
 
+@plain_figures
 def l2_sweep_png(sweep: Sequence[Mapping[str, float]], chosen: float, path: Path, title: str = "") -> Path | None:
     """Held-out accuracy (and log-loss) against the L2 strength, the chosen value marked; ``None`` without a sweep."""
     points = sorted((p for p in sweep if "l2" in p and "val_accuracy" in p), key=lambda p: p["l2"])
@@ -135,7 +164,7 @@ def l2_sweep_png(sweep: Sequence[Mapping[str, float]], chosen: float, path: Path
         more_lines, more_labels = loss_ax.get_legend_handles_labels()
         lines, labels = lines + more_lines, labels + more_labels
     ax.legend(lines, labels, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, frameon=False)
-    ax.set_title(f"{title}\nlogreg L2 sweep on a part held out from train" if title else "logreg L2 sweep on a part held out from train")
+    ax.set_title(f"{plain(title)}\nlogreg L2 sweep on a part held out from train" if title else "logreg L2 sweep on a part held out from train")
     return _save(figure, path)
 
 
@@ -152,6 +181,7 @@ def _thumbnail(path: str) -> Any:
         return None
 
 
+@plain_figures
 def errors_png(rows: Sequence[PredictionRow], path: Path, title: str = "", limit: int = MAX_ERRORS_SHOWN) -> Path:
     """A grid of the misclassified test images, worst (most confident) first, each captioned
     with its file name, true class, predicted class and confidence. Written even when there are no
@@ -162,7 +192,7 @@ def errors_png(rows: Sequence[PredictionRow], path: Path, title: str = "", limit
     figure = Figure(figsize=(2.3 * columns + 0.4, 2.75 * grid_rows + 0.6))
     more = f" (the {limit} most confident of {len(rows)} shown; all in errors.csv)" if len(rows) > limit else ""
     heading = f"misclassified test images, most confident first{more}" if rows else "no misclassified test images"
-    figure.suptitle(f"{title}\n{heading}" if title else heading, fontsize=11)
+    figure.suptitle(f"{plain(title)}\n{heading}" if title else heading, fontsize=11)
     if not shown:
         return _save(figure, path)
     for index, row in enumerate(shown):
@@ -176,7 +206,8 @@ def errors_png(rows: Sequence[PredictionRow], path: Path, title: str = "", limit
             ax.imshow(image)
         name = Path(row.path).name
         name = name if len(name) <= 24 else name[:10] + "..." + name[-11:]
-        ax.set_title(f"{name}\ntrue: {row.true_class}\npredicted: {row.predicted_class} ({100 * row.confidence:.0f}%)", fontsize=8)
+        caption = f"{name}\ntrue: {row.true_class}\npredicted: {row.predicted_class}"
+        ax.set_title(f"{plain(caption)} ({100 * row.confidence:.0f}%)", fontsize=8)
         for spine in ax.spines.values():
             spine.set_edgecolor("tab:red")
             spine.set_linewidth(2)

@@ -216,6 +216,12 @@ def write(results: list[Result], skipped: list[tuple[str, str]], out_dir: Path, 
 
 def comparison_png(labels: Sequence[str], accuracy: Sequence[float], intervals: Sequence[tuple[float, float]], path: Path, title: str = "") -> Path:
     """Test accuracy per result, best on top, with its bootstrap 95% interval as an error bar."""
+    from tlkit.outputs.plots import plain, plain_figures
+
+    return plain_figures(_draw_comparison)([plain(label) for label in labels], accuracy, intervals, path, plain(title))  # names drawn as written
+
+
+def _draw_comparison(labels: Sequence[str], accuracy: Sequence[float], intervals: Sequence[tuple[float, float]], path: Path, title: str) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

@@ -39,7 +39,7 @@ import torch
 
 from tlkit.errors import TlkitError
 from tlkit.run.signals import sigterm_raises
-from tlkit.util.units import positive_number
+from tlkit.util.units import bounded_wait, positive_number
 
 TIMEOUT_ENV = "TLKIT_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 1800.0
@@ -111,7 +111,7 @@ def detect(environ: Mapping[str, str] | None = None) -> DistEnv:
 
 
 def timeout_s(environ: Mapping[str, str] | None = None) -> float:
-    """Seconds any collective may wait (``TLKIT_DIST_TIMEOUT``, default 30 minutes)."""
+    """Seconds any collective may wait (``TLKIT_DIST_TIMEOUT``, default 30 minutes; ``inf``: no limit)."""
     try:
         return positive_number(TIMEOUT_ENV, DEFAULT_TIMEOUT_S, environ)
     except ValueError as exc:
@@ -189,7 +189,7 @@ def _join(env: DistEnv, device: torch.device, seconds: float) -> None:
     def join() -> None:
         try:
             dist.init_process_group(
-                backend_for(device), init_method=f"tcp://{where}", rank=env.rank, world_size=env.world_size, timeout=timedelta(seconds=seconds)
+                backend_for(device), init_method=f"tcp://{where}", rank=env.rank, world_size=env.world_size, timeout=timedelta(seconds=bounded_wait(seconds))
             )
         except BaseException as exc:  # noqa: BLE001 - rendezvous failures come as RuntimeError, DistStoreError, TimeoutError
             failure.append(exc)

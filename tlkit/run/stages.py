@@ -31,7 +31,7 @@ from tlkit.contract.specs import BuiltBackbone, Features, FitContext, LoadedData
 from tlkit.errors import DataError
 from tlkit.extract.cache import CacheIdentity, FeatureStore, cache_root, open_store
 from tlkit.extract.decode import decoding_pipeline
-from tlkit.extract.features import Extraction, extract_cached, prepare_model, resolve_device
+from tlkit.extract.features import Extraction, NonFiniteFeatures, extract_cached, prepare_model, resolve_device
 from tlkit.extract.pipeline import ImagePipeline
 from tlkit.extract.runtimes import Runtime, RuntimeChoice
 from tlkit.extract.runtimes.stage import RuntimeRequest, runtime_for
@@ -258,24 +258,33 @@ def _extract_split(
         from tlkit.extract.shard_members import extract_members_cached as extract_fn
 
         items = samples
-    result = extract_fn(
-        prepared.backbone.model,
-        items,
-        prepared.pipeline,
-        store,
-        batch_size=settings.batch_size,
-        workers=settings.workers,
-        device=prepared.device,
-        task=lambda total: observer.task(f"extracting {split}", total=total, unit="img"),
-        on_bad=refuse,
-        forward=prepared.runtime.forward if prepared.runtime else None,
-    )
+    try:
+        result = extract_fn(
+            prepared.backbone.model,
+            items,
+            prepared.pipeline,
+            store,
+            batch_size=settings.batch_size,
+            workers=settings.workers,
+            device=prepared.device,
+            task=lambda total: observer.task(f"extracting {split}", total=total, unit="img"),
+            on_bad=refuse,
+            forward=prepared.runtime.forward if prepared.runtime else None,
+        )
+    except NonFiniteFeatures as exc:
+        raise NonFiniteFeatures(f"backbone '{prepared.recipe.backbone.name}' ({backbone_weights(prepared)}): {exc}") from None
     if not result.kept and samples:
         reason = f" ({result.bad[0][0]}: {result.bad[0][1]})" if result.bad else ""
         raise DataError(f"no image of the {split} split could be decoded{reason}")
     kept = tuple(samples[i] for i in result.kept)
     labels = torch.tensor([s.label for s in kept], dtype=torch.long)
     return Features(result.features, labels), kept, result
+
+
+def backbone_weights(prepared: Prepared) -> str:
+    """The backbone's weights as a person names them: the file, or what the recipe asked for."""
+    path = prepared.backbone.weights_path or prepared.recipe.weights.path
+    return f"weights file {path}" if path is not None else f"{prepared.recipe.weights.kind} weights"
 
 
 def fit(prepared: Prepared, features: SplitFeatures, observer: Observer | None = None) -> TrainedHead:

@@ -22,6 +22,7 @@ another size, and it must reproduce tlkit's own probabilities within ``TOLERANCE
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ import torch
 
 from tlkit.errors import ExportError
 from tlkit.saved.reader import SavedModel
-from tlkit.util.atomic import atomic_path
+from tlkit.util.atomic import atomic_path, temporary_name
 
 Format = Literal["onnx", "pt2", "torchscript"]
 SUFFIXES: dict[str, str] = {"onnx": ".onnx", "pt2": ".pt2", "torchscript": ".pt"}
@@ -142,6 +143,34 @@ def _batch_of(example: torch.Tensor, n: int) -> torch.Tensor:
     return torch.cat([example, example.flip(0)])[:n].contiguous()
 
 
+MIN_FREE_BYTES = 16 * 2**20
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[-1] if text else type(exc).__name__)[:160]
+
+
+def _check_writable(target: Path, model: SavedModel) -> None:
+    """Refuse before any work a place that cannot take the export: not creatable, not writable, or too full.
+
+    A file is created and removed beside ``target`` (the only sure test: permissions, read-only file
+    systems, ``/proc``), and the free space must hold the weights with room to spare (a writer that
+    meets a full disk in C++ may abort the process instead of raising).
+    """
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        probe = temporary_name(target)
+        probe.open("xb").close()
+        probe.unlink()
+        free = shutil.disk_usage(target.parent).free
+    except OSError as exc:
+        raise ExportError(f"cannot write {target} ({exc.strerror or exc}); choose another --out") from None
+    weights = sum(t.numel() * t.element_size() for t in model.classifier().state_dict().values())
+    if free < weights + MIN_FREE_BYTES:
+        raise ExportError(f"cannot write {target}: {free / 2**20:.0f} MiB free, the export needs about {(weights + MIN_FREE_BYTES) / 2**20:.0f} MiB; free some space or choose another --out")
+
+
 def default_path(model: SavedModel, fmt: Format) -> Path:
     return model.run_dir / f"model{SUFFIXES[fmt]}"
 
@@ -153,17 +182,21 @@ def export(model: SavedModel, fmt: Format, out: Path | None = None) -> ExportRes
     target = Path(out) if out is not None else default_path(model, fmt)
     if target.is_dir():
         raise ExportError(f"--out {target} is a folder; give a file name such as {target / ('model' + SUFFIXES[fmt])}")
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ExportError(f"cannot write {target} ({exc.strerror})") from None
+    _check_writable(target, model)
     pre = model.preprocessing
     backbone_and_head = model.classifier().cpu().float().to(memory_format=torch.contiguous_format)
     classifier = NormalisedClassifier(backbone_and_head, pre.mean, pre.std).eval()
     example = _check_batch(model, 2)
     with atomic_path(target) as tmp:
         writer = {"onnx": _write_onnx, "pt2": _write_pt2, "torchscript": _write_torchscript}[fmt]
-        exported = writer(classifier, example, tmp, metadata(model))
+        try:
+            exported = writer(classifier, example, tmp, metadata(model))
+        except OSError as exc:  # a full disk, a quota: nothing is kept (atomic_path removes the temporary file)
+            raise ExportError(f"cannot write {target} ({exc.strerror or exc}); free some space or choose another --out") from None
+        except RuntimeError as exc:  # torch's writers report a failed open or write as RuntimeError
+            if "open file failed" not in str(exc) and "write" not in str(exc).lower():
+                raise
+            raise ExportError(f"cannot write {target} ({_first_line(exc)}); choose another --out") from None
         with torch.no_grad():
             expected = classifier(_batch_of(example, 3))
         difference = float((exported - expected).abs().max())

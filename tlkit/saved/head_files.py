@@ -19,6 +19,7 @@ from safetensors import safe_open
 
 from tlkit.contract.specs import HeadConfig, HeadSpec, PluginOptions, TrainedHead
 from tlkit.errors import RunError
+from tlkit.saved.run_directory import check_run_file
 
 FORMAT = "1"  # bump when the meaning of the metadata keys changes
 
@@ -40,8 +41,7 @@ def head_tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def read_head_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and metadata of a saved head; a missing or unreadable file is a :class:`RunError`."""
-    if not path.is_file():
-        raise RunError(f"{path} is missing; the run directory is incomplete")
+    check_run_file(path)  # a regular file of a sane size: never a link to /dev/zero or a FIFO
     try:
         with safe_open(str(path), framework="pt") as fh:
             metadata = dict(fh.metadata() or {})

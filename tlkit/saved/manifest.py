@@ -24,6 +24,7 @@ from typing import TypeAlias
 
 from tlkit.errors import RunError
 from tlkit.extract.pipeline import ImagePipeline
+from tlkit.util.regular_files import UnsafeFile, read_regular
 
 FILE = "model.json"
 FORMAT_VERSION = 2
@@ -196,10 +197,9 @@ def _refuse_constant(name: str) -> float:
 
 def _load(path: Path) -> JSONObject:
     try:
-        size = path.stat().st_size
-        if size > MAX_BYTES:
-            raise RunError(f"{path} is {size / 2**20:.1f} MiB, more than any run writes ({MAX_BYTES // 2**20} MiB); it is not a tlkit model.json, {AGAIN}")
-        data = json.loads(path.read_bytes().decode("utf-8"), parse_constant=_refuse_constant)
+        data = json.loads(read_regular(path, MAX_BYTES).decode("utf-8"), parse_constant=_refuse_constant)
+    except UnsafeFile as exc:  # a link to /dev/zero, a FIFO, a file larger than any run writes
+        raise RunError(f"{path} {exc}; it is not a tlkit model.json, {AGAIN}") from None
     except FileNotFoundError:
         raise RunError(f"{path} is missing; the run directory is incomplete, {AGAIN}") from None
     except (OSError, ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors

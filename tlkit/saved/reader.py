@@ -25,13 +25,13 @@ from tlkit.contract.preprocessing import Preprocessing
 from tlkit.contract.specs import BackboneSpec, HeadSpec, PluginOptions
 from tlkit.contract.weights_request import WeightsRequest
 from tlkit.errors import DataError, RunError, TlkitError, WeightsError
-from tlkit.extract.features import extract, prepare_model, resolve_device
+from tlkit.extract.features import NonFiniteFeatures, extract, prepare_model, resolve_device
 from tlkit.extract.pipeline import ImagePipeline
 from tlkit.saved.head_files import load_head
 from tlkit.saved.manifest import FILE as MANIFEST_FILE
 from tlkit.saved.manifest import BackboneRecord, JSONObject, RunManifest
 from tlkit.saved.manifest import read as read_manifest
-from tlkit.saved.run_directory import MARKER, verify_files
+from tlkit.saved.run_directory import MARKER, check_run_file, read_run_file, verify_files
 from tlkit.sources import image_files as walker
 from tlkit.sources.weights import load_into, sha256_file
 
@@ -86,16 +86,35 @@ class Predictions:
         return [list(zip(i.tolist(), v.tolist())) for i, v in zip(indices, values)]
 
 
-def _read_classes(path: Path) -> list[str]:
+def _read_classes(path: Path, manifest: RunManifest) -> list[str]:
+    """``classes.json``: a list of distinct names, the very list ``model.json`` records."""
     try:
-        classes = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise RunError(f"{path} is missing; the run directory is incomplete") from None
-    except (OSError, ValueError) as exc:
-        raise RunError(f"{path} cannot be read ({exc})") from None
-    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
-        raise RunError(f"{path} is not a list of class names; run the recipe again")
+        classes = json.loads(read_run_file(path).decode("utf-8"))
+    except (ValueError, RecursionError) as exc:
+        raise RunError(f"{path} cannot be read ({type(exc).__name__}: {str(exc)[:80]}); run the recipe again") from None
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) and c for c in classes):
+        raise RunError(f"{path} is not a non-empty list of class names; run the recipe again")
+    if len(set(classes)) != len(classes):
+        raise RunError(f"{path} names a class twice; run the recipe again")
+    if tuple(classes) != manifest.classes:
+        raise RunError(
+            f"{path} lists {len(classes)} classes that are not the {len(manifest.classes)} of {MANIFEST_FILE} "
+            "(the two files disagree: one was edited); run the recipe again"
+        )
     return classes
+
+
+def _check_outputs(head: torch.nn.Module, classes: list[str], dim: int, path: Path) -> None:
+    """The head gives one score per class for a feature vector of the recorded size, or the run is refused."""
+    try:
+        with torch.no_grad():
+            scores = head(torch.zeros(1, dim))
+        width = scores.shape[-1] if scores.dim() == 2 and scores.shape[0] == 1 else None
+    except (RuntimeError, ValueError, TypeError, IndexError):
+        width = None
+    if width != len(classes):
+        shown = "scores of another shape" if width is None else f"{width} scores"
+        raise RunError(f"{path} gives {shown} for a feature vector of {dim}, not one per class of the run's {len(classes)}; run the recipe again")
 
 
 def _options(spec: BackboneSpec[PluginOptions] | HeadSpec[PluginOptions], saved: JSONObject, section: str, run_dir: Path) -> PluginOptions:
@@ -118,8 +137,9 @@ def _backbone(plugins: Plugins, saved: BackboneRecord, run_dir: Path) -> torch.n
         # from a random build, every tensor from the run's own file.
         built = spec.build(WeightsRequest.random(), options)
         path = run_dir / "backbone.safetensors"
-        if not path.is_file():
+        if not path.exists():
             raise WeightsError(f"run {run_dir} keeps its backbone weights in {path.name}, which is missing; run the recipe again")
+        check_run_file(path)  # a regular file of a sane size: never a link to /dev/zero or a FIFO
         load_into(built.model, load_file(str(path)), path, what=f"backbone '{name}'")
         return built.model.eval()
     weights = saved.weights
@@ -150,13 +170,14 @@ def load_model(run_dir: Path | str, plugins: Plugins) -> SavedModel:
         raise RunError(f"{run_dir} is not a finished tlkit run (no {MARKER}); give the --out folder of a completed 'tlkit run'")
     verify_files(run_dir)  # every file read below is the one the run wrote, or the run is refused
     manifest = read_manifest(run_dir / MANIFEST_FILE)
-    classes = _read_classes(run_dir / "classes.json")
+    classes = _read_classes(run_dir / "classes.json", manifest)
     try:
         head_spec = plugins.heads.get(manifest.head.name)
     except TlkitError as exc:
         raise RunError(f"run {run_dir} needs head '{manifest.head.name}': {exc}") from None
     options = _options(head_spec, manifest.head.options, "head", run_dir)
     head = load_head(head_spec, run_dir / "head.safetensors", options)
+    _check_outputs(head, classes, manifest.features.dim, run_dir / "head.safetensors")
     return SavedModel(
         run_dir=run_dir,
         classes=classes,
@@ -188,7 +209,10 @@ def predict(
     """
     target = resolve_device(device)
     backbone = prepare_model(model.backbone, target)
-    result = extract(backbone, list(paths), model.pipeline, batch_size=model.batch_size, workers=workers, device=target, on_batch=on_batch)
+    try:
+        result = extract(backbone, list(paths), model.pipeline, batch_size=model.batch_size, workers=workers, device=target, on_batch=on_batch)
+    except NonFiniteFeatures as exc:
+        raise NonFiniteFeatures(f"run {model.run_dir}, backbone '{model.manifest.backbone.name}': {exc}") from None
     kept = [paths[i] for i in result.kept]
     if not kept:
         return Predictions(paths=[], probabilities=torch.empty(0, len(model.classes)), bad=result.bad)

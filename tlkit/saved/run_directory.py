@@ -15,7 +15,10 @@ plots) is refused too, naming them: replacing the run would delete them. A write
 
 ``run.json`` records the sha256 of every file the run wrote; :func:`verify_files` checks the ones
 tlkit reads back before a run is loaded, so a damaged head or ``classes.json`` is refused in one
-line instead of predicting something else. Folders and files honour the umask (``mkdtemp`` alone
+line instead of predicting something else. Every file read back is opened by
+:func:`tlkit.util.regular_files.open_regular` under :func:`max_bytes`: a name turned into a link
+to ``/dev/zero``, a FIFO or a giant file is refused in one line, never hashed or read without end.
+Folders and files honour the umask (``mkdtemp`` alone
 would make the run folder 0700, unusable by a team).
 """
 
@@ -39,12 +42,16 @@ from safetensors.torch import save
 from tlkit.errors import OutputError, RunError
 from tlkit.util.atomic import current_umask, publish_folder, write_atomic
 from tlkit.util.hashing import file_sha256
+from tlkit.util.regular_files import UnsafeFile, open_regular, read_regular, sha256_regular
 
 MARKER = "run.json"
 INCOMPLETE = "INCOMPLETE"
 MIN_FREE_BYTES = 16 * 2**20  # a run directory is small (a head, some JSON); less than this is a disk about to fill
 # What tlkit reads back from a run (loading it; `tlkit features` reads the seed in recipe.yaml, tlkit.load split.csv).
 READ_BACK = ("model.json", "classes.json", "head.safetensors", "backbone.safetensors", "recipe.yaml", "split.csv")
+# The most a file of a run may hold, by suffix: far above what tlkit writes (a kNN head keeps its training
+# features; a random backbone travels whole), far below what hashing or parsing could not finish.
+_MAX_BYTES = {".safetensors": 16 * 2**30, ".csv": 2 * 2**30, ".json": 64 * 2**20, ".yaml": 16 * 2**20}
 TLKIT_EXTRAS = ("model.onnx", "model.pt", "model.pt2")  # `tlkit export` writes these into a run by default: replaced with it
 
 
@@ -52,12 +59,44 @@ def read_marker(run_dir: Path) -> dict[str, Any]:
     """``run.json`` of a finished run; a damaged one is a :class:`RunError`."""
     path = run_dir / MARKER
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+        data = json.loads(read_regular(path, max_bytes(path)).decode("utf-8"))
+    except UnsafeFile as exc:
+        raise RunError(f"{path} {exc}; the run directory is damaged, run the recipe again") from None
+    except (OSError, ValueError, RecursionError) as exc:
         raise RunError(f"{path} cannot be read ({type(exc).__name__}); the run directory is damaged, run the recipe again") from None
     if not isinstance(data, dict) or not isinstance(data.get("files", {}), dict):
         raise RunError(f"{path} is damaged (not the record of a run); run the recipe again")
     return data
+
+
+def max_bytes(path: Path | str) -> int:
+    """The most a run's file of this name may hold (by suffix; 64 MiB for any other)."""
+    return _MAX_BYTES.get(Path(path).suffix, 64 * 2**20)
+
+
+def read_run_file(path: Path) -> bytes:
+    """The bytes of a run's file, if it is a regular file within :func:`max_bytes`; :class:`RunError` otherwise."""
+    try:
+        return read_regular(path, max_bytes(path))
+    except FileNotFoundError:
+        raise RunError(f"{path} is missing; the run directory is incomplete, run the recipe again") from None
+    except UnsafeFile as exc:
+        raise RunError(f"{path} {exc}; it is not the file the run wrote, run the recipe again") from None
+    except OSError as exc:
+        raise RunError(f"{path} cannot be read ({exc.strerror or exc})") from None
+
+
+def check_run_file(path: Path) -> None:
+    """Refuse (:class:`RunError`) a run file that is not a regular file within :func:`max_bytes` (before a library opens it)."""
+    try:
+        with open_regular(path, max_bytes(path)):
+            pass
+    except FileNotFoundError:
+        raise RunError(f"{path} is missing; the run directory is incomplete, run the recipe again") from None
+    except UnsafeFile as exc:
+        raise RunError(f"{path} {exc}; it is not the file the run wrote, run the recipe again") from None
+    except OSError as exc:
+        raise RunError(f"{path} cannot be read ({exc.strerror or exc})") from None
 
 
 def verify_files(run_dir: Path, names: tuple[str, ...] = READ_BACK) -> None:
@@ -71,9 +110,11 @@ def verify_files(run_dir: Path, names: tuple[str, ...] = READ_BACK) -> None:
             continue
         path = run_dir / name
         try:
-            actual = file_sha256(path)
+            actual = sha256_regular(path, max_bytes(path))
         except FileNotFoundError:
             raise RunError(f"{path} is missing; the run directory is incomplete, run the recipe again") from None
+        except UnsafeFile as exc:
+            raise RunError(f"{path} {exc}; it is not the file the run wrote, run the recipe again") from None
         except OSError as exc:
             raise RunError(f"{path} cannot be read ({exc.strerror or exc})") from None
         if actual != recorded[name]:

@@ -9,7 +9,7 @@ Every wait and every resource is bounded. A download shows progress (through :fu
 which the engine connects to its observer), gives up when it stalls (less than
 :data:`MIN_PROGRESS_BYTES` in ``TLKIT_DOWNLOAD_STALL_S`` seconds, default 60: a server sending a
 byte every few seconds never trips a per-read timeout) and at an overall deadline
-(``TLKIT_DOWNLOAD_DEADLINE_S``, default 3600). Unpacking refuses, before writing anything, an
+(``TLKIT_DOWNLOAD_DEADLINE_S``, default 3600; ``inf`` sets any of these bounds to no limit). Unpacking refuses, before writing anything, an
 archive whose members add up to more than ``TLKIT_MAX_UNPACKED_BYTES`` (default 64 GiB) or more than
 the free disk space, or that expands more than ``TLKIT_MAX_COMPRESSION_RATIO`` times (default 100;
 photos barely compress, zip bombs expand a thousandfold).
@@ -34,7 +34,7 @@ from pathlib import Path, PurePosixPath
 from tlkit.errors import DataError
 from tlkit.sources.weights import offline, sha256_file
 from tlkit.util.atomic import current_umask, publish_folder
-from tlkit.util.units import human_bytes, positive_number
+from tlkit.util.units import finite_or_none, human_bytes, positive_number
 
 MIN_PROGRESS_BYTES = 64 * 1024
 RATIO_FLOOR_BYTES = 64 * 2**20  # below this much unpacked data the ratio is not checked (tiny archives compress oddly)
@@ -58,7 +58,7 @@ class Limits:
 
     stall_s: float = 60.0
     deadline_s: float = 3600.0
-    max_unpacked_bytes: int = 64 * 2**30
+    max_unpacked_bytes: float = 64 * 2**30  # inf: no limit
     max_ratio: float = 100.0
     ratio_floor_bytes: int = RATIO_FLOOR_BYTES
 
@@ -67,7 +67,7 @@ class Limits:
         return cls(
             stall_s=_env_number("TLKIT_DOWNLOAD_STALL_S", cls.stall_s),
             deadline_s=_env_number("TLKIT_DOWNLOAD_DEADLINE_S", cls.deadline_s),
-            max_unpacked_bytes=int(_env_number("TLKIT_MAX_UNPACKED_BYTES", cls.max_unpacked_bytes)),
+            max_unpacked_bytes=_env_number("TLKIT_MAX_UNPACKED_BYTES", cls.max_unpacked_bytes),
             max_ratio=_env_number("TLKIT_MAX_COMPRESSION_RATIO", cls.max_ratio),
         )
 
@@ -97,7 +97,7 @@ def download(url: str, dest: Path, limits: Limits) -> None:
     started = time.monotonic()
     task = _progress.get() or _silent
     # The socket timeout bounds a server that sends nothing; the checks below bound one that dribbles.
-    with urllib.request.urlopen(url, timeout=limits.stall_s) as response, dest.open("wb") as out:  # noqa: S310 - URLs come from recipes
+    with urllib.request.urlopen(url, timeout=finite_or_none(limits.stall_s)) as response, dest.open("wb") as out:  # noqa: S310 - URLs come from recipes
         length = response.headers.get("Content-Length")
         total = int(length) if length and length.isdigit() else None
         read = getattr(response, "read1", response.read)  # read1: whatever has arrived, never waits for a full block
