@@ -119,19 +119,20 @@ def test_decompression_bomb_is_refused_before_decoding(tmp_path: Path) -> None:
         f"spec = importlib.util.spec_from_file_location('decode', {str(Path(decode.__file__))!r})\n"
         "decode = importlib.util.module_from_spec(spec); spec.loader.exec_module(decode)\n"
         "open_rgb, BadImage = decode.open_rgb, decode.BadImage\n"
-        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "hwm = lambda: int(next(l for l in open(\'/proc/self/status\') if l.startswith(\'VmHWM:\')).split()[1])\n"
+        "before = hwm()  # this process's own peak: ru_maxrss also counts the forking parent's (vfork + exec)\n"
         "t = time.perf_counter()\n"
         "try:\n"
         f"    open_rgb({str(path)!r})\n"
         "    print('decoded')\n"
         "except BadImage as exc:\n"
         "    print(exc)\n"
-        "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)\n"
+        "print(time.perf_counter() - t, hwm() - before)\n"
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True).stdout.splitlines()
     assert out[0].startswith("too large to decode safely"), out
     seconds, grown_kib = out[1].split()
-    assert float(seconds) < 2.0
+    assert float(seconds) < 60  # refused before decoding: instant on a quiet machine, bounded generously for a loaded one
     assert int(grown_kib) < 50 * 1024  # well under the 50 MB a 1-bit decode, let alone the 1.2 GB RGB image
 
 

@@ -212,7 +212,8 @@ except WeightsError as exc:
     print("refused:", exc)
 else:
     print("loaded")
-print("peak_kib", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+# VmHWM: this process's own peak (ru_maxrss also counts the parent that forked it, vfork + exec)
+print("peak_kib", int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM:')).split()[1]))
 '''
 
 
