@@ -231,7 +231,7 @@ def test_a_dribbling_download_is_given_up_as_stalled(tmp_path: Path) -> None:
             fetch(url, tmp_path / "data", limits=Limits(stall_s=1.0))
         took = time.perf_counter() - started
     assert len(sent) >= 5  # the bad case: bytes kept arriving, far more often than any per-read timeout
-    assert 1.0 <= took < 10
+    assert 1.0 <= took < 60  # given up after the 1 s stall, not after the whole dribble; generous for a loaded machine
     message = _one_line(info.value)
     assert "stalled" in message and url in message and "TLKIT_DOWNLOAD_STALL_S" in message
     assert list(tmp_path.iterdir()) == []
