@@ -86,3 +86,50 @@ def test_compare_ranks_the_rows_in_memory_and_never_reads_predictions_csv(tiny_p
         assert {row["predicted_class"] for row in csv.DictReader(fh)} == {"nothing"}
     metrics = json.loads((result.run_dir / "metrics.json").read_text())
     assert int(result.correct.sum()) == metrics["test"]["correct"] > 0 and len(result.correct) == 8
+
+
+def test_a_failing_candidate_is_its_own_row_and_the_others_still_run(tiny_plugins, tmp_path, capsys, monkeypatch):
+    """One candidate failing (a plugin error, out of memory) is recorded as its row, named, with its one-line reason; the rest run, exit 0."""
+    import tlkit.run.stages
+
+    real = tlkit.run.stages.prepare
+
+    def failing_for_random_weights(recipe, progress):
+        if recipe.weights.kind == "random":
+            raise RuntimeError("CUDA out of memory (simulated)\nsecond line of a long message")
+        return real(recipe, progress)
+
+    monkeypatch.setattr(tlkit.run.stages, "prepare", failing_for_random_weights)
+    root = make_image_folder(tmp_path / "data", n_train=6, n_test=4)
+    recipe = write_recipe(tmp_path / "r.yaml", root)
+    with pytest.raises(SystemExit) as info:
+        main(["compare", str(recipe), "--backbones", "tiny_cnn@none", "--backbones", "tiny_cnn", "--heads", "centroid", "--out", str(tmp_path / "cmp")])
+    captured = capsys.readouterr()
+    assert info.value.code == 0, captured.err
+    assert "Traceback" not in captured.err
+    assert "tiny_cnn@none" in captured.out + captured.err and "CUDA out of memory (simulated)" in captured.out + captured.err
+    data = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert [(r["backbone"], r["weights"]) for r in data["results"]] == [("tiny_cnn", "default")]
+    (failed,) = data["failed"]
+    assert failed["backbone"] == "tiny_cnn" and failed["weights"] == "none" and failed["head"] == "centroid"
+    assert failed["error"] == "RuntimeError: CUDA out of memory (simulated)"
+    with (tmp_path / "cmp" / "compare.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(row["backbone"], row["weights"], row["rank"]) for row in rows] == [("tiny_cnn", "default", "1"), ("tiny_cnn", "none", "")]
+    assert rows[1]["error"] == "RuntimeError: CUDA out of memory (simulated)" and rows[0]["error"] == ""
+
+
+def test_compare_fails_in_one_line_when_every_candidate_fails(tiny_plugins, tmp_path, capsys, monkeypatch):
+    import tlkit.run.stages
+
+    def failing(recipe, progress):
+        raise RuntimeError("broken plugin")
+
+    monkeypatch.setattr(tlkit.run.stages, "prepare", failing)
+    root = make_image_folder(tmp_path / "data", n_train=6, n_test=4)
+    recipe = write_recipe(tmp_path / "r.yaml", root)
+    with pytest.raises(SystemExit) as info:
+        main(["compare", str(recipe), "--backbones", "tiny_cnn", "--heads", "centroid", "--out", str(tmp_path / "cmp")])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "Traceback" not in err
+    assert "tiny_cnn + centroid: RuntimeError: broken plugin" in err

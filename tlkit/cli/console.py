@@ -481,7 +481,7 @@ def print_shards(written: Any) -> None:
 def print_compare(result: Any) -> None:
     """The ranked ``tlkit compare`` table, the skipped backbones, and the files written."""
     table(
-        f"{len(result.results)} results, best first (ties: the paired bootstrap cannot separate them)",
+        f"{len(result.results)} results, best first (ties: the paired bootstrap cannot separate them)" + (f", {len(result.failed)} failed" if result.failed else ""),
         ["#", "backbone", "head", "test acc", "95% interval", "balanced acc", "dim", "params", "img/s", "ties with"],
         [
             (
@@ -490,8 +490,11 @@ def print_compare(result: Any) -> None:
                 "cached" if r.images_per_s is None else f"{r.images_per_s:.1f}", ", ".join(f"#{t}" for t in r.ties_with) or "-",
             )
             for r in result.results
-        ],
+        ]
+        + [("-", f.backbone.label, f.head, "failed", f.error, "", "", "", "", "") for f in result.failed],
     )
+    for failure in result.failed:
+        print_warning(f"failed {failure.backbone.label} + {failure.head}: {failure.error}")
     for name, reason in result.skipped:
         print_warning(f"skipped {name}: {reason}")
     say("wrote " + ", ".join(str(p) for p in result.files.values()))

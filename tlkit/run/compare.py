@@ -31,14 +31,14 @@ from tlkit.contract.observer import Observer
 from tlkit.contract.options import validate_options
 from tlkit.contract.plugin_manager import Plugins
 from tlkit.contract.weights_request import WeightsRequest
-from tlkit.errors import RecipeError, TlkitError, WeightsError, did_you_mean
+from tlkit.errors import RecipeError, TlkitError, did_you_mean, one_line
 from tlkit.outputs.predictions import PredictionRow
 from tlkit.recipe.loader import Choice, Recipe
 from tlkit.util.atomic import atomic_path, write_atomic
 
 BOOTSTRAP_SAMPLES = 2000
 CSV_COLUMNS = ("rank", "backbone", "weights", "head", "test_accuracy", "ci_low", "ci_high", "balanced_accuracy",
-               "feature_dim", "parameters", "images_per_s", "ties_with", "run_dir")
+               "feature_dim", "parameters", "images_per_s", "ties_with", "run_dir", "error")
 
 
 @dataclass(frozen=True)
@@ -81,13 +81,33 @@ class Result:
 
 
 @dataclass(frozen=True)
+class Failure:
+    """One (backbone, head) that could not be run: its row in the table, with the one-line reason."""
+
+    backbone: Candidate
+    head: str
+    error: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"backbone": self.backbone.name, "weights": self.backbone.weights or "default", "head": self.head, "error": self.error}
+
+
+@dataclass(frozen=True)
 class Comparison:
-    """The ranked results (best first), the backbones skipped with why, and the files written."""
+    """The ranked results (best first), the backbones skipped with why, the failed runs, and the files written."""
 
     results: list[Result]
     skipped: list[tuple[str, str]]
     out_dir: Path
     files: dict[str, Path]
+    failed: list[Failure] = field(default_factory=list)
+
+
+def _reason(exc: Exception) -> str:
+    """One line: a tlkit error's own message; anything else (a plugin's bug, out of memory) with its type."""
+    first = (str(exc).strip().splitlines() or [""])[0]
+    text = first if isinstance(exc, TlkitError) else f"{type(exc).__name__}: {first}".rstrip(": ")
+    return one_line(text)
 
 
 def expand_backbones(patterns: Sequence[str], plugins: Plugins) -> tuple[list[Candidate], list[tuple[str, str]]]:
@@ -122,8 +142,13 @@ def _correct(rows: Sequence[PredictionRow]) -> torch.Tensor:
     return torch.tensor([row.correct for row in rows], dtype=torch.bool)
 
 
-def _run_backbone(recipe: Recipe, candidate: Candidate, heads: Sequence[str], plugins: Plugins, out_dir: Path, observer: Observer) -> list[Result]:
-    """One extraction (``prepare`` + ``extract``), then the run's one tail (:func:`~tlkit.run.finish.finish`) once per head."""
+def _run_backbone(
+    recipe: Recipe, candidate: Candidate, heads: Sequence[str], plugins: Plugins, out_dir: Path, observer: Observer
+) -> tuple[list[Result], list[Failure]]:
+    """One extraction (``prepare`` + ``extract``), then the run's one tail (:func:`~tlkit.run.finish.finish`) once per head.
+
+    A head that fails is its own :class:`Failure`; the other heads still run (a failing extraction fails every head).
+    """
     from tlkit.run import stages
     from tlkit.run.finish import Progress, finish
     from tlkit.saved.run_directory import RunDirectory
@@ -135,16 +160,21 @@ def _run_backbone(recipe: Recipe, candidate: Candidate, heads: Sequence[str], pl
         features = stages.extract(prepared, progress)
     parameters = sum(p.numel() for p in prepared.backbone.model.parameters())
     speed = features.extracted / features.seconds if features.extracted and features.seconds > 0 else None
-    results = []
+    results, failed = [], []
     for head in heads:
         for_head = dataclasses.replace(prepared, recipe=_variant(recipe, candidate, head, plugins))
-        run = finish(for_head, features, RunDirectory(out_dir / "runs" / _folder(candidate, head)), progress)
+        try:
+            run = finish(for_head, features, RunDirectory(out_dir / "runs" / _folder(candidate, head)), progress)
+        except Exception as exc:  # noqa: BLE001 - one failing head is its row, never the end of the comparison
+            failed.append(Failure(candidate, head, _reason(exc)))
+            observer.note(f"{candidate.label} + {head} failed: {failed[-1].error}")
+            continue
         m = run.metrics
         results.append(Result(
             backbone=candidate, head=head, test_accuracy=float(m.test_accuracy or 0.0), balanced_accuracy=float(m.test_balanced_accuracy or 0.0),
             feature_dim=m.feature_dim, parameters=parameters, images_per_s=speed, run_dir=run.out_dir, correct=_correct(run.predictions),
         ))
-    return results
+    return results, failed
 
 
 def bootstrap(results: list[Result], samples: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> None:
@@ -176,19 +206,25 @@ def compare(recipe: Recipe, patterns: Sequence[str], heads: Sequence[str], plugi
     if not candidates:
         raise RecipeError("no backbone left to compare: " + "; ".join(f"{n}: {why}" for n, why in skipped))
     results: list[Result] = []
+    failed: list[Failure] = []
     for number, candidate in enumerate(candidates, 1):
         observer.note(f"[{number}/{len(candidates)}] {candidate.label}")
         try:
-            results.extend(_run_backbone(recipe, candidate, heads, plugins, out_dir, observer))
-        except WeightsError as exc:
-            skipped.append((candidate.label, str(exc)))
+            done, lost = _run_backbone(recipe, candidate, heads, plugins, out_dir, observer)
+        except Exception as exc:  # noqa: BLE001 - a failing candidate is its row (named, one line), the others still run
+            lost = [Failure(candidate, head, _reason(exc)) for head in heads]
+            done = []
+            observer.note(f"{candidate.label} failed: {lost[0].error}")
+        results.extend(done)
+        failed.extend(lost)
     if not results:
-        raise RecipeError("no backbone could be run: " + "; ".join(f"{n}: {why}" for n, why in skipped))
+        reasons = [f"{f.backbone.label} + {f.head}: {f.error}" for f in failed] + [f"{n}: {why}" for n, why in skipped]
+        raise RecipeError("no backbone could be run: " + "; ".join(reasons))
     results.sort(key=lambda r: (-r.test_accuracy, -r.balanced_accuracy, r.backbone.label, r.head))
     for rank, result in enumerate(results, 1):
         result.rank = rank
     bootstrap(results, seed=recipe.seed)
-    return Comparison(results, skipped, out_dir, write(results, skipped, out_dir, recipe))
+    return Comparison(results, skipped, out_dir, write(results, skipped, out_dir, recipe, failed), failed)
 
 
 def _folder(candidate: Candidate, head: str) -> str:
@@ -196,17 +232,21 @@ def _folder(candidate: Candidate, head: str) -> str:
     return f"{safe}-{head}"
 
 
-def write(results: list[Result], skipped: list[tuple[str, str]], out_dir: Path, recipe: Recipe) -> dict[str, Path]:
-    """The comparison as JSON (programs), CSV (spreadsheets) and a PNG chart with the intervals (people)."""
+def write(results: list[Result], skipped: list[tuple[str, str]], out_dir: Path, recipe: Recipe, failed: Sequence[Failure] = ()) -> dict[str, Path]:
+    """The comparison as JSON (programs), CSV (spreadsheets) and a PNG chart with the intervals (people).
+
+    Failed runs are rows too: ``failed`` in the JSON, and CSV rows after the ranked ones with no rank and their ``error``.
+    """
     rows = [r.to_dict() for r in results]
     files = {"json": out_dir / "compare.json", "csv": out_dir / "compare.csv", "png": out_dir / "compare.png"}
     payload = {"recipe": recipe.name, "created": time.time(), "bootstrap_samples": BOOTSTRAP_SAMPLES, "interval": 0.95,
-               "results": rows, "skipped": [{"backbone": n, "reason": why} for n, why in skipped]}
+               "results": rows, "failed": [f.to_dict() for f in failed], "skipped": [{"backbone": n, "reason": why} for n, why in skipped]}
     write_atomic(files["json"], json.dumps(payload, indent=2).encode("utf-8"))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, extrasaction="ignore")
     writer.writeheader()
     writer.writerows({**row, "ties_with": " ".join(str(t) for t in row["ties_with"])} for row in rows)
+    writer.writerows({**f.to_dict(), "rank": ""} for f in failed)
     write_atomic(files["csv"], buffer.getvalue().encode("utf-8"))
     test_images = len(results[0].correct) if results else 0
     title = f"tlkit compare: {recipe.name}, {len(results)} results on {test_images} test images"
