@@ -87,6 +87,8 @@ def test_finetune_recipe_resolves_with_defaults(bn_plugins: Plugins, data: Path)
     [
         ({"finetune": {"strategy": "partial"}}, "'finetune.strategy'"),
         ({"finetune": {"augment": {"hfilp": 0.5}}}, "did you mean 'hflip'"),
+        ({"finetune": {"augment": {"auto_augment": "bogus"}}}, r"'finetune.augment.auto_augment'.*'rand-m9-mstd0.5'.*'augmix-m5-w4-d2'.*'original'.*got 'bogus'"),
+        ({"finetune": {"augment": {"auto_augment": "rand-m1e9"}}}, r"'finetune.augment.auto_augment'.*got 'rand-m1e9'"),
         ({"finetune": {"lr": -1}}, "'finetune.lr'"),
         ({"finetune": {"epocs": 3}}, "did you mean 'epochs'"),
         ({"mode": "fine-tune"}, "did you mean 'finetune'"),

@@ -13,6 +13,22 @@ from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
 from annotated_types import Ge, Gt, Le, Lt
+from pydantic import AfterValidator
+
+AUTO_AUGMENT_FORMS = "'rand-m9-mstd0.5' (RandAugment), 'augmix-m5-w4-d2' (AugMix), 'original', 'originalr', 'v0', 'v0r' or '3a' (AutoAugment policies)"
+
+
+def check_auto_augment(policy: str) -> str:
+    """``policy`` if timm's own parser builds it (a dummy call, no image): refused while the recipe is read, not mid-run."""
+    from timm.data.auto_augment import augment_and_mix_transform, auto_augment_transform, rand_augment_transform
+
+    build = rand_augment_transform if policy.startswith("rand") else augment_and_mix_transform if policy.startswith("augmix") else auto_augment_transform
+    try:
+        build(policy, {"translate_const": 100, "img_mean": (124, 116, 104)})
+    except Exception:  # noqa: BLE001 - timm says no with AssertionError, ValueError, KeyError...
+        raise ValueError(f"not a timm auto-augment policy; use {AUTO_AUGMENT_FORMS}, or null for none") from None
+    return policy
+
 
 Strategy = Literal["full", "freeze", "freeze_then_unfreeze", "last_stages"]
 
@@ -30,7 +46,7 @@ class AugmentSettings:
     hflip: Annotated[float, Ge(0), Le(1)] = field(default=0.5, metadata={"help": "probability of a horizontal flip"})
     vflip: Annotated[float, Ge(0), Le(1)] = field(default=0.0, metadata={"help": "probability of a vertical flip"})
     color_jitter: Annotated[float, Ge(0), Le(1)] = field(default=0.0, metadata={"help": "brightness/contrast/saturation jitter (0 = off)"})
-    auto_augment: str | None = field(default=None, metadata={"help": "timm auto-augment policy, e.g. 'rand-m9-mstd0.5' (null = off)"})
+    auto_augment: Annotated[str, AfterValidator(check_auto_augment)] | None = field(default=None, metadata={"help": "timm auto-augment policy, e.g. 'rand-m9-mstd0.5' (null = off)"})
     enabled: bool = field(default=True, metadata={"help": "false: train on the evaluation transform (no augmentation)"})
 
 
