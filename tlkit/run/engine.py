@@ -102,12 +102,15 @@ def _finetune(prepared: stages.Prepared, run_dir: RunDirectory, progress: Progre
 
 def _stopped(stop: TrainingStopped, recipe: Recipe, run_dir: RunDirectory) -> RunInterrupted:
     if not stop.epoch:
-        return RunInterrupted(f"{stop}: stopped before the first checkpoint; nothing was kept (run the recipe again to start over)")
-    source = recipe.source or "RECIPE"
-    return RunInterrupted(
-        f"{stop}: stopped; the checkpoint after epoch {stop.epoch} is kept in {run_dir.path}; "
-        f"continue with: tlkit run {source} --resume {run_dir.path} (and the same --set values)"
-    )
+        error = RunInterrupted(f"{stop}: stopped before the first checkpoint; nothing was kept (run the recipe again to start over)")
+    else:
+        source = recipe.source or "RECIPE"
+        error = RunInterrupted(
+            f"{stop}: stopped; the checkpoint after epoch {stop.epoch} is kept in {run_dir.path}; "
+            f"continue with: tlkit run {source} --resume {run_dir.path} (and the same --set values)"
+        )
+    error.exit_code = EXIT_CODE if stop.signal_name == "SIGTERM" else 130  # type: ignore[attr-defined]  # 143 as documented
+    return error
 
 
 def _interrupted(stage: str, run_dir: RunDirectory, *, cached: bool, terminated: bool = False) -> RunInterrupted:
