@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import re
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,7 @@ import numpy as np
 import torch
 from safetensors.torch import load, save
 
+from tlkit.contract.specs import Sample
 from tlkit.errors import OutputError, RunError
 from tlkit.util.atomic import write_atomic
 from tlkit.util.hashing import json_sha256
@@ -42,6 +45,13 @@ MAX_STATE_BYTES = 256 * 2**20  # the history and optimiser settings of a long ru
 MAX_TENSOR_BYTES = 64 * 2**30
 MAX_EPOCHS = 1_000_000
 _TENSOR_NAME = re.compile(r"epoch-\d{4,7}\.safetensors")
+MAX_SAMPLES = 10_000_000  # fingerprints of the data listing a checkpoint records
+_PRINT_LENGTH = 16
+_PRINT = re.compile(f"[0-9a-f]{{{_PRINT_LENGTH}}}")
+
+
+class CheckpointNotWritten(OutputError):
+    """A checkpoint could not be written (a full disk, an I/O error); the previous one, if any, is intact."""
 
 
 @dataclass
@@ -141,7 +151,7 @@ def save_checkpoint(
         write_atomic(folder / name, data)
         target = write_atomic(folder / STATE_FILE, (json.dumps(info, allow_nan=True) + "\n").encode("utf-8"))
     except OSError as exc:
-        raise OutputError(f"cannot write a checkpoint in {folder} ({exc.strerror or exc}); free some disk space") from None
+        raise CheckpointNotWritten(f"cannot write the checkpoint after epoch {state.epoch} in {folder} ({exc.strerror or exc})") from None
     for old in folder.glob("epoch-*.safetensors"):
         if old.name != name:
             old.unlink(missing_ok=True)
@@ -169,6 +179,36 @@ class CheckpointRecord:
     recipe: dict[str, Any]
     scaler: dict[str, Any] | None = None
     path: Path = Path(STATE_FILE)  # where it was read from, for messages
+    data: tuple[str, ...] | None = None  # the data listing it was trained on (:func:`data_listing`); None: not recorded
+
+
+def data_listing(splits: Mapping[str, Sequence[Sample]]) -> list[str]:
+    """One short fingerprint per sample (split, path, size in bytes or a member's sha256, label), sorted.
+
+    Recorded in every checkpoint, so a ``--resume`` on a data set that changed since (images added,
+    removed, replaced by ones of another size, relabelled) is refused, saying how many changed.
+    """
+    prints = []
+    for split, samples in splits.items():
+        for sample in samples:
+            if sample.member is not None:
+                content = sample.member.sha256
+            else:
+                try:
+                    content = str(os.stat(sample.path).st_size)
+                except OSError:
+                    content = "missing"
+            key = "\0".join((split, str(sample.path), content, str(sample.label)))
+            prints.append(hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:_PRINT_LENGTH])
+    return sorted(prints)
+
+
+def changed_data(saved: Sequence[str], current: Sequence[str]) -> tuple[int, int] | None:
+    """``(added, removed)`` images between two listings (a changed image counts once in each); None when equal."""
+    before, now = Counter(saved), Counter(current)
+    if before == now:
+        return None
+    return sum((now - before).values()), sum((before - now).values())
 
 
 def _number(value: Any) -> bool:
@@ -203,10 +243,16 @@ def parse_record(info: Any, path: Path) -> CheckpointRecord:
         raise wrong("best_score", "null or two numbers")
     if info.get("scaler") is not None and not isinstance(info["scaler"], dict):
         raise wrong("scaler", "null or an object")
+    listing = info.get("data")
+    if listing is not None and not (
+        isinstance(listing, list) and len(listing) <= MAX_SAMPLES and all(isinstance(p, str) and _PRINT.fullmatch(p) for p in listing)
+    ):
+        raise wrong("data", f"null or a list of at most {MAX_SAMPLES} sample fingerprints")
     return CheckpointRecord(
         epoch=epoch, tensors=info["tensors"], sha256=str(info.get("sha256")), optimizer=info["optimizer"], scheduler=info["scheduler"],
         rng=info["rng"], history=[{k: float(v) for k, v in p.items()} for p in history], best_epoch=best_epoch,
         best_score=(float(score[0]), float(score[1])) if score else None, recipe=info["recipe"], scaler=info.get("scaler"), path=path,
+        data=tuple(listing) if listing is not None else None,
     )
 
 

@@ -114,6 +114,7 @@ class Trainer:
 
     def run(self, resume: bool = False) -> FinetuneResult:
         """Train the remaining epochs; Ctrl-C or SIGTERM raise :class:`TrainingStopped` naming the kept checkpoint."""
+        self.listing = ckpt.data_listing({"train": self.job.train, "test": self.job.test})
         state = self._resume() if resume else ckpt.TrainingState()
         resumed_from = state.epoch
         if resumed_from:
@@ -141,6 +142,7 @@ class Trainer:
             return ckpt.TrainingState()
         info, tensors = found
         _check_same_recipe(info.recipe, self.job.recipe, self.job.checkpoints)
+        _check_same_data(info.data, self.listing, self.job.checkpoints)
         return ckpt.restore(info, tensors, self.net, self.optimizer, self.scheduler, self.scaler)
 
     def _epoch(self, state: ckpt.TrainingState) -> None:
@@ -170,7 +172,9 @@ class Trainer:
         point["eta_s"] = point["epoch_s"] * (settings.epochs - epoch)
         state.history.append(point)
         state.epoch = epoch
-        extra = {"scaler": self.scaler.state_dict()} if self.scaler is not None else {}
+        extra: dict[str, Any] = {"data": self.listing}
+        if self.scaler is not None:
+            extra["scaler"] = self.scaler.state_dict()
         ckpt.save_checkpoint(self.job.checkpoints, self.net, self.optimizer, self.scheduler, state, self.job.recipe, extra)
         self.observer.point(f"epoch {epoch}", point)
 
@@ -254,6 +258,18 @@ def _check_same_recipe(saved: Mapping[str, Any], current: Mapping[str, Any], fol
         raise RunError(
             f"the checkpoint in {folder} was made with a different recipe ('{differing}' differs); "
             "resume with the recipe and --set values of the interrupted run, or start a new run without --resume"
+        )
+
+
+def _check_same_data(saved: Sequence[str] | None, current: Sequence[str], folder: Path) -> None:
+    """A checkpoint continues only on the data it was trained on; say how many images were added and removed."""
+    changed = ckpt.changed_data(saved, current) if saved is not None else None
+    if changed is not None:
+        added, removed = changed
+        raise RunError(
+            f"the data set changed since the checkpoint in {folder} was made: {added} image{'s' if added != 1 else ''} added, "
+            f"{removed} removed (an image replaced or relabelled counts in both); resume only on the same images, "
+            "or start a new run without --resume"
         )
 
 

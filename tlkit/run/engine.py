@@ -19,11 +19,13 @@ stops the DataLoader workers, removes the unfinished staging folder and raises
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 from tlkit.contract.observer import Observer
 from tlkit.contract.specs import TrainedHead
-from tlkit.errors import RecipeError, RunInterrupted
+from tlkit.errors import OutputError, RecipeError, RunInterrupted, TlkitError
+from tlkit.finetune.checkpoint import CheckpointNotWritten
 from tlkit.finetune.interrupts import TrainingStopped
 from tlkit.recipe.loader import Recipe
 from tlkit.run import stages
@@ -54,8 +56,15 @@ def run(
         if env.distributed:
             return run_ranks(recipe, out_dir, progress, env, resuming=resume is not None)
         run_dir = _run_directory(recipe, out_dir, resume)
-        with terminate_as_interrupt():  # SIGTERM (timeout, docker, schedulers) takes Ctrl-C's clean way out
+        with terminate_as_interrupt(), _training_lock(recipe, run_dir):  # SIGTERM (timeout, docker, schedulers) takes Ctrl-C's clean way out
             return _one_process(recipe, run_dir, progress, resume=resume is not None)
+
+
+def _training_lock(recipe: Recipe, run_dir: RunDirectory) -> AbstractContextManager[None]:
+    """Fine-tuning holds its staging folder's lock while it trains: a second ``--resume`` of it is refused."""
+    from tlkit.run.resume import training_lock
+
+    return training_lock(run_dir.path) if recipe.finetune is not None else nullcontext()
 
 
 def _one_process(recipe: Recipe, run_dir: RunDirectory, progress: Progress, *, resume: bool = False) -> RunResult:
@@ -73,12 +82,40 @@ def _one_process(recipe: Recipe, run_dir: RunDirectory, progress: Progress, *, r
         if not stop.epoch:
             run_dir.discard()
         raise _stopped(stop, recipe, run_dir) from None
+    except CheckpointNotWritten as exc:
+        epoch = _checkpointed_epoch(run_dir)
+        if not epoch:
+            run_dir.discard()
+        raise _not_written(exc, epoch, recipe, run_dir) from None
     except KeyboardInterrupt as exc:
         run_dir.discard()
         raise _interrupted(progress.current, run_dir, cached=recipe.extract.cache, terminated=isinstance(exc, Terminated)) from None
     except BaseException:
-        run_dir.discard()
+        if not (resume and _checkpointed_epoch(run_dir)):  # a refused or failed --resume keeps the checkpoint it was given
+            run_dir.discard()
         raise
+
+
+def _checkpointed_epoch(run_dir: RunDirectory) -> int:
+    """The epoch of the complete checkpoint in the staging folder (0: none, or unreadable)."""
+    from tlkit.finetune.checkpoint import read_checkpoint
+    from tlkit.run.finetune_stage import CHECKPOINTS
+
+    try:
+        found = read_checkpoint(run_dir.path / CHECKPOINTS)
+    except (OSError, TlkitError):
+        return 0
+    return found[0].epoch if found else 0
+
+
+def _not_written(exc: CheckpointNotWritten, epoch: int, recipe: Recipe, run_dir: RunDirectory) -> OutputError:
+    if not epoch:
+        return OutputError(f"{exc}; no checkpoint was kept (free some space and run the recipe again)")
+    source = recipe.source or "RECIPE"
+    return OutputError(
+        f"{exc}; the checkpoint after epoch {epoch} is kept in {run_dir.path}; free some space, then continue with: "
+        f"tlkit run {source} --resume {run_dir.path} (and the same --set values)"
+    )
 
 
 def _run_directory(recipe: Recipe, out_dir: Path | None, resume: Path | None) -> RunDirectory:

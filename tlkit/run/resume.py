@@ -8,6 +8,10 @@ it is continued, and the run is committed to that ``--out`` when it completes.
 
 from __future__ import annotations
 
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,3 +49,25 @@ def find_resume_point(path: Path) -> ResumePoint:
         raise RunError(f"no interrupted fine-tuning run at {path} (no checkpoint in {path.name}{PARTIAL}*); give the --out or .partial-* folder of the run")
     newest = max(candidates, key=lambda p: (p / CHECKPOINTS / STATE_FILE).stat().st_mtime)
     return ResumePoint(newest, path)
+
+
+@contextmanager
+def training_lock(folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the staging folder ``folder`` while a fine-tuning run trains in it.
+
+    ``flock`` on the folder itself (no lock file that would end up in the run directory); the kernel
+    drops it when the process ends, however it ends. A second ``--resume`` of the same folder, while
+    the first still trains, is refused in one line instead of training over the same checkpoints.
+    """
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise RunError(f"cannot open {folder} to lock it ({exc.strerror or exc})") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunError(f"{folder} is in use by another tlkit run (it holds the folder's lock); wait for it to end, or stop it, then --resume") from None
+        yield
+    finally:
+        os.close(fd)
