@@ -392,3 +392,59 @@ def test_a_decoder_stuck_beyond_signals_ends_the_wait_naming_the_batch(tmp_path:
     assert batch_timeout(1, 2) <= took < batch_timeout(1, 2) + 30  # the per-file alarm could not fire: the backstop did
     message = _one_line(info.value)
     assert "hangs the decoder" in message and str(paths[2]) in message
+
+
+def test_the_first_byte_timeout_is_15_s_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("TLKIT_DOWNLOAD_STALL_S", "TLKIT_DOWNLOAD_DEADLINE_S"):
+        monkeypatch.delenv(name, raising=False)
+    assert Limits.from_env().first_byte_s == 15.0 and Limits().first_byte_s == 15.0
+    assert Limits(stall_s=2.0).answer_timeout() == 2.0  # a shorter stall bound wins
+    assert Limits(stall_s=float("inf")).answer_timeout() == 15.0
+
+
+def test_a_server_that_never_answers_is_given_up_within_about_15_s(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that accepts the connection and never sends a byte, with the default limits (the stall bound is 60 s)."""
+    import socket
+
+    for name in ("TLKIT_DOWNLOAD_STALL_S", "TLKIT_DOWNLOAD_DEADLINE_S"):
+        monkeypatch.delenv(name, raising=False)
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # the kernel completes the handshake; nothing is ever read or sent
+    try:
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/data.zip"
+        started = time.perf_counter()
+        with pytest.raises(DataError) as info:
+            fetch(url, tmp_path / "data")
+        took = time.perf_counter() - started
+    finally:
+        silent.close()
+    assert took < 40  # 15 s by default; generous for a loaded machine, far below the 60 s stall bound it took before
+    message = _one_line(info.value)
+    assert url in message and "did not answer within 15 s" in message
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_weights_server_that_never_answers_is_given_up_within_about_15_s(tmp_path: Path) -> None:
+    """torch.hub opens its URL without a timeout: the silent server would hold a pretrained download forever."""
+    import socket
+
+    from tlkit.errors import WeightsError
+    from tlkit.sources.pretrained import SILENCE_TIMEOUT, fetch_url
+
+    assert SILENCE_TIMEOUT == 15.0
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    previous = socket.getdefaulttimeout()
+    try:
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/tiny-0123abcd.pth"
+        started = time.perf_counter()
+        with pytest.raises(WeightsError) as info:
+            fetch_url(url, "a test backbone", dest_dir=tmp_path / "hub")
+        took = time.perf_counter() - started
+    finally:
+        silent.close()
+    assert took < 40 and socket.getdefaulttimeout() == previous  # the process-wide default is put back
+    assert url in _one_line(info.value)
+    assert not list((tmp_path / "hub").glob("*.pth"))

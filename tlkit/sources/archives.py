@@ -23,6 +23,7 @@ import shutil
 import tarfile
 import tempfile
 import time
+import urllib.error
 import urllib.request
 import zipfile
 import zlib
@@ -37,6 +38,7 @@ from tlkit.util.atomic import current_umask, publish_folder
 from tlkit.util.units import finite_or_none, human_bytes, positive_number
 
 MIN_PROGRESS_BYTES = 64 * 1024
+FIRST_BYTE_S = 15.0  # a server that accepts and never answers is given up this soon (or at the stall bound, if shorter)
 RATIO_FLOOR_BYTES = 64 * 2**20  # below this much unpacked data the ratio is not checked (tiny archives compress oddly)
 _BLOCK = 1 << 16
 
@@ -58,9 +60,14 @@ class Limits:
 
     stall_s: float = 60.0
     deadline_s: float = 3600.0
+    first_byte_s: float = FIRST_BYTE_S  # connecting and the server's answer (its headers), before any data
     max_unpacked_bytes: float = 64 * 2**30  # inf: no limit
     max_ratio: float = 100.0
     ratio_floor_bytes: int = RATIO_FLOOR_BYTES
+
+    def answer_timeout(self) -> float:
+        """Seconds to wait for the connection and the server's first byte: the shorter of ``first_byte_s`` and the stall bound."""
+        return min(self.first_byte_s, self.stall_s)
 
     @classmethod
     def from_env(cls) -> Limits:
@@ -96,8 +103,19 @@ def download(url: str, dest: Path, limits: Limits) -> None:
         raise OSError("offline (TLKIT_OFFLINE is set)")
     started = time.monotonic()
     task = _progress.get() or _silent
-    # The socket timeout bounds a server that sends nothing; the checks below bound one that dribbles.
-    with urllib.request.urlopen(url, timeout=finite_or_none(limits.stall_s)) as response, dest.open("wb") as out:  # noqa: S310 - URLs come from recipes
+    # The socket timeout bounds a server that sends nothing: first its answer (15 s), then each read of
+    # the data (the stall bound); the checks below bound one that dribbles.
+    try:
+        response = urllib.request.urlopen(url, timeout=finite_or_none(limits.answer_timeout()))  # noqa: S310 - URLs come from recipes
+    except (TimeoutError, urllib.error.URLError) as exc:
+        if not isinstance(exc, TimeoutError) and not isinstance(getattr(exc, "reason", None), TimeoutError):
+            raise
+        raise DataError(
+            f"{url} did not answer within {limits.answer_timeout():g} s (connected, or tried to, and no reply came); "
+            "try again later, or download it yourself"
+        ) from None
+    _set_read_timeout(response, finite_or_none(limits.stall_s))
+    with response, dest.open("wb") as out:
         length = response.headers.get("Content-Length")
         total = int(length) if length and length.isdigit() else None
         read = getattr(response, "read1", response.read)  # read1: whatever has arrived, never waits for a full block
@@ -121,6 +139,13 @@ def download(url: str, dest: Path, limits: Limits) -> None:
                         f"download of {url} took longer than {limits.deadline_s:g} s ({done} bytes so far); "
                         "raise TLKIT_DOWNLOAD_DEADLINE_S or download it yourself"
                     )
+
+
+def _set_read_timeout(response: object, seconds: float | None) -> None:
+    """Once the server has answered, a read may wait up to the stall bound (``http.client`` keeps its socket in ``fp.raw``)."""
+    sock = getattr(getattr(getattr(response, "fp", None), "raw", None), "_sock", None)
+    if sock is not None and hasattr(sock, "settimeout"):
+        sock.settimeout(seconds)
 
 
 def _check_member_name(name: str, archive: str) -> None:

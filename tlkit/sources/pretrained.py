@@ -14,6 +14,8 @@ from __future__ import annotations
 import socket
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from tlkit.errors import WeightsError
 from tlkit.sources.weights import hub_checkpoint_dir, offline
 
 PROBE_TIMEOUT = 3.0
+SILENCE_TIMEOUT = 15.0  # torch.hub opens the URL without a timeout: a server that never sends a byte is given up this soon
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
@@ -60,12 +63,24 @@ def fetch_url(url: str, what: str, *, dest_dir: Path | None = None) -> Path:
     prefix = stem.rsplit("-", 1)[-1] if "-" in stem else ""
     folder.mkdir(parents=True, exist_ok=True)
     try:
-        torch.hub.download_url_to_file(url, str(dest), hash_prefix=prefix if len(prefix) >= 6 and _hex(prefix) else None, progress=True)
+        with _socket_timeout(SILENCE_TIMEOUT):
+            torch.hub.download_url_to_file(url, str(dest), hash_prefix=prefix if len(prefix) >= 6 and _hex(prefix) else None, progress=True)
     except RuntimeError as exc:  # torch.hub's "invalid hash value": the partial file is already removed
         raise WeightsError(f"the download of {url} for {what} is damaged ({exc}); try again, or {where}") from exc
     except OSError as exc:
         raise WeightsError(f"the download of {url} for {what} failed ({type(exc).__name__}: {exc}); {where}") from exc
     return dest
+
+
+@contextmanager
+def _socket_timeout(seconds: float) -> Iterator[None]:
+    """Sockets opened without a timeout (``torch.hub``'s ``urlopen``) wait at most ``seconds`` for each reply, within the block."""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
 
 
 def _hex(text: str) -> bool:
