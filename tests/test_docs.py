@@ -284,3 +284,66 @@ def test_the_readme_your_own_photos_commands_run_offline_as_written(plugins: Plu
     assert [line.split(",")[0] for line in (run / "split.csv").read_text().splitlines()].count("test") == metrics["counts"]["test"]
     assert json.loads((run / "classes.json").read_text()) == ["cats", "dogs"]
     assert (tmp_path / "runs" / "my-photos-knn" / "run.json").is_file()
+
+
+# --- the robustness table: its count and its tests ---------------------------------------------------
+
+ROBUSTNESS_PAGE = REPO / "docs" / "robustness.md"
+TABLE_HEADER = "| promise | test |\n|---|---|\n"
+
+
+def _robustness_rows() -> list[str]:
+    text = ROBUSTNESS_PAGE.read_text(encoding="utf-8")
+    table = text.split(TABLE_HEADER, 1)[1]
+    rows = []
+    for line in table.splitlines():
+        if not line.startswith("|"):
+            break
+        rows.append(line)
+    return rows
+
+
+def _test_references(row: str) -> list[tuple[str, str | None]]:
+    """``(file, test name or None)`` for each test the row's last cell names; ``::name`` continues the file before it."""
+    cell = row.rstrip().rstrip("|").rsplit("|", 1)[1]
+    found: list[tuple[str, str | None]] = []
+    current = ""
+    for ref in re.findall(r"`([^`]+)`", cell):
+        if "::" not in ref and not ref.endswith(".py"):
+            continue  # a word in backticks (`unshare`), not a test
+        file, _, name = ref.partition("::")
+        if file:
+            current = Path(file).name
+        elif not current:
+            raise AssertionError(f"'{ref}' continues no file: {row[:80]}")
+        found.append((current, name.split("[", 1)[0] or None))
+    return found
+
+
+def _test_names(module: Path) -> set[str]:
+    import ast
+
+    tree = ast.parse(module.read_text(encoding="utf-8"))
+    return {node.name for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.startswith("test")}
+
+
+def test_the_robustness_table_states_how_many_hostile_cases_it_holds() -> None:
+    text = ROBUSTNESS_PAGE.read_text(encoding="utf-8")
+    stated = re.search(r"^(\d+) hostile cases, each held by a test", text, re.MULTILINE)
+    assert stated, "docs/robustness.md: no line 'N hostile cases, each held by a test' above the table"
+    assert int(stated.group(1)) == len(_robustness_rows()) > 0
+
+
+def test_every_test_the_robustness_table_names_exists() -> None:
+    tests = REPO / "tests"
+    missing = []
+    for row in _robustness_rows():
+        references = _test_references(row)
+        assert references, f"a row names no test: {row[:80]}"
+        for file, name in references:
+            module = tests / file
+            if not module.is_file():
+                missing.append(file)
+            elif name is not None and name not in _test_names(module):
+                missing.append(f"{file}::{name}")
+    assert not missing, f"docs/robustness.md names tests that do not exist: {missing}"
