@@ -3,7 +3,8 @@
 A checkpoint is two files in the run's ``checkpoints/`` folder: ``epoch-NNNN.safetensors`` (every
 tensor: the model's state, the best epoch's state when a held-out split chooses it, the optimiser's
 buffers, torch's random state) and ``checkpoint.json`` (the rest: epoch, optimiser hyper-parameters,
-scheduler step, Python's and numpy's random state, the history, the recipe it belongs to). Both are
+scheduler step, Python's and numpy's random state, the history, the recipe it belongs to, and the
+data listing it was trained on, :func:`data_listing`, so a resume on changed data is refused). Both are
 written with :func:`tlkit.util.atomic.write_atomic`, the tensors first and the state file last: the state
 file names its tensor file and that file's sha256, so a kill at any moment leaves the previous
 checkpoint or the new one, never a mix. Older tensor files are deleted only after the new state file

@@ -6,7 +6,8 @@ interrupted fetch leaves no partial data. Members that would land outside the ta
 absolute paths, links) are refused.
 
 Every wait and every resource is bounded. A download shows progress (through :func:`reporting`,
-which the engine connects to its observer), gives up when it stalls (less than
+which the engine connects to its observer), gives up when the server does not answer within
+:data:`FIRST_BYTE_S` (15 s: connecting and the reply's headers), when it stalls (less than
 :data:`MIN_PROGRESS_BYTES` in ``TLKIT_DOWNLOAD_STALL_S`` seconds, default 60: a server sending a
 byte every few seconds never trips a per-read timeout) and at an overall deadline
 (``TLKIT_DOWNLOAD_DEADLINE_S``, default 3600; ``inf`` sets any of these bounds to no limit). Unpacking refuses, before writing anything, an
