@@ -55,9 +55,7 @@ def validate_options(cls: type[OptionsT], data: Mapping[str, Any], path: str, *,
         key = f"{path}.{loc}" if loc else path
         if error["type"] == "missing":
             raise RecipeError(f"'{key}' is required") from None
-        # a validator's own ValueError says what to do as written; pydantic's messages read better lowercased
-        message = str(error["ctx"]["error"]) if error["type"] == "value_error" and "error" in error.get("ctx", {}) else error["msg"].lower()
-        raise RecipeError(f"'{key}': {message} (got {describe_value(error.get('input'))})") from None
+        raise RecipeError(f"'{key}': {error['msg'].lower()} (got {describe_value(error.get('input'))})") from None
     for key, value in data.items():
         # pydantic's lax mode reads true/false as 1/0; in a recipe that is always a mistake (epochs: true).
         if isinstance(value, bool) and not isinstance(getattr(result, key), bool):
