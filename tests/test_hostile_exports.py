@@ -62,3 +62,23 @@ def test_export_leaves_no_temporary_file_when_it_fails(tiny_run: Path, tmp_path:
     with pytest.raises(ExportError, match="No space left"):
         exporting.export(model, "torchscript", tmp_path / "out" / "model.pt")
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_pt2_export_whose_write_fails_midway_is_one_line_not_an_abort(tiny_run: Path, tmp_path: Path) -> None:
+    """A disk that fills while the ``.pt2`` is written: torch's zip writer used to abort the process (SIGABRT,
+    a C++ stack trace). A file-size limit makes the very write fail (EFBIG, as ENOSPC would) in a child."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "out" / "model.pt2"
+    out.parent.mkdir()
+    code = (
+        "import resource, sys\n"
+        "from tlkit.cli.app import main\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (16 * 1024, resource.RLIM_INFINITY))\n"
+        "main(['export', sys.argv[1], '--format', 'pt2', '--out', sys.argv[2]])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(tiny_run), str(out)], capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 2, (done.returncode, done.stderr[-2000:])
+    assert "Traceback" not in done.stderr and done.stderr.count("\n") == 1 and str(out) in done.stderr, done.stderr
+    assert list(out.parent.iterdir()) == []  # nothing half-written

@@ -21,6 +21,7 @@ another size, and it must reproduce tlkit's own probabilities within ``TOLERANCE
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import warnings
@@ -102,8 +103,9 @@ def _write_torchscript(classifier: torch.nn.Module, example: torch.Tensor, targe
 def _write_pt2(classifier: torch.nn.Module, example: torch.Tensor, target: Path, meta: dict[str, str]) -> torch.Tensor:
     with torch.no_grad():
         program = torch.export.export(classifier, (example,), dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1)}})
-    with target.open("wb") as fh:
-        torch.export.save(program, fh, extra_files=_extra_files(meta))
+    buffer = io.BytesIO()  # torch's zip writer aborts the process (SIGABRT) when a disk write fails inside it:
+    torch.export.save(program, buffer, extra_files=_extra_files(meta))  # build the file in memory, then
+    target.write_bytes(buffer.getbuffer())  # write it from Python, where a full disk is an OSError (one line)
     with target.open("rb") as fh:
         reloaded = torch.export.load(fh).module()
     with torch.no_grad():
