@@ -174,3 +174,25 @@ def test_a_run_file_too_large_to_hash_is_refused_before_reading(finished: Path, 
     assert "head.safetensors" in _one_line(info.value) and "MiB" in str(info.value)
 
 
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("path,class,split\nx.jpg,cats,train\n", "does not start with the columns split,path,class"),
+        ("split,path,class\ntrain,x.jpg\n", "line 2 is not 'split,path,class'"),
+        ("split,path,class\ntrain,,cats\n", "line 2 is not 'split,path,class'"),
+        (b"split,path,class\ntrain,\xff.jpg,cats\n", "cannot be read"),
+    ],
+    ids=["header", "short-row", "empty-path", "not-utf8"],
+)
+def test_a_malformed_split_csv_is_one_line(tmp_path, content, message):
+    """``split.csv`` read back (``tlkit.load``, ``tlkit features``): a resealed one of another shape is one line, not a KeyError."""
+    from tlkit.errors import RunError
+    from tlkit.saved.splits import read_split
+
+    path = tmp_path / "split.csv"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(RunError, match=message) as info:
+        read_split(path)
+    assert "\n" not in str(info.value)

@@ -9,13 +9,16 @@ later skipped as undecodable included; ``bad_images.csv`` names those). :func:`r
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from tlkit.contract.specs import Sample
 from tlkit.errors import OutputError, RunError
+from tlkit.util.regular_files import UnsafeFile, read_regular
 
 COLUMNS = ("split", "path", "class")
+MAX_BYTES = 256 * 2**20  # a million images' rows fit many times over
 
 
 def write_split(path: Path, classes: Sequence[str], splits: Mapping[str, Sequence[Sample]]) -> Path:
@@ -32,11 +35,20 @@ def write_split(path: Path, classes: Sequence[str], splits: Mapping[str, Sequenc
 
 
 def read_split(path: Path) -> dict[str, list[tuple[Path, str]]]:
-    """``split -> [(path, class), ...]`` from a run's ``split.csv``."""
+    """``split -> [(path, class), ...]`` from a run's ``split.csv``; a file that is not the one tlkit writes is one line."""
     if not path.is_file():
         raise RunError(f"{path} is missing; the run was made by an older tlkit (run the recipe again to get it)")
+    try:
+        text = read_regular(path, MAX_BYTES).decode("utf-8")
+    except (OSError, UnsafeFile, UnicodeDecodeError) as exc:
+        raise RunError(f"{path} cannot be read ({exc}); run the recipe again") from None
+    rows = csv.reader(io.StringIO(text, newline=""))
+    if tuple(next(rows, ())) != COLUMNS:
+        raise RunError(f"{path} does not start with the columns {','.join(COLUMNS)}; run the recipe again")
     result: dict[str, list[tuple[Path, str]]] = {}
-    with path.open(newline="", encoding="utf-8") as fh:
-        for row in csv.DictReader(fh):
-            result.setdefault(row["split"], []).append((Path(row["path"]), row["class"]))
+    for number, row in enumerate(rows, start=2):
+        if len(row) != len(COLUMNS) or not all(row):
+            raise RunError(f"{path} line {number} is not 'split,path,class'; run the recipe again")
+        split, file, name = row
+        result.setdefault(split, []).append((Path(file), name))
     return result
