@@ -84,7 +84,7 @@ def test_a_failed_rename_puts_the_previous_folder_back(tmp_path: Path, monkeypat
 
 def test_the_three_publishers_use_it(tmp_path: Path) -> None:
     """A run directory over a previous run, an archive over a folder another run unpacked, a converted model over a damaged one."""
-    from tlkit.extract.runtimes.conversion import ModelStore
+    from tlkit.extract.runtimes.conversion import ModelStore, model_key
 
     out = tmp_path / "run"
     for text in ("first", "second"):
@@ -110,8 +110,10 @@ def test_the_three_publishers_use_it(tmp_path: Path) -> None:
         return build
 
     store = ModelStore(tmp_path / "cache")
+    identity = {"backbone": "tiny"}
+    key = model_key(identity)  # an entry is valid only under the key of the identity it records
     for text in ("damaged", "rebuilt"):
-        store.save("key", builder(text), {"identity": {}})
-    stored = store.load("key")
+        store.save(key, builder(text), {"identity": identity})
+    stored = store.load(key, identity)
     assert stored is not None and stored.main is not None and stored.main.read_text() == "rebuilt"
-    assert siblings(store.base) == [store.folder("key").name]
+    assert siblings(store.base) == [store.folder(key).name]
