@@ -74,29 +74,29 @@ def max_bytes(path: Path | str) -> int:
     return _MAX_BYTES.get(Path(path).suffix, 64 * 2**20)
 
 
-def read_run_file(path: Path) -> bytes:
-    """The bytes of a run's file, if it is a regular file within :func:`max_bytes`; :class:`RunError` otherwise."""
+@contextmanager
+def _run_file_errors(path: Path) -> Iterator[None]:
+    """What can go wrong opening a run's file, as the one :class:`RunError` line each case gets."""
     try:
-        return read_regular(path, max_bytes(path))
+        yield
     except FileNotFoundError:
         raise RunError(f"{path} is missing; the run directory is incomplete, run the recipe again") from None
     except UnsafeFile as exc:
         raise RunError(f"{path} {exc}; it is not the file the run wrote, run the recipe again") from None
     except OSError as exc:
         raise RunError(f"{path} cannot be read ({exc.strerror or exc})") from None
+
+
+def read_run_file(path: Path) -> bytes:
+    """The bytes of a run's file, if it is a regular file within :func:`max_bytes`; :class:`RunError` otherwise."""
+    with _run_file_errors(path):
+        return read_regular(path, max_bytes(path))
 
 
 def check_run_file(path: Path) -> None:
     """Refuse (:class:`RunError`) a run file that is not a regular file within :func:`max_bytes` (before a library opens it)."""
-    try:
-        with open_regular(path, max_bytes(path)):
-            pass
-    except FileNotFoundError:
-        raise RunError(f"{path} is missing; the run directory is incomplete, run the recipe again") from None
-    except UnsafeFile as exc:
-        raise RunError(f"{path} {exc}; it is not the file the run wrote, run the recipe again") from None
-    except OSError as exc:
-        raise RunError(f"{path} cannot be read ({exc.strerror or exc})") from None
+    with _run_file_errors(path), open_regular(path, max_bytes(path)):
+        pass
 
 
 def verify_files(run_dir: Path, names: tuple[str, ...] = READ_BACK) -> None:
