@@ -3,6 +3,9 @@
 The names in ``__all__`` (and the modules ``tlkit.backbones``, ``tlkit.errors``, ``tlkit.fitting``, ``tlkit.testing``)
 are the public API plugins may rely on; everything else, and all of ``tlkit_plugins``, may change.
 
+``tlkit.fit`` and ``tlkit.compare`` train from Python as ``tlkit run`` and ``tlkit compare`` do
+(:mod:`tlkit.api`), with recipes built by ``tlkit.make_recipe`` through the YAML validator.
+
 The public names are imported on first use (PEP 562), so ``import tlkit`` (and so ``tlkit --help``)
 does not import torch; ``from tlkit import BackboneSpec`` works as before.
 
@@ -37,6 +40,9 @@ if TYPE_CHECKING:
         ShardMember,
         TrainedHead,
     )
+    from tlkit.api.recipes import make_recipe
+    from tlkit.api.results import CompareResult, FitResult
+    from tlkit.api.runs import compare, fit
     from tlkit.contract.weights_request import WeightsRequest
     from tlkit.saved.model import Model
     from tlkit.sources.archives import fetch as fetch_archive
@@ -72,6 +78,12 @@ _LAZY = {
     "ShardGroup": "tlkit.sources.shards",
     "expand_shards": "tlkit.sources.shards:expand",
     "read_shards": "tlkit.sources.shards:stream",
+    # The Python front (tlkit.api): the CLI's run and compare as calls, and recipes built in Python.
+    "fit": "tlkit.api.runs",
+    "compare": "tlkit.api.runs",
+    "make_recipe": "tlkit.api.recipes",
+    "FitResult": "tlkit.api.results",
+    "CompareResult": "tlkit.api.results",
 }
 
 
@@ -105,10 +117,12 @@ __all__ = [
     "SHARD_CLASSES_FILE",
     "BackboneSpec",
     "BuiltBackbone",
+    "CompareResult",
     "DataError",
     "DatasetSpec",
     "Features",
     "FitContext",
+    "FitResult",
     "FoundFiles",
     "HeadSpec",
     "LoadedDataset",
@@ -124,11 +138,14 @@ __all__ = [
     "WeightsRequest",
     "__version__",
     "backbones",
+    "compare",
     "errors",
     "expand_shards",
     "fetch_archive",
+    "fit",
     "hookimpl",
     "load",
+    "make_recipe",
     "read_shards",
     "walk_images",
 ]
