@@ -8,6 +8,7 @@ so they do not tear a bar. Nothing is printed unless progress is asked for.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import IO
@@ -24,7 +25,7 @@ class NotebookObserver(Observer):
     def note(self, text: str) -> None:
         from tqdm.auto import tqdm
 
-        tqdm.write(text, file=self.file)
+        tqdm.write(text, file=self.file or sys.stderr)  # tqdm.write's own default is stdout
 
     @contextmanager
     def task(self, description: str, total: int | None, unit: str = "it") -> Iterator[Callable[[int], None]]:

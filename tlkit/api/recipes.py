@@ -54,7 +54,12 @@ def make_recipe(
     else:
         raise RecipeError(f"a recipe is a YAML file's path, a dict or a tlkit Recipe, not a {type(recipe).__name__}")
     merged = merge_sections(data, sections)
-    return resolve(apply_overrides(merged, overrides), plugins, default_name=default_name, source=source)
+    try:
+        return resolve(apply_overrides(merged, overrides), plugins, default_name=default_name, source=source)
+    except RecipeError as exc:
+        if isinstance(recipe, (str, os.PathLike)):  # worded as load_recipe words a file's errors
+            raise RecipeError(f"recipe {source}: {exc}") from None
+        raise
 
 
 def merge_sections(data: Mapping[str, Any], sections: Mapping[str, Any]) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from tlkit.contract.weights_request import WeightsRequest
 from tlkit.errors import RecipeError, TlkitError, did_you_mean
 from tlkit.extract.pipeline import ImageSettings
 from tlkit.finetune.settings import AugmentSettings, FinetuneSettings
+from tlkit.recipe.set_items import quoting_hint
 from tlkit.recipe.yaml_loading import safe_load
 
 MAX_DEPTH = 8
@@ -167,6 +168,8 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
         try:
             value = safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
+            if quoting_hint(item):  # {test_fraction: without its 0.2}: an unquoted item cut by the shell
+                raise RecipeError(f"--set '{item}' is cut short{quoting_hint(item)}") from None
             value = raw
         except RecursionError:
             raise RecipeError(f"--set {key}: the value is nested too deeply") from None
@@ -237,11 +240,11 @@ def resolve(data: Mapping[str, Any], plugins: Plugins, *, default_name: str = "r
     return Recipe(
         name=name,
         seed=seed,
-        dataset=Choice(dataset_spec, validate_options(dataset_spec.options, dataset_data, "dataset")),
-        backbone=Choice(backbone_spec, validate_options(backbone_spec.options, backbone_data, "backbone")),
+        dataset=Choice(dataset_spec, validate_options(dataset_spec.options, dataset_data, "dataset", also_valid=("name",))),
+        backbone=Choice(backbone_spec, validate_options(backbone_spec.options, backbone_data, "backbone", also_valid=("name", "weights"))),
         weights=weights,
         extract=validate_options(ExtractSettings, _section(data, "extract"), "extract"),
-        head=Choice(head_spec, validate_options(head_spec.options, head_data, "head")),
+        head=Choice(head_spec, validate_options(head_spec.options, head_data, "head", also_valid=("name",))),
         source=source,
         images=images,
         mode=mode,
