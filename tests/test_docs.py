@@ -286,6 +286,33 @@ def test_the_readme_your_own_photos_commands_run_offline_as_written(plugins: Plu
     assert (tmp_path / "runs" / "my-photos-knn" / "run.json").is_file()
 
 
+# --- README: "From Python" runs as written, with public names only --------------------------------
+
+
+def test_the_readme_python_block_trains_predicts_and_exports_with_public_names_only(plugins: Plugins, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """Issue 20's must-hold 1: a notebook-style script, no YAML file, that trains on a folder, prints the
+    metrics, predicts two images and exports ONNX, using only names in ``tlkit.__all__``."""
+    from test_public_api import private_uses
+
+    block = readme_block("python-api", "python")
+    assert "yaml" not in block.lower() and "tlkit.fit(" in block and ".predict(" in block and '.export("onnx")' in block
+    assert private_uses(block, "README.md python-api") == []
+    _photo_folder(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TLKIT_OFFLINE", "1")
+    exec(compile(block, "README.md", "exec"), {"__name__": "__main__"})
+    lines = capsys.readouterr().out.splitlines()
+    run = Path("runs") / "photos-py"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert lines[0] == f"{metrics['test_accuracy']} {run}"
+    assert metrics["counts"]["train"] + metrics["counts"]["test"] == 12
+    predicted = [line.split() for line in lines[1:3]]
+    assert [p[0] for p in predicted] == ["photos/cats/IMG_0001.jpg", "photos/dogs/IMG_0002.jpg"]
+    assert all(p[1] in ("cats", "dogs") and 0.5 <= float(p[2]) <= 1.0 for p in predicted)
+    assert lines[3] == str(run / "model.onnx") and (run / "model.onnx").stat().st_size > 0
+    assert len(lines) == 4, "the block prints what it says and nothing else"
+
+
 # --- the robustness table: its count and its tests ---------------------------------------------------
 
 ROBUSTNESS_PAGE = REPO / "docs" / "robustness.md"
