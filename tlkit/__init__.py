@@ -26,6 +26,9 @@ from tlkit.errors import DataError, RecipeError, TlkitError, WeightsError
 
 if TYPE_CHECKING:
     from tlkit import backbones
+    from tlkit.api.recipes import make_recipe
+    from tlkit.api.results import CompareResult, FitResult
+    from tlkit.api.runs import compare, fit
     from tlkit.contract.preprocessing import Preprocessing
     from tlkit.contract.specs import (
         BackboneSpec,
@@ -40,9 +43,6 @@ if TYPE_CHECKING:
         ShardMember,
         TrainedHead,
     )
-    from tlkit.api.recipes import make_recipe
-    from tlkit.api.results import CompareResult, FitResult
-    from tlkit.api.runs import compare, fit
     from tlkit.contract.weights_request import WeightsRequest
     from tlkit.saved.model import Model
     from tlkit.sources.archives import fetch as fetch_archive

@@ -40,6 +40,7 @@ def make_recipe(
     :class:`~tlkit.errors.RecipeError`, worded as for a recipe file.
     """
     plugins = plugins or get_plugins()
+    source: Path | None
     if isinstance(recipe, (str, os.PathLike)):
         path = Path(recipe)
         if not sections:
