@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,11 +17,29 @@ import yaml
 from conftest import make_image, make_image_folder
 
 import tlkit
-from tlkit.contract.plugin_manager import Plugins
+from tlkit.contract.plugin_manager import Plugins, load_plugins, set_plugins
 from tlkit.errors import DataError, RecipeError, TlkitError
 from tlkit.recipe.loader import load_recipe
 
 HEAD = {"name": "linear", "epochs": 30, "lr": 0.1, "eval_every": 10}
+
+
+@pytest.fixture(scope="module")
+def module_plugins() -> Plugins:
+    """Built-ins plus ``tiny_cnn``, loaded once for the module (loading is the slow part of a tiny test)."""
+    from tiny import TinyPlugin
+
+    return load_plugins(entry_points=False, extra=[TinyPlugin()])
+
+
+@pytest.fixture
+def tiny_plugins(module_plugins: Plugins) -> Iterator[Plugins]:
+    """The module's plugins as the process-wide ones for one test (what ``tlkit.fit`` uses)."""
+    set_plugins(module_plugins)
+    try:
+        yield module_plugins
+    finally:
+        set_plugins(None)
 EXTRACT = {"workers": 0, "batch_size": 4}
 
 
