@@ -23,6 +23,7 @@ from tlkit.errors import DataError, RecipeError, TlkitError, WeightsError
 
 if TYPE_CHECKING:
     from tlkit import backbones
+    from tlkit.contract.observer import Observer, ObserverSpec
     from tlkit.contract.preprocessing import Preprocessing
     from tlkit.contract.specs import (
         BackboneSpec,
@@ -51,6 +52,8 @@ __version__ = "0.2.0"
 
 _LAZY = {
     "Preprocessing": "tlkit.contract.preprocessing",
+    "Observer": "tlkit.contract.observer",
+    "ObserverSpec": "tlkit.contract.observer",
     "BackboneSpec": "tlkit.contract.specs",
     "BuiltBackbone": "tlkit.contract.specs",
     "DatasetSpec": "tlkit.contract.specs",
@@ -113,6 +116,8 @@ __all__ = [
     "HeadSpec",
     "LoadedDataset",
     "NoOptions",
+    "Observer",
+    "ObserverSpec",
     "Preprocessing",
     "RecipeError",
     "Sample",

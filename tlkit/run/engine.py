@@ -31,6 +31,7 @@ from tlkit.recipe.loader import Recipe
 from tlkit.run import stages
 from tlkit.run.finish import Progress, RunResult, finish
 from tlkit.run.launch import run_ranks
+from tlkit.run.observing import flat_params, observers_for
 from tlkit.run.ranks import DistEnv, detect
 from tlkit.run.signals import EXIT_CODE, Terminated, terminate_as_interrupt
 from tlkit.run.stages import seed_everything
@@ -51,13 +52,21 @@ def run(
     environment); with more than one rank each extracts its shard and every rank returns rank 0's result.
     """
     env = detect() if env is None else env
-    progress = Progress(observer or Observer())
-    with held(cache_root()):  # `tlkit cache clear` refuses while the run uses the cache (features, converted models)
-        if env.distributed:
-            return run_ranks(recipe, out_dir, progress, env, resuming=resume is not None)
-        run_dir = _run_directory(recipe, out_dir, resume)
-        with terminate_as_interrupt(), _training_lock(recipe, run_dir):  # SIGTERM (timeout, docker, schedulers) takes Ctrl-C's clean way out
-            return _one_process(recipe, run_dir, progress, resume=resume is not None)
+    progress = Progress(observers_for(recipe, observer) if env.is_main else observer or Observer())  # tracking tools log rank 0 only
+    progress.start(recipe.name, flat_params(recipe))
+    try:
+        with held(cache_root()):  # `tlkit cache clear` refuses while the run uses the cache (features, converted models)
+            if env.distributed:
+                result = run_ranks(recipe, out_dir, progress, env, resuming=resume is not None)
+            else:
+                run_dir = _run_directory(recipe, out_dir, resume)
+                with terminate_as_interrupt(), _training_lock(recipe, run_dir):  # SIGTERM (timeout, docker, schedulers) takes Ctrl-C's clean way out
+                    result = _one_process(recipe, run_dir, progress, resume=resume is not None)
+    except BaseException as exc:
+        progress.end("interrupted" if isinstance(exc, (RunInterrupted, KeyboardInterrupt)) else "failed")
+        raise
+    progress.end("ok")
+    return result
 
 
 def _training_lock(recipe: Recipe, run_dir: RunDirectory) -> AbstractContextManager[None]:
