@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from tlkit.contract.observer import Observer, ParamValue, RunStatus
+from tlkit.contract.plugin_manager import PluginWarning
 from tlkit.errors import TlkitError
 from tlkit.outputs.metrics import RunMetrics
 from tlkit.recipe.loader import Recipe
 
 
-class ObserverWarning(UserWarning):
-    """A run observer failed; the run goes on without it."""
+class ObserverWarning(PluginWarning):
+    """A plugin's run observer failed; the run goes on without it (the CLI shows it as one ``warning:`` line)."""
 
 
 def _describe(exc: BaseException, limit: int = 200) -> str:
