@@ -53,7 +53,7 @@ def code_blocks(text: str, language: str) -> list[str]:
 
 
 def test_hookspecs_are_found() -> None:
-    assert HOOKS == ["register_backbones", "register_datasets", "register_heads"]
+    assert HOOKS == ["register_backbones", "register_datasets", "register_heads", "register_observers"]
 
 
 @pytest.mark.parametrize("hook", HOOKS)
@@ -190,7 +190,7 @@ def test_every_top_level_key_is_on_the_recipes_page() -> None:
 def _builtin_choices() -> list[tuple[str, str, type]]:
     plugins = load_plugins(entry_points=False)
     found = []
-    for kind, registry in (("dataset", plugins.datasets), ("head", plugins.heads)):
+    for kind, registry in (("dataset", plugins.datasets), ("head", plugins.heads), ("observer", plugins.observers)):
         found += [(kind, spec.name, spec.options) for spec in registry]
     return found
 

@@ -74,7 +74,7 @@ class MLflowObserver(tlkit.Observer):
 
         found = self.client.get_experiment_by_name(self.options.experiment)
         experiment = found.experiment_id if found is not None else self.client.create_experiment(self.options.experiment)
-        run = self.client.create_run(experiment, run_name=self.options.run_name or name, tags={"tlkit.recipe": name, "tlkit.version": tlkit.__version__})
+        run = self.client.create_run(experiment, run_name=self.options.run_name or name, tags={"tlkit.recipe": name})
         self.run_id = run.info.run_id
         items = [Param(key, _param(value)) for key, value in params.items()]
         for i in range(0, len(items), _BATCH):
