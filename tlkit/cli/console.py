@@ -122,6 +122,7 @@ class ConsoleObserver(Observer):
         self.console = console or _console(True)
         self._every = 1  # print every n-th training point (set by the open training task)
         self._held: tuple[str, Mapping[str, float]] | None = None  # the last point, printed when its task ends
+        self._shown = False  # whether this curve's first point was printed
 
     def note(self, text: str) -> None:
         self.console.print(visible(text), highlight=False, markup=False)
@@ -132,7 +133,7 @@ class ConsoleObserver(Observer):
             with self._task(description, total, unit) as advance:
                 yield advance
             return
-        self._every = max(1, -(-total // POINT_LINES)) if total else 1
+        self._every, self._shown = (max(1, -(-total // POINT_LINES)) if total else 1), False
         try:
             with self._task(description, total, unit) as advance:
                 yield advance
@@ -193,12 +194,13 @@ class ConsoleObserver(Observer):
         self.console.print(f"{description}: {done}/{total if total is not None else done} {unit} in {seconds:.1f} s{rate}", highlight=False, markup=False)
 
     def point(self, label: str, values: Mapping[str, float]) -> None:
-        """A training point: about :data:`POINT_LINES` lines per curve (every n-th epoch, and the last one)."""
+        """A training point: about :data:`POINT_LINES` lines per curve (the first, every n-th epoch, and the last)."""
         step = int(values.get("epoch", 0))
-        if self._every > 1 and step % self._every:
+        if self._every > 1 and step % self._every and self._shown:
             self._held = (label, values)
             return
         self._held = None
+        self._shown = True
         self._print_point(label, values)
 
     def _print_point(self, label: str, values: Mapping[str, float]) -> None:

@@ -309,7 +309,7 @@ def fit(prepared: Prepared, features: SplitFeatures, observer: Observer | None =
     with ExitStack() as progress:
         until = " (until it converges)" if unit == "iteration" else ""
         open_task = lambda: progress.enter_context(observer.task(f"training {recipe.head.name}{until}", total=total, unit=unit))  # noqa: E731
-        report = _epoch_reporter(open_task, observer, unit, opened=open_task() if unit == "epoch" else None)
+        report = _epoch_reporter(open_task, observer, unit, opened=open_task() if unit == "epoch" and total is not None else None)
         ctx = FitContext(num_classes=len(prepared.classes), seed=recipe.seed, monitor=features.features["test"], report=report)
         seed_everything(recipe.seed)
         trained = recipe.head.spec.fit(features.features["train"], recipe.head.options, ctx)
