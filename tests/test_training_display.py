@@ -113,5 +113,5 @@ def test_the_finetune_summary_says_the_head_was_fine_tuned(tmp_path: Path, capsy
         set_plugins(None)
     out = capsys.readouterr().out
     assert "linear chose" not in out
-    (row,) = [line for line in out.splitlines() if "linear head (fine-tuned)" in line]
-    assert "its classifier trained with the backbone" in row and "of 2 kept" in row
+    (row,) = [line for line in out.splitlines() if "linear head" in line]
+    assert "fine-tuned with the backbone (" in row and "kept the weights of epoch" in row and "of 2" in row

@@ -286,8 +286,8 @@ def print_evaluation(test: Mapping[str, Any], classes: Sequence[str]) -> None:
 
 
 def _notes_label(recipe: Any) -> str:
-    """What the head's notes are: its own choices, or (fine-tuning) what training the backbone with it did."""
-    return f"{recipe.head.name} head (fine-tuned)" if getattr(recipe, "finetune", None) is not None else f"{recipe.head.name} chose"
+    """What the head's notes are: its own choices, or (fine-tuning: it chose nothing, "linear chose: fine-tuned" was untrue) how it was trained."""
+    return f"{recipe.head.name} head" if getattr(recipe, "finetune", None) is not None else f"{recipe.head.name} chose"
 
 
 def print_run_summary(recipe: Any, result: Any) -> None:
