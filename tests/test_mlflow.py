@@ -68,6 +68,7 @@ def test_without_mlflow_turning_it_on_is_one_line_naming_the_extra(
     for name in [m for m in sys.modules if m == "mlflow" or m.startswith("mlflow.")]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "mlflow", None)  # `import mlflow` now raises ImportError, as where it is not installed
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)  # restored after the plugin set it
     recipe = _recipe(tmp_path, image_folder, tracking_uri=(tmp_path / "mlruns").as_uri())
     assert cli("run", str(recipe), "--out", str(tmp_path / "out")) == 2
     err = capsys.readouterr().err.strip()
@@ -82,8 +83,20 @@ def test_a_tracking_server_that_is_down_costs_one_warning_never_the_run(
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_TIMEOUT", raising=False)  # restored after the plugin set it
     recipe = _recipe(tmp_path, image_folder, tracking_uri=f"http://127.0.0.1:{port}")
     assert cli("run", str(recipe), "--out", str(tmp_path / "out")) == 0
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and warnings[0].startswith("warning: observer 'mlflow' failed at start (") and "the run goes on without it" in warnings[0]
     assert json.loads((tmp_path / "out" / "run.json").read_text())["complete"] is True
+
+
+def test_run_name_and_artifacts_off_are_honoured(tiny_plugins, image_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    store = (tmp_path / "mlruns").as_uri()
+    recipe = _recipe(tmp_path, image_folder, tracking_uri=store, experiment="quiet", run_name="no-files", artifacts=False)
+    assert cli("run", str(recipe), "--out", str(tmp_path / "out")) == 0
+    client = MlflowClient(tracking_uri=store)
+    (run,) = client.search_runs([client.get_experiment_by_name("quiet").experiment_id])
+    assert (run.info.run_name, run.info.status) == ("no-files", "FINISHED")
+    assert client.list_artifacts(run.info.run_id) == [] and "test_accuracy" in run.data.metrics
