@@ -29,6 +29,7 @@ from tlkit.run.observing import ObserverWarning
 @dataclass(frozen=True)
 class RecordOptions:
     fail_at: str = field(default="", metadata={"help": "the event that raises ('' for none)"})
+    exit: bool = field(default=False, metadata={"help": "raise SystemExit instead of RuntimeError"})
 
 
 EVENTS: list[tuple[str, Any]] = []
@@ -37,9 +38,12 @@ EVENTS: list[tuple[str, Any]] = []
 class Recorder(tlkit.Observer):
     def __init__(self, options: RecordOptions) -> None:
         self.fail_at = options.fail_at
+        self.exit = options.exit
 
     def _seen(self, event: str, data: Any = None) -> None:
         if event == self.fail_at:
+            if self.exit:
+                raise SystemExit(3)
             raise RuntimeError(f"broken at {event}")
         EVENTS.append((event, data))
 
@@ -147,6 +151,15 @@ def test_an_observer_that_raises_costs_one_warning_and_never_the_run(
     assert len(said) == 1 and said[0].startswith(f"observer 'recorder' failed at {event if event != 'advance' else 'task'} (RuntimeError: broken at {event})")
     assert "end" not in [e for e, _ in EVENTS]  # left out of the rest of the run
     assert json.loads((result.out_dir / "metrics.json").read_text())["test_accuracy"] == plain_accuracy
+    assert (result.out_dir / "run.json").is_file()
+
+
+def test_an_observer_calling_sys_exit_does_not_end_the_run(observing_plugins: Plugins, image_folder: Path, tmp_path: Path) -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = run(_recipe(observing_plugins, image_folder, recorder={"fail_at": "point", "exit": True}), tmp_path / "out")
+    said = [str(w.message) for w in caught if issubclass(w.category, ObserverWarning)]
+    assert said == ["observer 'recorder' failed at point (SystemExit: 3); the run goes on without it"]
     assert (result.out_dir / "run.json").is_file()
 
 

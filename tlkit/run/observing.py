@@ -48,7 +48,7 @@ class Guarded(Observer):
             return
         try:
             call()
-        except Exception as exc:  # a plugin's bug or a lost tracking server: reported, never raised into the run
+        except (Exception, SystemExit) as exc:  # a plugin's bug, a lost tracking server, a stray sys.exit: reported, never raised into the run
             self._fail(event, exc)
 
     def _fail(self, event: str, exc: BaseException) -> None:
@@ -83,7 +83,7 @@ class Guarded(Observer):
             try:
                 entered = self.inner.task(description, total, unit)
                 advance = entered.__enter__()
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:
                 self._fail("task", exc)
                 entered = None
         if entered is None:
@@ -105,7 +105,7 @@ class Guarded(Observer):
             return
         try:
             entered.__exit__(type(exc) if exc else None, exc, exc.__traceback__ if exc else None)
-        except Exception as error:
+        except (Exception, SystemExit) as error:
             if error is not exc:
                 self._fail("task", error)
 
