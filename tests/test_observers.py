@@ -168,7 +168,11 @@ def test_end_says_failed_or_interrupted(observing_plugins: Plugins, image_folder
     (tmp_path / "taken" / "mine.txt").write_text("not tlkit's")
     with pytest.raises(tlkit.TlkitError):
         run(_recipe(observing_plugins, image_folder, recorder={}), tmp_path / "taken")
-    assert EVENTS[-1] == ("end", "failed")
+    assert EVENTS == []  # a refused --out is no run: nothing to track
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(tlkit.TlkitError):
+        run(_recipe(observing_plugins, tmp_path / "empty", recorder={}), tmp_path / "out")
+    assert EVENTS[0][0] == "start" and EVENTS[-1] == ("end", "failed") and not (tmp_path / "out").exists()
 
     class CtrlC(tlkit.Observer):
         def stage(self, text: str) -> None:

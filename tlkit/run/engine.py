@@ -19,6 +19,7 @@ stops the DataLoader workers, removes the unfinished staging folder and raises
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
@@ -53,15 +54,19 @@ def run(
     """
     env = detect() if env is None else env
     progress = Progress(observers_for(recipe, observer) if env.is_main else observer or Observer())  # tracking tools log rank 0 only
+    with held(cache_root()):  # `tlkit cache clear` refuses while the run uses the cache (features, converted models)
+        if env.distributed:
+            return _observed(recipe, progress, lambda: run_ranks(recipe, out_dir, progress, env, resuming=resume is not None))
+        run_dir = _run_directory(recipe, out_dir, resume)  # a refused --out is no run: observers never hear of it
+        with terminate_as_interrupt(), _training_lock(recipe, run_dir):  # SIGTERM (timeout, docker, schedulers) takes Ctrl-C's clean way out
+            return _observed(recipe, progress, lambda: _one_process(recipe, run_dir, progress, resume=resume is not None))
+
+
+def _observed(recipe: Recipe, progress: Progress, work: Callable[[], RunResult]) -> RunResult:
+    """``work()`` between the observers' ``start`` and ``end`` (``ok``, ``failed`` or ``interrupted``)."""
     progress.start(recipe.name, flat_params(recipe))
     try:
-        with held(cache_root()):  # `tlkit cache clear` refuses while the run uses the cache (features, converted models)
-            if env.distributed:
-                result = run_ranks(recipe, out_dir, progress, env, resuming=resume is not None)
-            else:
-                run_dir = _run_directory(recipe, out_dir, resume)
-                with terminate_as_interrupt(), _training_lock(recipe, run_dir):  # SIGTERM (timeout, docker, schedulers) takes Ctrl-C's clean way out
-                    result = _one_process(recipe, run_dir, progress, resume=resume is not None)
+        result = work()
     except BaseException as exc:
         progress.end("interrupted" if isinstance(exc, (RunInterrupted, KeyboardInterrupt)) else "failed")
         raise
