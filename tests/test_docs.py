@@ -53,7 +53,7 @@ def code_blocks(text: str, language: str) -> list[str]:
 
 
 def test_hookspecs_are_found() -> None:
-    assert HOOKS == ["register_backbones", "register_datasets", "register_heads"]
+    assert HOOKS == ["register_backbones", "register_datasets", "register_heads", "register_observers"]
 
 
 @pytest.mark.parametrize("hook", HOOKS)
@@ -110,7 +110,7 @@ def test_the_plugin_page_alone_makes_a_plugin_that_installs_lists_and_runs(tmp_p
     assert [str(w.message) for w in caught if issubclass(w.category, PluginWarning)] == []
     status = loaded.status["tlkit-myplugin"]
     assert (status.version, status.hooks) == ("0.1.0", HOOKS)
-    assert status.registered == {"backbones": ["tiny_cnn"], "datasets": ["csv_pairs"], "heads": ["my_centroid"]}
+    assert status.registered == {"backbones": ["tiny_cnn"], "datasets": ["csv_pairs"], "heads": ["my_centroid"], "observers": ["jsonlog"]}
 
     set_plugins(loaded)
     try:
@@ -134,6 +134,7 @@ def test_the_plugin_page_alone_makes_a_plugin_that_installs_lists_and_runs(tmp_p
             "backbone": {"name": "tiny_cnn"},
             "extract": {"workers": 0},
             "head": {"name": "my_centroid", "temperature": 5.0},
+            "observers": {"jsonlog": {"path": str(tmp_path / "events.jsonl")}},
         }
         (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
         result = runner.invoke(cli.app, ["run", str(tmp_path / "recipe.yaml"), "--out", str(tmp_path / "out")])
@@ -143,6 +144,8 @@ def test_the_plugin_page_alone_makes_a_plugin_that_installs_lists_and_runs(tmp_p
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["counts"] == {"train": 10, "test": 6} and metrics["feature_dim"] == 16
     assert metrics["test_accuracy"] >= 5 / 6
+    events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert (events[0]["event"], events[-1]) == ("start", {"event": "end", "status": "ok"})
 
 
 # --- docs/recipes.md: every key ------------------------------------------------------------------
@@ -187,7 +190,7 @@ def test_every_top_level_key_is_on_the_recipes_page() -> None:
 def _builtin_choices() -> list[tuple[str, str, type]]:
     plugins = load_plugins(entry_points=False)
     found = []
-    for kind, registry in (("dataset", plugins.datasets), ("head", plugins.heads)):
+    for kind, registry in (("dataset", plugins.datasets), ("head", plugins.heads), ("observer", plugins.observers)):
         found += [(kind, spec.name, spec.options) for spec in registry]
     return found
 

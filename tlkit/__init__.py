@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from tlkit.api.recipes import make_recipe
     from tlkit.api.results import CompareResult, FitResult
     from tlkit.api.runs import compare, fit
+    from tlkit.contract.observer import Observer, ObserverSpec
     from tlkit.contract.preprocessing import Preprocessing
     from tlkit.contract.specs import (
         BackboneSpec,
@@ -57,6 +58,8 @@ __version__ = "0.2.0"
 
 _LAZY = {
     "Preprocessing": "tlkit.contract.preprocessing",
+    "Observer": "tlkit.contract.observer",
+    "ObserverSpec": "tlkit.contract.observer",
     "BackboneSpec": "tlkit.contract.specs",
     "BuiltBackbone": "tlkit.contract.specs",
     "DatasetSpec": "tlkit.contract.specs",
@@ -127,6 +130,8 @@ __all__ = [
     "HeadSpec",
     "LoadedDataset",
     "NoOptions",
+    "Observer",
+    "ObserverSpec",
     "Preprocessing",
     "RecipeError",
     "Sample",

@@ -25,6 +25,7 @@ from tlkit.contract.weights_request import WeightsRequest
 from tlkit.errors import RecipeError, TlkitError, did_you_mean
 from tlkit.extract.pipeline import ImageSettings
 from tlkit.finetune.settings import AugmentSettings, FinetuneSettings
+from tlkit.recipe.observers_section import ObserverChoice, observers_section
 from tlkit.recipe.set_items import quoting_hint
 from tlkit.recipe.yaml_loading import safe_load
 
@@ -93,6 +94,7 @@ class Recipe:
     images: ImageSettings = ImageSettings()
     mode: str = "extract"
     finetune: FinetuneSettings | None = None  # set when mode is "finetune"
+    observers: tuple[ObserverChoice, ...] = ()  # run observers (tracking tools) the recipe turned on
 
     def to_dict(self) -> dict[str, Any]:
         """The fully resolved recipe as plain data (saved in the run directory)."""
@@ -105,10 +107,11 @@ class Recipe:
             "extract": dataclasses.asdict(self.extract),
             "head": {"name": self.head.name, **dataclasses.asdict(self.head.options)},
             **({"mode": self.mode, "finetune": _lists(dataclasses.asdict(self.finetune))} if self.finetune is not None else {}),
+            **({"observers": {o.name: o.to_dict() for o in self.observers}} if self.observers else {}),
         }
 
 
-_TOP_KEYS = ("name", "seed", "mode", "dataset", "images", "backbone", "extract", "head", "finetune")
+_TOP_KEYS = ("name", "seed", "mode", "dataset", "images", "backbone", "extract", "head", "finetune", "observers")
 _DEFAULT_PLUGIN = {"dataset": "imagefolder", "backbone": "resnet18", "head": "linear"}
 def _check_depth(value: Any, path: str, depth: int = 0) -> None:
     """Refuse deep nesting, non-string keys and NUL characters (no path or name may hold one)."""
@@ -249,6 +252,7 @@ def resolve(data: Mapping[str, Any], plugins: Plugins, *, default_name: str = "r
         images=images,
         mode=mode,
         finetune=finetune,
+        observers=observers_section(data, plugins.observers),
     )
 
 

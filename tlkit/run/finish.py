@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tlkit import __version__
-from tlkit.contract.observer import Observer
+from tlkit.contract.observer import Observer, ParamValue, RunStatus
 from tlkit.contract.specs import TrainedHead
 from tlkit.outputs.metrics import RunMetrics
 from tlkit.outputs.predictions import PredictionRow
 from tlkit.run import stages
+from tlkit.run.observing import final_metrics
 from tlkit.run.resume import CHECKPOINTS
 from tlkit.run.stages import BadFile, Prepared, SplitFeatures
 from tlkit.run.write import write
@@ -79,6 +80,18 @@ class Progress(Observer):
     def point(self, label: str, values: Mapping[str, float]) -> None:
         self.inner.point(label, values)
 
+    def start(self, name: str, params: Mapping[str, ParamValue]) -> None:
+        self.inner.start(name, params)
+
+    def metrics(self, values: Mapping[str, float]) -> None:
+        self.inner.metrics(values)
+
+    def artifacts(self, run_dir: Path) -> None:
+        self.inner.artifacts(run_dir)
+
+    def end(self, status: RunStatus) -> None:
+        self.inner.end(status)
+
     @contextmanager
     def timed(self, key: str) -> Iterator[None]:
         start = time.perf_counter()
@@ -115,7 +128,9 @@ def finish(
             extra(run_dir)
         shutil.rmtree(run_dir.file(CHECKPOINTS), ignore_errors=True)  # a finished run keeps its trained weights, not its checkpoints
         final = run_dir.commit({"tlkit": __version__, "recipe": prepared.recipe.name, "complete": True})
-        return RunResult(out_dir=final, metrics=evaluation.metrics, bad_images=features.bad, predictions=tuple(evaluation.test_rows))
     except BaseException:
         run_dir.discard()
         raise
+    progress.metrics(final_metrics(evaluation.metrics))  # the run is complete: observers see it as it was written
+    progress.artifacts(final)
+    return RunResult(out_dir=final, metrics=evaluation.metrics, bad_images=features.bad, predictions=tuple(evaluation.test_rows))
