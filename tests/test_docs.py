@@ -204,7 +204,8 @@ def test_every_option_of_every_builtin_plugin_is_on_the_recipes_page(kind: str, 
         if "SplitOptions" in str(nested):
             from tlkit_plugins.datasets.imagefolder import SplitOptions
 
-            split = recipes_section(f"`{kind}.{key}`") if f"`{kind}.{key}`" in RECIPES_PAGE.read_text() else section
+            has_heading = re.search(rf"^#+ `{kind}\.{key}`$", RECIPES_PAGE.read_text(), flags=re.M)
+            split = recipes_section(f"`{kind}.{key}`") if has_heading else section
             missing += [f"{key}.{sub}" for sub in _field_names(SplitOptions) if f"`{sub}`" not in split]
     assert not missing, f"docs/recipes.md '### `{name}`' lacks {missing}"
 
