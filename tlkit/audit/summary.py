@@ -66,5 +66,5 @@ def summary_lines(summary: dict[str, Any], where: str = "audit.csv") -> list[str
     if rest:
         lines.append(f"also {', '.join(rest)} ({where})")
     if not lines:
-        lines.append(f"audit: nothing found in {sum(summary.get('images', {}).values())} images")
+        lines.append(f"nothing found in {sum(summary.get('images', {}).values())} images")
     return lines
