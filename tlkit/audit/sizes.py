@@ -7,6 +7,7 @@ header read each. Shard members (no file of their own) are left out.
 
 from __future__ import annotations
 
+import threading
 import warnings
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import numpy as np
 from tlkit.audit.findings import AuditInputs, Finding
 
 MAX_HEADER_FILE_BYTES = 1 << 30  # files larger than this are not opened (the decoder refuses them anyway)
+_HEADER_ONLY = threading.Lock()  # PIL's bomb limit is process-wide: lifted for one header read at a time
 
 
 def find_class_sizes(inputs: AuditInputs) -> list[Finding]:
@@ -41,11 +43,15 @@ def header_size(path: Path) -> tuple[int, int] | None:
 
     try:
         if not path.is_file() or path.stat().st_size > MAX_HEADER_FILE_BYTES:
-            return None
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # DecompressionBombWarning: we only read the header
-            with Image.open(path) as image:
-                width, height = image.size
+            return None  # is_file: no FIFO or device is opened
+        with _HEADER_ONLY, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # DecompressionBombWarning: only the header is read
+            limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # a bomb's header is what we want to report
+            try:
+                with Image.open(path) as image:
+                    width, height = image.size
+            finally:
+                Image.MAX_IMAGE_PIXELS = limit
     except Exception:  # noqa: BLE001 - any unreadable header just means no size finding
         return None
     return int(width), int(height)
