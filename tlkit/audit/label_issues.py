@@ -24,7 +24,7 @@ from tlkit.audit.probabilities import DEFAULT_FOLDS, out_of_sample_probabilities
 
 def confident_joint(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """The calibrated confident joint ``C[given, true]`` (rows sum to each given class's count)."""
-    n, k = probabilities.shape
+    k = probabilities.shape[1]
     counts = np.bincount(labels, minlength=k)
     thresholds = np.array([probabilities[labels == j, j].mean() if counts[j] else 1.0 for j in range(k)])
     above = probabilities >= thresholds - 1e-12

@@ -186,7 +186,8 @@ def audit(
     ] = None,
 ) -> None:
     """Audit a data set: wrong labels, duplicates, train/test leaks, outliers, class and image sizes."""
-    from tlkit.audit.exclusions import DEFAULT_KINDS, EXCLUDABLE_KINDS, write_exclusions as write_list
+    from tlkit.audit.exclusions import DEFAULT_KINDS, EXCLUDABLE_KINDS
+    from tlkit.audit.exclusions import write_exclusions as write_list
     from tlkit.errors import TlkitError, did_you_mean
     from tlkit.run.audit_command import audit_recipe, audit_run, is_run_directory
 

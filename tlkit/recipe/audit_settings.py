@@ -13,8 +13,7 @@ from typing import Annotated, Any
 
 from annotated_types import Ge, Gt, Le
 
-from tlkit.contract.options import describe_value
-from tlkit.contract.options import validate_options
+from tlkit.contract.options import describe_value, validate_options
 from tlkit.errors import RecipeError
 
 

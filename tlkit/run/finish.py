@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tlkit import __version__
+from tlkit.audit.report import AuditReport
 from tlkit.contract.observer import Observer
 from tlkit.contract.specs import TrainedHead
 from tlkit.outputs.metrics import RunMetrics
 from tlkit.outputs.predictions import PredictionRow
-from tlkit.audit.report import AuditReport
 from tlkit.run import stages
 from tlkit.run.audit_stage import audit_inputs, run_inputs, with_audit
 from tlkit.run.resume import CHECKPOINTS
