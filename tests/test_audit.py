@@ -298,3 +298,24 @@ def test_every_audit_key_is_documented():
     missing = [f.name for f in dataclasses.fields(AuditSettings) if f"| `{f.name}` |" not in section]
     assert not missing, f"docs/recipes.md's audit section lacks {missing}"
     assert "| `exclude` |" in text and "`dataset.exclude`" in text
+
+
+@pytest.mark.slow
+def test_must_hold_1_on_ants_and_bees_with_ten_percent_of_labels_flipped(plugins, hymenoptera):
+    """Lite0 features of the real photos, 10% of training labels flipped (seed 0): recall >= 0.8 at precision >= 0.6."""
+    from tlkit.recipe.loader import resolve
+    from tlkit.run import stages
+    from tlkit.run.audit_stage import run_inputs
+
+    recipe = resolve({"dataset": {"root": str(hymenoptera)}, "backbone": {"name": "efficientnet_lite0"}}, plugins)
+    prepared = stages.prepare(recipe)
+    inputs = run_inputs(prepared, stages.extract(prepared))
+    train = inputs.splits["train"]
+    rng = np.random.default_rng(0)
+    which = rng.choice(len(train.y), int(round(0.1 * len(train.y))), replace=False)
+    noisy = train.y.copy()
+    noisy[which] = 1 - noisy[which]
+    found = find_label_issues(dataclasses.replace(inputs, splits={"train": dataclasses.replace(train, y=noisy)}))
+    flagged = {f.paths[0] for f in found}
+    truth = {train.paths[i] for i in which}
+    assert len(flagged & truth) >= 0.8 * len(truth) and len(flagged & truth) >= 0.6 * len(flagged)
