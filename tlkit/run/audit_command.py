@@ -29,7 +29,7 @@ from tlkit.errors import RecipeError, RunError
 from tlkit.extract.cache import hash_files
 from tlkit.recipe.audit_settings import AuditSettings, audit_section
 from tlkit.recipe.loader import Recipe
-from tlkit.run.audit_stage import audit_inputs, run_inputs
+from tlkit.run.audit_stage import run_audit, run_inputs
 from tlkit.saved.run_directory import MARKER, default_out_dir
 from tlkit.util.regular_files import UnsafeFile, read_regular
 
@@ -59,7 +59,7 @@ def audit_recipe(recipe: Recipe, out: Path | None = None, observer: Observer | N
     with held(cache_root()):
         prepared = stages.prepare(recipe, observer)
         features = stages.extract(prepared, observer)
-    report = audit_inputs(run_inputs(prepared, features), observer)
+    report = run_audit(run_inputs(prepared, features), observer)
     folder = out or default_out_dir(f"{recipe.name}-audit")
     report.write(folder)
     return AuditResult(folder, report)
@@ -83,7 +83,7 @@ def audit_run(run_dir: Path, plugins: Any, out: Path | None = None, observer: Ob
         classes=tuple(model.classes), splits=splits, seed=int(recipe.get("seed", 0) or 0), root=root,
         test_predictions=predictions, options=settings.options(),
     )
-    report = audit_inputs(inputs, observer)
+    report = run_audit(inputs, observer)
     folder = out or run_dir
     report.write(folder)
     return AuditResult(folder, report)

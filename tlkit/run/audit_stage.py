@@ -62,7 +62,7 @@ def run_inputs(prepared: Prepared, features: SplitFeatures, test_rows: Sequence[
     )
 
 
-def audit_inputs(inputs: AuditInputs, observer: Observer | None = None) -> AuditReport:
+def run_audit(inputs: AuditInputs, observer: Observer | None = None) -> AuditReport:
     """Run the audit (every finder in :data:`tlkit.audit.runner.FINDERS`), saying so to ``observer``."""
     from tlkit.audit.runner import audit
 

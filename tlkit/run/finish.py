@@ -23,7 +23,7 @@ from tlkit.contract.specs import TrainedHead
 from tlkit.outputs.metrics import RunMetrics
 from tlkit.outputs.predictions import PredictionRow
 from tlkit.run import stages
-from tlkit.run.audit_stage import audit_inputs, run_inputs, with_audit
+from tlkit.run.audit_stage import run_audit, run_inputs, with_audit
 from tlkit.run.resume import CHECKPOINTS
 from tlkit.run.stages import BadFile, Prepared, SplitFeatures
 from tlkit.run.write import write
@@ -136,6 +136,6 @@ def _audit(prepared: Prepared, features: SplitFeatures, evaluation: stages.Evalu
     if not prepared.recipe.audit.enabled:
         return None
     started = time.perf_counter()
-    report = audit_inputs(run_inputs(prepared, features, evaluation.test_rows), progress)
+    report = run_audit(run_inputs(prepared, features, evaluation.test_rows), progress)
     evaluation.metrics.timings_s["audit"] = time.perf_counter() - started
     return report
