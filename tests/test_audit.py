@@ -291,6 +291,15 @@ def test_audit_of_a_finished_run_uses_its_predictions(tiny_plugins, tmp_path, ca
     assert summary["test_accuracy"] == json.loads((tmp_path / "run" / "metrics.json").read_text())["test_accuracy"]
 
 
+def test_auditing_a_run_in_place_does_not_block_a_rerun_into_it(tiny_plugins, image_folder, tmp_path, capsys):
+    recipe = write_recipe(tmp_path / "r.yaml", image_folder)
+    assert cli("run", str(recipe), "--out", str(tmp_path / "run"), "--set", "audit=false") == 0
+    assert cli("audit", str(tmp_path / "run")) == 0
+    assert (tmp_path / "run" / "audit.json").is_file()  # written into the run, which did not record it
+    assert cli("run", str(recipe), "--out", str(tmp_path / "run"), "--set", "audit=false") == 0, capsys.readouterr().err
+    assert not (tmp_path / "run" / "audit.json").exists()
+
+
 def test_every_audit_key_is_documented():
     text = (REPO / "docs" / "recipes.md").read_text()
     section = text[text.index("## `audit`\n") :]
