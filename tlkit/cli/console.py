@@ -308,6 +308,8 @@ def print_run_summary(recipe: Any, result: Any) -> None:
     ]
     print_evaluation(m.test.to_dict(), m.classes)
     table("summary", None, rows)
+    for line in getattr(result, "audit_lines", ()):
+        say(f"audit: {line}")
     bad = result.bad_images
     if bad:
         shown = 20

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from tlkit.audit.exclusions import Excluded, apply_exclusions, data_root
 from tlkit.contract.observer import Observer
 from tlkit.contract.specs import BuiltBackbone, Features, FitContext, LoadedDataset, Sample, TrainedHead
 from tlkit.errors import DataError
@@ -59,6 +60,8 @@ class Prepared:
     pipeline: ImagePipeline
     device: torch.device
     runtime: Runtime | None = None  # what runs the forward pass (tlkit.extract.runtimes); None: the eager module
+    root: Path | None = None  # the data root exclusions and audit paths are relative to
+    excluded: Excluded | None = None  # what dataset.exclude left out (excluded.csv)
 
     @property
     def classes(self) -> list[str]:
@@ -141,6 +144,12 @@ def prepare(recipe: Recipe, observer: Observer | None = None) -> Prepared:
     observer.note(f"backbone: {recipe.backbone.name} (weights {weights_label(backbone.weights_path, backbone.weights_id)})")
     observer.stage("loading the data set")
     dataset = recipe.dataset.spec.load(recipe.dataset.options)
+    root = data_root(recipe.dataset.options, dataset)
+    excluded = None
+    if recipe.exclude is not None:
+        dataset, excluded = apply_exclusions(dataset, recipe.exclude, root)
+        for line in excluded.notes():
+            observer.note(line)
     crop = pipeline.preprocessing.crop_size
     for split in SPLITS:
         observer.note(f"{split}: {len(dataset.splits[split])} x 3 x {crop} x {crop}")
@@ -151,7 +160,9 @@ def prepare(recipe: Recipe, observer: Observer | None = None) -> Prepared:
         observer.note(line)
     built = dataclasses.replace(backbone, model=prepare_model(backbone.model, device))
     _, decoder = decoding_pipeline(recipe.extract.decoder, pipeline.preprocessing, pipeline.background)
-    prepared = Prepared(recipe=recipe, backbone=built, dataset=dataset, pipeline=dataclasses.replace(pipeline, decoder=decoder), device=device)
+    prepared = Prepared(
+        recipe=recipe, backbone=built, dataset=dataset, pipeline=dataclasses.replace(pipeline, decoder=decoder), device=device, root=root, excluded=excluded
+    )
     # fine-tuning changes the weights: its runtime is chosen for the trained backbone (tlkit.run.finetune_stage)
     return prepared if recipe.finetune is not None else with_runtime(prepared, observer)
 
