@@ -1,0 +1,128 @@
+"""Perceptual fingerprints of an image: is this picture a resized, re-encoded, cropped or mirrored copy of that one?
+
+Two 64-bit perceptual hashes, computed as the ``imagehash`` package does (the test checks them bit for
+bit on the same pixels): pHash (32 x 32 grayscale, 2-D DCT, the 8 x 8 lowest frequencies against their
+median) and dHash (9 x 8 grayscale, is each pixel brighter than its left neighbour). They are written
+here on numpy so that the audit, on by default, needs no extra package, and so that the many windows
+below are shrunk (by area averaging) and hashed in a few matrix products instead of 170 PIL calls.
+
+A whole-image hash survives resizing, JPEG re-encoding and (compared with the mirrored image) a flip,
+but not a crop: cutting 10% off the sides moves it as far as an unrelated photo. So each image also
+gets the hashes of sub-windows (85-95% of the sides, on a 5 x 5 grid of places, and the same of the
+mirrored image): a crop of A matches one of A's windows. Two images are copies when the whole of one
+is within a few bits of some window of the other (:func:`distance`). Requiring both hashes to agree
+is what keeps look-alikes apart: on ants/bees, planted copies were at most 9 of the 128 bits apart,
+the nearest unrelated pair 24 (benchmarks/audit_duplicates.py).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from functools import cache, lru_cache
+
+import numpy as np
+from PIL import Image
+
+THUMB_SIDE = 128  # the longer side the image is shrunk to before windows are cut (a hash sees 32 x 32)
+HASH_SIDE = 32
+LOW = 8
+# (width fraction, height fraction) of the windows; each placed at the grid of OFFSETS (a fraction of the room left).
+SCALES = ((1.0, 1.0), (0.95, 0.95), (0.9, 0.9), (0.85, 0.85), (0.9, 1.0), (1.0, 0.9))
+OFFSETS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """The whole image's 64-bit pHash and those of its windows (mirrored ones included)."""
+
+    whole: np.uint64
+    windows: np.ndarray  # (W,) uint64
+
+
+@cache
+def _dct_matrix() -> np.ndarray:
+    """The (unnormalised) DCT-II basis as scipy's ``dct(type=2)``: a constant factor does not move a median."""
+    n = np.arange(HASH_SIDE)
+    return np.cos(np.pi * (2 * n[None, :] + 1) * n[:, None] / (2 * HASH_SIDE))
+
+
+def phash_bits(pixels: np.ndarray) -> np.ndarray:
+    """pHashes of a stack of (B, 32, 32) grayscale arrays, as (B,) uint64 (bit order of ``imagehash``)."""
+    dct = _dct_matrix()
+    low = (dct @ pixels.astype(np.float64) @ dct.T)[:, :LOW, :LOW].reshape(len(pixels), LOW * LOW)
+    bits = low > np.median(low, axis=1, keepdims=True)
+    return np.packbits(bits, axis=1).view(">u8").astype(np.uint64).ravel()
+
+
+@lru_cache(maxsize=8192)
+def area_matrix(start: int, length: int, size: int, out: int) -> np.ndarray:
+    """(out, size) weights that average pixels ``start .. start+length`` of a line of ``size`` into ``out`` cells (box filter)."""
+    edges = start + length * np.arange(out + 1) / out
+    left, right = edges[:-1, None], edges[1:, None]
+    pixel = np.arange(size)[None, :]
+    overlap = np.clip(np.minimum(right, pixel + 1) - np.maximum(left, pixel), 0, None)
+    weights = overlap / overlap.sum(axis=1, keepdims=True)
+    weights.flags.writeable = False  # shared by every image of this size (cached)
+    return weights
+
+
+def _resampled(gray: np.ndarray, boxes: list[tuple[int, int, int, int]], out_w: int, out_h: int) -> np.ndarray:
+    """Every window of ``gray`` shrunk to ``out_h x out_w`` by area averaging, in two batched matrix products."""
+    height, width = gray.shape
+    rows = np.stack([area_matrix(y0, y1 - y0, height, out_h) for _, y0, _, y1 in boxes])
+    cols = np.stack([area_matrix(x0, x1 - x0, width, out_w) for x0, _, x1, _ in boxes])
+    return rows @ gray @ cols.transpose(0, 2, 1)
+
+
+def dhash_bits(pixels: np.ndarray) -> np.ndarray:
+    """Difference hashes (dHash, as ``imagehash``) of a stack of (B, 8, 9) arrays: is each pixel brighter than its left neighbour."""
+    return np.packbits((pixels[:, :, 1:] > pixels[:, :, :-1]).reshape(len(pixels), LOW * LOW), axis=1).view(">u8").astype(np.uint64).ravel()
+
+
+def window_boxes(width: int, height: int) -> list[tuple[int, int, int, int]]:
+    """The sub-windows of a ``width x height`` thumbnail that a crop may match (the whole first).
+
+    The grid of offsets is symmetric, so the windows of the mirrored image are these windows mirrored.
+    """
+    boxes = []
+    for fx, fy in SCALES:
+        w, h = max(1, round(width * fx)), max(1, round(height * fy))
+        for ox in OFFSETS if w < width else (0.0,):
+            for oy in OFFSETS if h < height else (0.0,):
+                x0, y0 = round((width - w) * ox), round((height - h) * oy)
+                boxes.append((x0, y0, x0 + w, y0 + h))
+    return boxes
+
+
+def fingerprint(image: Image.Image) -> Fingerprint:
+    """The fingerprint of a decoded image (any mode): pHash and dHash of each window and of its mirror image."""
+    gray = image.convert("L")
+    gray.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BILINEAR)
+    pixels = np.asarray(gray, dtype=np.float64)
+    boxes = window_boxes(gray.width, gray.height)
+    small = _resampled(pixels, boxes, HASH_SIDE, HASH_SIDE)
+    tiny = _resampled(pixels, boxes, LOW + 1, LOW)
+    small, tiny = np.concatenate([small, small[:, :, ::-1]]), np.concatenate([tiny, tiny[:, :, ::-1]])
+    hashes = np.stack([phash_bits(small), dhash_bits(tiny)], axis=1)
+    return Fingerprint(whole=hashes[0], windows=hashes)
+
+
+def _popcount(x: np.ndarray) -> np.ndarray:
+    return np.bitwise_count(x) if hasattr(np, "bitwise_count") else np.array([bin(int(v)).count("1") for v in x.ravel()]).reshape(x.shape)
+
+
+def distance(a: Fingerprint, b: Fingerprint) -> int:
+    """Bits between the whole of one image and the nearest window of the other (either way round, mirrors included).
+
+    Of 128 bits (pHash + dHash of the same window): 0-3 for a resized, re-encoded or mirrored copy of an
+    ants/bees photo, up to 9 for a 10% crop at a random place; unrelated photos were 24 or more apart.
+    """
+    return int(min(_popcount(a.windows ^ b.whole).sum(axis=1).min(), _popcount(b.windows ^ a.whole).sum(axis=1).min()))
+
+
+def fingerprint_bytes(data: bytes) -> Fingerprint:
+    """The fingerprint of encoded image bytes, decoded by tlkit's one decoder (bomb limit, EXIF, modes)."""
+    from tlkit.extract.decode import open_rgb
+
+    return fingerprint(open_rgb(io.BytesIO(data), min_size=THUMB_SIDE))
