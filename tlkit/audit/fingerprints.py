@@ -41,38 +41,52 @@ class Fingerprint:
 
 
 @cache
-def _dct_matrix() -> np.ndarray:
-    """The (unnormalised) DCT-II basis as scipy's ``dct(type=2)``: a constant factor does not move a median."""
+def _dct_rows() -> np.ndarray:
+    """The 8 lowest rows of the (unnormalised) DCT-II basis, as scipy's ``dct(type=2)``: a constant factor does not move a median."""
     n = np.arange(HASH_SIDE)
-    return np.cos(np.pi * (2 * n[None, :] + 1) * n[:, None] / (2 * HASH_SIDE))
+    return np.cos(np.pi * (2 * n[None, :] + 1) * np.arange(LOW)[:, None] / (2 * HASH_SIDE))
 
 
 def phash_bits(pixels: np.ndarray) -> np.ndarray:
     """pHashes of a stack of (B, 32, 32) grayscale arrays, as (B,) uint64 (bit order of ``imagehash``)."""
-    dct = _dct_matrix()
-    low = (dct @ pixels.astype(np.float64) @ dct.T)[:, :LOW, :LOW].reshape(len(pixels), LOW * LOW)
+    dct = _dct_rows()
+    low = (dct @ pixels.astype(np.float64) @ dct.T).reshape(len(pixels), LOW * LOW)
     bits = low > np.median(low, axis=1, keepdims=True)
     return np.packbits(bits, axis=1).view(">u8").astype(np.uint64).ravel()
 
 
-@lru_cache(maxsize=8192)
 def area_matrix(start: int, length: int, size: int, out: int) -> np.ndarray:
     """(out, size) weights that average pixels ``start .. start+length`` of a line of ``size`` into ``out`` cells (box filter)."""
     edges = start + length * np.arange(out + 1) / out
     left, right = edges[:-1, None], edges[1:, None]
     pixel = np.arange(size)[None, :]
     overlap = np.clip(np.minimum(right, pixel + 1) - np.maximum(left, pixel), 0, None)
-    weights = overlap / overlap.sum(axis=1, keepdims=True)
-    weights.flags.writeable = False  # shared by every image of this size (cached)
-    return weights
+    return overlap / overlap.sum(axis=1, keepdims=True)
 
 
-def _resampled(gray: np.ndarray, boxes: list[tuple[int, int, int, int]], out_w: int, out_h: int) -> np.ndarray:
-    """Every window of ``gray`` shrunk to ``out_h x out_w`` by area averaging, in two batched matrix products."""
-    height, width = gray.shape
-    rows = np.stack([area_matrix(y0, y1 - y0, height, out_h) for _, y0, _, y1 in boxes])
-    cols = np.stack([area_matrix(x0, x1 - x0, width, out_w) for x0, _, x1, _ in boxes])
-    return rows @ gray @ cols.transpose(0, 2, 1)
+@lru_cache(maxsize=256)
+def _plan(width: int, height: int, out_w: int, out_h: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """For a thumbnail size: the distinct row and column spans of its windows as averaging matrices, and each window's pair.
+
+    Cached: photos share a few thumbnail sizes. Windows share spans (the same rows at five places across),
+    so the rows are averaged once per span, not once per window.
+    """
+    boxes = window_boxes(width, height)
+    ys = sorted({(y0, y1) for _, y0, _, y1 in boxes})
+    xs = sorted({(x0, x1) for x0, _, x1, _ in boxes})
+    rows = np.stack([area_matrix(y0, y1 - y0, height, out_h) for y0, y1 in ys]).astype(np.float32)
+    cols = np.stack([area_matrix(x0, x1 - x0, width, out_w).T for x0, x1 in xs]).astype(np.float32)
+    pick_y = np.array([ys.index((y0, y1)) for _, y0, _, y1 in boxes])
+    pick_x = np.array([xs.index((x0, x1)) for x0, _, x1, _ in boxes])
+    for array in (rows, cols, pick_y, pick_x):
+        array.flags.writeable = False
+    return rows, cols, pick_y, pick_x
+
+
+def _resampled(gray: np.ndarray, out_w: int, out_h: int) -> np.ndarray:
+    """Every window of ``gray`` (:func:`window_boxes`) shrunk to ``out_h x out_w`` by area averaging."""
+    rows, cols, pick_y, pick_x = _plan(gray.shape[1], gray.shape[0], out_w, out_h)
+    return (rows @ gray)[pick_y] @ cols[pick_x]
 
 
 def dhash_bits(pixels: np.ndarray) -> np.ndarray:
@@ -99,10 +113,9 @@ def fingerprint(image: Image.Image) -> Fingerprint:
     """The fingerprint of a decoded image (any mode): pHash and dHash of each window and of its mirror image."""
     gray = image.convert("L")
     gray.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BILINEAR)
-    pixels = np.asarray(gray, dtype=np.float64)
-    boxes = window_boxes(gray.width, gray.height)
-    small = _resampled(pixels, boxes, HASH_SIDE, HASH_SIDE)
-    tiny = _resampled(pixels, boxes, LOW + 1, LOW)
+    pixels = np.asarray(gray, dtype=np.float32)
+    small = _resampled(pixels, HASH_SIDE, HASH_SIDE)
+    tiny = _resampled(pixels, LOW + 1, LOW)
     small, tiny = np.concatenate([small, small[:, :, ::-1]]), np.concatenate([tiny, tiny[:, :, ::-1]])
     hashes = np.stack([phash_bits(small), dhash_bits(tiny)], axis=1)
     return Fingerprint(whole=hashes[0], windows=hashes)
