@@ -11,8 +11,9 @@
    at the threshold that gives it the best F1 on this very data (fair to it), and at the highest recall
    it reaches with no false pair.
 4. Scale: the finder on ``scale_n`` generated feature vectors of ``dim`` dimensions (with 100 planted
-   pairs of real image files, so the pixel check runs too), in a fresh child process: seconds and peak
-   memory (the child's VmHWM from /proc/self/status).
+   pairs of real image files, so the pixel check runs too), in a fresh child process: seconds, the ratio
+   to the bare blocked matrix products it cannot avoid (measured in the same process just before), and
+   peak memory (the child's VmHWM from /proc/self/status, the bare products' run included).
 
     python benchmarks/audit_duplicates.py                  # a temporary copy, removed afterwards
     python benchmarks/audit_duplicates.py --per-kind 10 --scale-n 20000 --dim 1280
@@ -215,16 +216,40 @@ def scale_inputs(root: Path, n: int, dim: int, pairs: int = 100, seed: int = 0) 
     return AuditInputs(classes=("a", "b"), splits=data, root=root)
 
 
+def bare_products_seconds(inputs: Any) -> float:
+    """The baseline: only the similarity products the search needs (all rows by all rows, a block at a time), nothing kept."""
+    from tlkit.audit.neighbours import block_rows, normalised
+
+    units = normalised(np.concatenate([d.x for d in inputs.splits.values()]))
+    rows = block_rows(len(units))
+    start = time.perf_counter()
+    for first in range(0, len(units), rows):
+        units[first : first + rows] @ units.T
+    return time.perf_counter() - start
+
+
 def _scale_child(root: str, n: int, dim: int, queue: Any) -> None:
     from tlkit.audit.near_duplicates import find_near_duplicates
 
     inputs = scale_inputs(Path(root), n, dim)
+    bare = bare_products_seconds(inputs)
     start = time.perf_counter()
     findings = find_near_duplicates(inputs)
     seconds = time.perf_counter() - start
     status = Path("/proc/self/status").read_text()
     peak_kb = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM")))
-    queue.put({"n": n, "dim": dim, "seconds": seconds, "peak_mb": peak_kb / 1024, "leaks_found": sum(f.kind == "leak" for f in findings), "planted": 100})
+    queue.put(
+        {
+            "n": n,
+            "dim": dim,
+            "seconds": seconds,
+            "bare_products_seconds": bare,
+            "ratio_to_bare_products": seconds / bare,
+            "peak_mb": peak_kb / 1024,
+            "leaks_found": sum(f.kind == "leak" for f in findings),
+            "planted": 100,
+        }
+    )
 
 
 def scale_run(n: int, dim: int) -> dict[str, Any]:

@@ -33,15 +33,15 @@ def _blocks(n: int, rows: int) -> Iterator[slice]:
         yield slice(start, min(n, start + rows))
 
 
-def _best_of_block(sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's ``k`` largest similarities, best first, the lower index first among equals."""
-    if k < sims.shape[1]:
-        part = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+def _best_of_block(distances: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's ``k`` smallest negated similarities, best first, the lower index first among equals."""
+    if k < distances.shape[1]:
+        part = np.argpartition(distances, k - 1, axis=1)[:, :k]
     else:
-        part = np.broadcast_to(np.arange(sims.shape[1]), sims.shape).copy()
-    values = np.take_along_axis(sims, part, axis=1)
-    order = np.lexsort((part, -values), axis=1)
-    return np.take_along_axis(part, order, axis=1), np.take_along_axis(values, order, axis=1)
+        part = np.broadcast_to(np.arange(distances.shape[1]), distances.shape).copy()
+    values = np.take_along_axis(distances, part, axis=1)
+    order = np.lexsort((part, values), axis=1)
+    return np.take_along_axis(part, order, axis=1), -np.take_along_axis(values, order, axis=1)
 
 
 def top_k(queries: np.ndarray, base: np.ndarray, k: int, *, same: bool = False, entries: int = BLOCK_ENTRIES) -> tuple[np.ndarray, np.ndarray]:
@@ -57,8 +57,9 @@ def top_k(queries: np.ndarray, base: np.ndarray, k: int, *, same: bool = False, 
     if k == 0:
         return index, cosine
     for rows in _blocks(queries.shape[0], block_rows(n_base, entries)):
-        sims = queries[rows] @ base.T
+        distances = queries[rows] @ base.T
+        np.negative(distances, out=distances)  # in place: one block-sized array, not two
         if same:
-            sims[np.arange(sims.shape[0]), np.arange(rows.start, rows.stop)] = -np.inf
-        index[rows], cosine[rows] = _best_of_block(sims, k)
+            distances[np.arange(distances.shape[0]), np.arange(rows.start, rows.stop)] = np.inf
+        index[rows], cosine[rows] = _best_of_block(distances, k)
     return index, cosine
