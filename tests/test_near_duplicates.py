@@ -156,3 +156,10 @@ def test_copies_of_real_ants_and_bees_photos_are_found_with_lite0_features(tmp_p
     assert result["overall"]["recall"] >= 0.95, result["missed"]
     assert result["false_pairs"] == [] and result["notes"] == []
     assert result["leaks"] == len(planted) == 20
+
+
+def test_an_empty_split_and_a_lone_image_give_no_pairs_and_no_error(tmp_path: Path) -> None:
+    save(picture(1), tmp_path / "train/0/a.jpg")
+    inputs = inputs_for(tmp_path, {"train": [("train/0/a.jpg", 0)]})
+    empty = dataclasses.replace(inputs.splits["train"], x=np.zeros((0, 64), np.float32), y=np.zeros(0, int), paths=(), files=(), digests=())
+    assert find_near_duplicates(dataclasses.replace(inputs, splits={**inputs.splits, "test": empty})) == []
