@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from functools import cache, lru_cache
+from functools import cache
 
 import numpy as np
 from PIL import Image
 
-THUMB_SIDE = 128  # the longer side the image is shrunk to before windows are cut (a hash sees 32 x 32)
+THUMB_SIDE = 128  # the square the image is resized to before windows are cut (a hash sees 32 x 32)
 HASH_SIDE = 32
 LOW = 8
 # (width fraction, height fraction) of the windows; each placed at the grid of OFFSETS (a fraction of the room left).
@@ -64,29 +64,28 @@ def area_matrix(start: int, length: int, size: int, out: int) -> np.ndarray:
     return overlap / overlap.sum(axis=1, keepdims=True)
 
 
-@lru_cache(maxsize=256)
-def _plan(width: int, height: int, out_w: int, out_h: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """For a thumbnail size: the distinct row and column spans of its windows as averaging matrices, and each window's pair.
+@cache
+def _plan(out_w: int, out_h: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The distinct row and column spans of the windows as averaging matrices, and each window's pair of spans.
 
-    Cached: photos share a few thumbnail sizes. Windows share spans (the same rows at five places across),
-    so the rows are averaged once per span, not once per window.
+    Windows share spans (the same rows at five places across), so every (row span, column span)
+    combination comes out of two matrix products, from which the windows are picked.
     """
-    boxes = window_boxes(width, height)
+    boxes = window_boxes(THUMB_SIDE, THUMB_SIDE)
     ys = sorted({(y0, y1) for _, y0, _, y1 in boxes})
     xs = sorted({(x0, x1) for x0, _, x1, _ in boxes})
-    rows = np.stack([area_matrix(y0, y1 - y0, height, out_h) for y0, y1 in ys]).astype(np.float32)
-    cols = np.stack([area_matrix(x0, x1 - x0, width, out_w).T for x0, x1 in xs]).astype(np.float32)
+    rows = np.concatenate([area_matrix(y0, y1 - y0, THUMB_SIDE, out_h) for y0, y1 in ys]).astype(np.float32)
+    cols = np.concatenate([area_matrix(x0, x1 - x0, THUMB_SIDE, out_w).T for x0, x1 in xs], axis=1).astype(np.float32)
     pick_y = np.array([ys.index((y0, y1)) for _, y0, _, y1 in boxes])
     pick_x = np.array([xs.index((x0, x1)) for x0, _, x1, _ in boxes])
-    for array in (rows, cols, pick_y, pick_x):
-        array.flags.writeable = False
     return rows, cols, pick_y, pick_x
 
 
 def _resampled(gray: np.ndarray, out_w: int, out_h: int) -> np.ndarray:
-    """Every window of ``gray`` (:func:`window_boxes`) shrunk to ``out_h x out_w`` by area averaging."""
-    rows, cols, pick_y, pick_x = _plan(gray.shape[1], gray.shape[0], out_w, out_h)
-    return (rows @ gray)[pick_y] @ cols[pick_x]
+    """Every window (:func:`window_boxes`) of the square thumbnail ``gray`` shrunk to ``out_h x out_w`` by area averaging."""
+    rows, cols, pick_y, pick_x = _plan(out_w, out_h)
+    every = (rows @ gray @ cols).reshape(len(rows) // out_h, out_h, cols.shape[1] // out_w, out_w)
+    return every.transpose(0, 2, 1, 3)[pick_y, pick_x]
 
 
 def dhash_bits(pixels: np.ndarray) -> np.ndarray:
@@ -94,6 +93,7 @@ def dhash_bits(pixels: np.ndarray) -> np.ndarray:
     return np.packbits((pixels[:, :, 1:] > pixels[:, :, :-1]).reshape(len(pixels), LOW * LOW), axis=1).view(">u8").astype(np.uint64).ravel()
 
 
+@cache
 def window_boxes(width: int, height: int) -> list[tuple[int, int, int, int]]:
     """The sub-windows of a ``width x height`` thumbnail that a crop may match (the whole first).
 
@@ -111,8 +111,8 @@ def window_boxes(width: int, height: int) -> list[tuple[int, int, int, int]]:
 
 def fingerprint(image: Image.Image) -> Fingerprint:
     """The fingerprint of a decoded image (any mode): pHash and dHash of each window and of its mirror image."""
-    gray = image.convert("L")
-    gray.thumbnail((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BILINEAR)
+    # Squashed to a square: the hashes see 32 x 32 and 9 x 8 anyway, and windows are fractions of the sides.
+    gray = image.convert("L").resize((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BILINEAR)
     pixels = np.asarray(gray, dtype=np.float32)
     small = _resampled(pixels, HASH_SIDE, HASH_SIDE)
     tiny = _resampled(pixels, LOW + 1, LOW)
