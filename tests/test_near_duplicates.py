@@ -68,7 +68,7 @@ def test_a_look_alike_is_a_candidate_by_its_features_but_its_pixels_say_it_is_no
     save(picture(8), tmp_path / "test/0/other.jpg")
     inputs = inputs_for(tmp_path, {"train": [("train/0/original.jpg", 0)], "test": [("test/0/look-alike.jpg", 0), ("test/0/other.jpg", 0)]})
     candidates = candidate_pairs(inputs, settings({}))
-    cosine = {frozenset(inputs.splits[s].paths[r] for s, r in pair): c for pair, c in candidates}
+    cosine = {frozenset(inputs.splits[s].paths[r] for s, r in pair): c for pair, c in candidates.pairs}
     assert cosine[frozenset(("train/0/original.jpg", "test/0/look-alike.jpg"))] > 0.9
     assert find_near_duplicates(inputs) == []
     unchecked = find_near_duplicates(dataclasses.replace(inputs, options={"near_duplicate_max_bits": 128}))
@@ -163,3 +163,12 @@ def test_an_empty_split_and_a_lone_image_give_no_pairs_and_no_error(tmp_path: Pa
     inputs = inputs_for(tmp_path, {"train": [("train/0/a.jpg", 0)]})
     empty = dataclasses.replace(inputs.splits["train"], x=np.zeros((0, 64), np.float32), y=np.zeros(0, int), paths=(), files=(), digests=())
     assert find_near_duplicates(dataclasses.replace(inputs, splits={**inputs.splits, "test": empty})) == []
+
+
+def test_images_inside_shards_are_left_out_of_the_pixel_check_with_one_note(tmp_path: Path) -> None:
+    layout, _ = planted_folder(tmp_path, per_kind=1, originals=8)
+    inputs = inputs_for(tmp_path, layout)
+    test = dataclasses.replace(inputs.splits["test"], files=(None,) * len(inputs.splits["test"].files))
+    notes: list[str] = []
+    assert find_near_duplicates(dataclasses.replace(inputs, splits={**inputs.splits, "test": test}), notes) == []
+    assert len(notes) == 1 and notes[0].endswith("candidate images inside shards were not compared by pixels (no file to open)")

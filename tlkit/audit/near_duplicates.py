@@ -45,6 +45,7 @@ _LIMITS = {
 }
 
 Ref = tuple[str, int]  # (split, row)
+_IN_SHARD = "inside a shard"
 
 
 @dataclass(frozen=True)
@@ -83,12 +84,11 @@ def find_near_duplicates(inputs: AuditInputs, notes: list[str] | None = None) ->
     notes = notes if notes is not None else []
     chosen = settings(inputs.options)
     candidates = candidate_pairs(inputs, chosen)
-    if len(candidates) > chosen.max_pairs:
-        notes.append(f"near-duplicates: {len(candidates)} candidate pairs, only the {chosen.max_pairs} most similar checked (audit.near_duplicate_max_pairs)")
-        candidates = candidates[: chosen.max_pairs]
-    prints = fingerprints(inputs, list(dict.fromkeys(ref for pair, _ in candidates for ref in pair)), notes)
+    if candidates.total > len(candidates.pairs):
+        notes.append(f"near-duplicates: {candidates.total} candidate pairs, only the {chosen.max_pairs} most similar checked (audit.near_duplicate_max_pairs)")
+    prints = fingerprints(inputs, list(dict.fromkeys(ref for pair, _ in candidates.pairs for ref in pair)), notes)
     findings = []
-    for (a, b), cosine in candidates:
+    for (a, b), cosine in candidates.pairs:
         if a not in prints or b not in prints:
             continue
         bits = distance(prints[a], prints[b])
@@ -102,27 +102,62 @@ def _split_order(inputs: AuditInputs) -> list[str]:
     return sorted(inputs.splits, key=lambda s: (s != "train", list(inputs.splits).index(s)))
 
 
-def candidate_pairs(inputs: AuditInputs, chosen: Settings) -> list[tuple[tuple[Ref, Ref], float]]:
-    """Pairs whose features are near (cosine >= the minimum), byte duplicates left out, most similar first."""
+@dataclass(frozen=True)
+class Candidates:
+    """Pairs to look at, most similar first (at most ``max_pairs``), and how many there were before that cap."""
+
+    pairs: list[tuple[tuple[Ref, Ref], float]]
+    total: int
+
+
+def candidate_pairs(inputs: AuditInputs, chosen: Settings) -> Candidates:
+    """Pairs whose features are near (among each other's nearest, cosine >= the minimum), byte duplicates left out.
+
+    Gathered in numpy arrays (a million pairs of a large data set take a few MB, not a dict of tuples);
+    a pair is named once, its images in split order (train first), then row order.
+    """
     order = _split_order(inputs)
+    sizes = [len(inputs.splits[split].paths) for split in order]
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    first, second, cosine = _near_pairs(inputs, order, offsets, chosen)
+    ids = _digest_ids(inputs, order)
+    keep = ids[first] != ids[second]
+    first, second, cosine = first[keep], second[keep], cosine[keep]
+    best = np.lexsort((second, first, -cosine))  # most similar first; the pair found both ways kept once
+    first, second, cosine = first[best], second[best], cosine[best]
+    _, once = np.unique(first * max(1, int(offsets[-1])) + second, return_index=True)
+    once.sort()
+    first, second, cosine = first[once], second[once], cosine[once]
+    split_of = np.searchsorted(offsets, np.arange(offsets[-1]), side="right") - 1
+
+    def ref(g: int) -> Ref:
+        return order[split_of[g]], int(g - offsets[split_of[g]])
+
+    cut = slice(0, chosen.max_pairs)
+    pairs = [((ref(a), ref(b)), float(c)) for a, b, c in zip(first[cut].tolist(), second[cut].tolist(), cosine[cut].tolist(), strict=True)]
+    return Candidates(pairs=pairs, total=len(first))
+
+
+def _near_pairs(inputs: AuditInputs, order: list[str], offsets: np.ndarray, chosen: Settings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(first, second, cosine) over all images (global positions, first < second): each image's nearest in every split."""
     units = {split: normalised(inputs.splits[split].x) for split in order}
-    found: dict[tuple[Ref, Ref], float] = {}
-    for i, split_a in enumerate(order):
-        for split_b in order[i:]:
-            directions = [(split_a, split_b)] if split_a == split_b else [(split_a, split_b), (split_b, split_a)]
-            for query, base in directions:
-                index, cosine = top_k(units[query], units[base], chosen.neighbours, same=query == base)
-                rows, cols = np.nonzero(cosine >= chosen.min_cosine)
-                for row, col in zip(rows.tolist(), cols.tolist(), strict=True):
-                    pair = _ordered((query, row), (base, int(index[row, col])), order)
-                    found[pair] = float(cosine[row, col])
-    digest = {split: inputs.splits[split].digests for split in order}
-    kept = [(pair, cos) for pair, cos in found.items() if digest[pair[0][0]][pair[0][1]] != digest[pair[1][0]][pair[1][1]]]
-    return sorted(kept, key=lambda item: (-item[1], item[0]))
+    firsts, seconds, cosines = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0, np.float32)]
+    for query in order:
+        for base in order:
+            index, cosine = top_k(units[query], units[base], chosen.neighbours, same=query == base)
+            rows, cols = np.nonzero(cosine >= chosen.min_cosine)
+            q = offsets[order.index(query)] + rows
+            b = offsets[order.index(base)] + index[rows, cols]
+            firsts.append(np.minimum(q, b))
+            seconds.append(np.maximum(q, b))
+            cosines.append(cosine[rows, cols])
+    return np.concatenate(firsts), np.concatenate(seconds), np.concatenate(cosines)
 
 
-def _ordered(a: Ref, b: Ref, order: list[str]) -> tuple[Ref, Ref]:
-    return (a, b) if (order.index(a[0]), a[1]) <= (order.index(b[0]), b[1]) else (b, a)
+def _digest_ids(inputs: AuditInputs, order: list[str]) -> np.ndarray:
+    """One integer per distinct content digest, for every image in split order: equal ids, equal bytes."""
+    known: dict[str, int] = {}
+    return np.array([known.setdefault(d, len(known)) for split in order for d in inputs.splits[split].digests], dtype=np.int64)
 
 
 def _finding(inputs: AuditInputs, a: Ref, b: Ref, cosine: float, bits: int) -> Finding:
@@ -152,11 +187,16 @@ def fingerprints(inputs: AuditInputs, refs: list[Ref], notes: list[str]) -> dict
     with _one_blas_thread(), ThreadPoolExecutor(max_workers=min(4, len(os.sched_getaffinity(0)))) as pool:
         made = list(pool.map(lambda ref: _fingerprint_file(inputs.splits[ref[0]], ref[1], root, limit), refs))
     done = {}
+    in_shards = 0
     for ref, result in zip(refs, made, strict=True):
-        if isinstance(result, str):
+        if result is _IN_SHARD:
+            in_shards += 1  # a whole data set may be in shards: one note, not one per image
+        elif isinstance(result, str):
             notes.append(f"near-duplicates: skipped {ref[0]} image {inputs.splits[ref[0]].paths[ref[1]]}: {result}")
         else:
             done[ref] = result
+    if in_shards:
+        notes.append(f"near-duplicates: {in_shards} candidate images inside shards were not compared by pixels (no file to open)")
     return done
 
 
@@ -177,7 +217,7 @@ def _fingerprint_file(data: SplitData, row: int, root: str | None, limit: int) -
 
     file = data.files[row]
     if file is None:
-        return "inside a shard, no file to compare pixels"
+        return _IN_SHARD
     if root is not None and not _inside(file, root):
         return "a link to a file outside the data set's folder, not opened"
     try:
