@@ -158,7 +158,7 @@ def cosine_baseline(inputs: Any, truth: set[frozenset[str]]) -> dict[str, Any]:
     return result
 
 
-def finder_scores(inputs: Any, planted: list[tuple[str, str, str]]) -> dict[str, Any]:
+def finder_scores(inputs: Any, planted: list[tuple[str, str, str]], with_bits: bool = True) -> dict[str, Any]:
     from tlkit.audit.near_duplicates import find_near_duplicates
 
     truth = {frozenset((a, b)) for _, a, b in planted}
@@ -174,7 +174,23 @@ def finder_scores(inputs: Any, planted: list[tuple[str, str, str]]) -> dict[str,
     result["false_pairs"] = sorted(" <-> ".join(sorted(p)) for p in found - truth)
     result["missed"] = sorted(f"{k}: {a} -> {b}" for k, a, b in planted if frozenset((a, b)) not in found)
     result["leaks"] = sum(f.kind == "leak" for f in findings)
+    if with_bits:
+        result["bits"] = separation(inputs, truth)
     return result
+
+
+def separation(inputs: Any, truth: set[frozenset[str]]) -> dict[str, int]:
+    """How far apart (bits of 128) the planted pairs are at most, and the other candidate pairs at least."""
+    from tlkit.audit.fingerprints import distance
+    from tlkit.audit.near_duplicates import candidate_pairs, fingerprints, settings
+
+    candidates = candidate_pairs(inputs, settings({})).pairs
+    prints = fingerprints(inputs, list(dict.fromkeys(ref for pair, _ in candidates for ref in pair)), [])
+    planted, other = [], []
+    for (a, b), _ in candidates:
+        names = frozenset((inputs.splits[a[0]].paths[a[1]], inputs.splits[b[0]].paths[b[1]]))
+        (planted if names in truth else other).append(distance(prints[a], prints[b]))
+    return {"candidates": len(candidates), "planted_max": max(planted, default=-1), "others_min": min(other, default=-1)}
 
 
 def _generated_image(path: Path, rng: random.Random) -> None:
