@@ -268,6 +268,7 @@ def _scale_child(root: str, n: int, dim: int, queue: Any) -> None:
             "peak_mb": peak_kb / 1024,
             "leaks_found": sum(f.kind == "leak" for f in findings),
             "planted": 100,
+            "notes": notes,
         }
     )
 
