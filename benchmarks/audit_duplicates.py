@@ -68,10 +68,17 @@ def transformed(image: Image.Image, kind: str, rng: random.Random) -> tuple[Imag
     raise ValueError(kind)
 
 
-def make_copy(source: Path, copy_root: Path, per_kind: int = 10, seed: int = 0) -> list[tuple[str, str, str]]:
-    """Copy ``source`` to ``copy_root`` and plant the copies; returns ``(kind, original, copy)`` as paths relative to it."""
+def make_copy(source: Path, copy_root: Path, per_kind: int = 10, seed: int = 0, per_class: int | None = None) -> list[tuple[str, str, str]]:
+    """Copy ``source`` (or its first ``per_class`` photos per class and split) to ``copy_root`` and plant the copies.
+
+    Returns ``(kind, original, copy)`` as paths relative to ``copy_root``.
+    """
     for folder in SPLIT_FOLDERS.values():
-        shutil.copytree(source / folder, copy_root / folder, dirs_exist_ok=True)
+        for photo in sorted((source / folder).glob("*/*.jpg")):
+            target = copy_root / photo.relative_to(source)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if per_class is None or len(list(target.parent.iterdir())) < per_class:
+                shutil.copyfile(photo, target)
     rng = random.Random(seed)
     originals = {split: sorted(p.relative_to(copy_root) for p in (copy_root / folder).rglob("*.jpg")) for split, folder in SPLIT_FOLDERS.items()}
     chosen = {split: rng.sample(paths, len(KINDS) * per_kind) for split, paths in originals.items()}
