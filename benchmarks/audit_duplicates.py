@@ -40,6 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "hymenoptera_data"
 KINDS = ("resize", "jpeg40", "crop10", "flip")
 SPLIT_FOLDERS = {"train": "train", "test": "val"}  # recipes/hymenoptera.yaml: the test split is val/
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 def cpu_line() -> str:
@@ -74,13 +75,16 @@ def make_copy(source: Path, copy_root: Path, per_kind: int = 10, seed: int = 0, 
     Returns ``(kind, original, copy)`` as paths relative to ``copy_root``.
     """
     for folder in SPLIT_FOLDERS.values():
-        for photo in sorted((source / folder).glob("*/*.jpg")):
+        for photo in sorted(p for p in (source / folder).glob("*/*") if p.suffix.lower() in PHOTO_SUFFIXES):
             target = copy_root / photo.relative_to(source)
             target.parent.mkdir(parents=True, exist_ok=True)
             if per_class is None or len(list(target.parent.iterdir())) < per_class:
                 shutil.copyfile(photo, target)
     rng = random.Random(seed)
-    originals = {split: sorted(p.relative_to(copy_root) for p in (copy_root / folder).rglob("*.jpg")) for split, folder in SPLIT_FOLDERS.items()}
+    originals = {
+        split: sorted(p.relative_to(copy_root) for p in (copy_root / folder).glob("*/*") if p.suffix.lower() in PHOTO_SUFFIXES)
+        for split, folder in SPLIT_FOLDERS.items()
+    }
     chosen = {split: rng.sample(paths, len(KINDS) * per_kind) for split, paths in originals.items()}
     planted = []
     for k, kind in enumerate(KINDS):
