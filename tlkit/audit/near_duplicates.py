@@ -184,7 +184,7 @@ def fingerprints(inputs: AuditInputs, refs: list[Ref], notes: list[str]) -> dict
     """
     root = os.path.realpath(inputs.root) if inputs.root is not None else None
     limit = max_file_bytes()
-    with _one_blas_thread(), ThreadPoolExecutor(max_workers=min(4, len(os.sched_getaffinity(0)))) as pool:
+    with _one_blas_thread(), ThreadPoolExecutor(max_workers=_workers()) as pool:
         made = list(pool.map(lambda ref: _fingerprint_file(inputs.splits[ref[0]], ref[1], root, limit), refs))
     done = {}
     in_shards = 0
@@ -198,6 +198,12 @@ def fingerprints(inputs: AuditInputs, refs: list[Ref], notes: list[str]) -> dict
     if in_shards:
         notes.append(f"near-duplicates: {in_shards} candidate images inside shards were not compared by pixels (no file to open)")
     return done
+
+
+def _workers() -> int:
+    """Threads for fingerprinting: the cores this process may use, at most 4 (decoding and numpy release the GIL)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(4, cores))
 
 
 def _one_blas_thread() -> AbstractContextManager[object]:
