@@ -20,7 +20,7 @@ from audit_pictures import KINDS, copy_of, inputs_for, picture, planted_folder, 
 from conftest import HYMENOPTERA
 from PIL import Image
 
-from tlkit.audit.fingerprints import phash_bits
+from tlkit.audit.fingerprints import dhash_bits, phash_bits
 from tlkit.audit.near_duplicates import DEFAULTS, candidate_pairs, find_near_duplicates, settings
 from tlkit.audit.neighbours import normalised, top_k
 from tlkit.errors import RecipeError
@@ -84,12 +84,14 @@ def test_byte_identical_files_are_left_to_the_exact_duplicate_finder(tmp_path: P
     assert find_near_duplicates(inputs) == []
 
 
-def test_the_perceptual_hash_is_imagehash_s_phash_bit_for_bit() -> None:
+def test_the_perceptual_hashes_are_imagehash_s_phash_and_dhash_bit_for_bit() -> None:
     imagehash = pytest.importorskip("imagehash")
     for seed in range(20):
         gray = picture(seed).convert("L")
         small = np.asarray(gray.resize((32, 32), Image.Resampling.LANCZOS))  # the pixels imagehash hashes
         assert int(phash_bits(small[None])[0]) == int(str(imagehash.phash(gray)), 16)
+        tiny = np.asarray(gray.resize((9, 8), Image.Resampling.LANCZOS))
+        assert int(dhash_bits(tiny[None])[0]) == int(str(imagehash.dhash(gray)), 16)
 
 
 def test_the_blocked_search_gives_the_full_matrix_s_neighbours() -> None:

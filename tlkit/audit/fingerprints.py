@@ -4,15 +4,16 @@ Two 64-bit perceptual hashes, computed as the ``imagehash`` package does (the te
 bit on the same pixels): pHash (32 x 32 grayscale, 2-D DCT, the 8 x 8 lowest frequencies against their
 median) and dHash (9 x 8 grayscale, is each pixel brighter than its left neighbour). They are written
 here on numpy so that the audit, on by default, needs no extra package, and so that the many windows
-below are shrunk (by area averaging) and hashed in a few matrix products instead of 170 PIL calls.
+below are shrunk (by area averaging, from the image squashed to a 128 x 128 grayscale square) and
+hashed in a few matrix products instead of some 170 PIL calls.
 
 A whole-image hash survives resizing, JPEG re-encoding and (compared with the mirrored image) a flip,
 but not a crop: cutting 10% off the sides moves it as far as an unrelated photo. So each image also
 gets the hashes of sub-windows (85-95% of the sides, on a 5 x 5 grid of places, and the same of the
 mirrored image): a crop of A matches one of A's windows. Two images are copies when the whole of one
 is within a few bits of some window of the other (:func:`distance`). Requiring both hashes to agree
-is what keeps look-alikes apart: on ants/bees, planted copies were at most 9 of the 128 bits apart,
-the nearest unrelated pair 24 (benchmarks/audit_duplicates.py).
+is what keeps look-alikes apart: on ants/bees, planted copies were at most 10 of the 128 bits apart,
+the nearest other candidate pair 25 (benchmarks/audit_duplicates.py).
 """
 
 from __future__ import annotations
@@ -34,10 +35,10 @@ OFFSETS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 @dataclass(frozen=True)
 class Fingerprint:
-    """The whole image's 64-bit pHash and those of its windows (mirrored ones included)."""
+    """The whole image's (pHash, dHash) and those of all its windows, the mirror image's included (the whole first)."""
 
-    whole: np.uint64
-    windows: np.ndarray  # (W,) uint64
+    whole: np.ndarray  # (2,) uint64
+    windows: np.ndarray  # (2 x windows, 2) uint64
 
 
 @cache
@@ -128,8 +129,9 @@ def _popcount(x: np.ndarray) -> np.ndarray:
 def distance(a: Fingerprint, b: Fingerprint) -> int:
     """Bits between the whole of one image and the nearest window of the other (either way round, mirrors included).
 
-    Of 128 bits (pHash + dHash of the same window): 0-3 for a resized, re-encoded or mirrored copy of an
-    ants/bees photo, up to 9 for a 10% crop at a random place; unrelated photos were 24 or more apart.
+    Of 128 bits (pHash + dHash of the same window). On ants/bees, planted resized, re-encoded, cropped
+    and mirrored copies were at most 10 apart; unrelated photos
+    were 25 or more apart.
     """
     return int(min(_popcount(a.windows ^ b.whole).sum(axis=1).min(), _popcount(b.windows ^ a.whole).sum(axis=1).min()))
 
