@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from tlkit.audit.exact_duplicates import find_exact_duplicates
 from tlkit.audit.findings import AuditInputs, Finding
 from tlkit.audit.label_issues import find_label_issues
+from tlkit.audit.near_duplicates import find_near_duplicates
 from tlkit.audit.neighbours import find_nearer_other_class, find_outliers
 from tlkit.audit.report import AuditReport, ranked
 from tlkit.audit.sizes import find_class_sizes, find_image_sizes
@@ -23,6 +24,7 @@ Finder = Callable[[AuditInputs], list[Finding]]
 FINDERS: tuple[Finder, ...] = (
     find_label_issues,
     find_exact_duplicates,
+    find_near_duplicates,
     find_outliers,
     find_nearer_other_class,
     find_class_sizes,

@@ -31,6 +31,10 @@ class AuditSettings:
     min_image_side: Annotated[int, Ge(1)] = field(default=32, metadata={"help": "flag images whose smaller side is under this many pixels"})
     max_image_pixels: Annotated[int, Gt(0)] = field(default=50_000_000, metadata={"help": "flag images with more pixels than this"})
     max_aspect_ratio: Annotated[float, Ge(1)] = field(default=4.0, metadata={"help": "flag images longer than this many times their width (or the reverse)"})
+    near_duplicate_neighbours: Annotated[int, Ge(1), Le(1000)] = field(default=10, metadata={"help": "near-duplicates: nearest images looked at per image and split"})
+    near_duplicate_min_cosine: Annotated[float, Ge(-1), Le(1)] = field(default=0.4, metadata={"help": "near-duplicates: feature cosine a pair needs before its pixels are compared"})
+    near_duplicate_max_bits: Annotated[int, Ge(0), Le(128)] = field(default=16, metadata={"help": "near-duplicates: pHash + dHash bits (of 128) two copies may differ by"})
+    near_duplicate_max_pairs: Annotated[int, Ge(0), Le(10**8)] = field(default=20000, metadata={"help": "near-duplicates: candidate pairs checked at most, most similar first"})
 
     def options(self) -> dict[str, float]:
         """The thresholds as :attr:`tlkit.audit.findings.AuditInputs.options` takes them."""
