@@ -23,6 +23,7 @@ Example (the figures in benchmarks/README.md)::
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
 import os
 import shutil
@@ -196,13 +197,13 @@ def fault_run(data: Path, flip_fraction: float, work: Path) -> None:
 
 
 def run_duplicate_benchmark(copy_root: Path, work: Path) -> None:
-    """The near-duplicate benchmark (``benchmarks/audit_duplicates.py``, ``duplicate_benchmark(copy_root, ...)``), when it is there."""
+    """The near-duplicate benchmark (``benchmarks/audit_duplicates.py``): planted copies in a fresh copy of ants/bees, and its 20k scale run."""
     sys.path.insert(0, str(Path(__file__).parent))
-    try:
-        from audit_duplicates import duplicate_benchmark  # type: ignore[import-not-found]
-    except ImportError:
-        return
-    duplicate_benchmark(copy_root, work=work)
+    from audit_duplicates import duplicate_benchmark  # type: ignore[import-not-found]
+
+    result = duplicate_benchmark(work / "duplicates")
+    print("\nnear-duplicates (benchmarks/audit_duplicates.py):")
+    print(json.dumps(result, indent=1))
 
 
 def cached_audit_time(data: Path, repeat: int = 3) -> None:
