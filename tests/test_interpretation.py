@@ -5,10 +5,19 @@ only where it fits the terminal."""
 
 from __future__ import annotations
 
+import csv
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
 import pytest
 import torch
+from conftest import make_image_folder, write_recipe
 
-from tlkit.contract.plugin_manager import load_plugins
+import tlkit
+from tlkit.cli.app import main
+from tlkit.contract.plugin_manager import Plugins, load_plugins, set_plugins
 from tlkit.contract.specs import Features, FitContext
 from tlkit.fitting import Standardize
 
@@ -53,3 +62,80 @@ def test_standardize_uses_a_relative_epsilon() -> None:
     assert float(Standardize.fitted(big)(big)[0, 0]) > 1.0
     rounding = torch.tensor([[1e6 + 0.0625], [1e6], [1e6]])  # one float32 step: rounding, not a feature
     assert float(Standardize.fitted(rounding)(rounding).abs().max()) < 0.1
+
+
+class ConstantBackbone(torch.nn.Module):
+    """Every image -> the same vector: the forced collapse (features with zero variance)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ones(len(x), 4) * 0.5 + 0.0 * x.mean()
+
+
+class ConstantPlugin:
+    __name__ = "tests-constant"
+
+    @tlkit.hookimpl
+    def register_backbones(self, register: Any) -> None:
+        register(
+            tlkit.BackboneSpec(
+                name="constant",
+                build=lambda weights, options: tlkit.BuiltBackbone(model=ConstantBackbone(), weights_id="constant"),
+                preprocessing=tlkit.Preprocessing(crop_size=16, resize_size=16, interpolation="bilinear", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
+                feature_dim=4,
+                description="the same vector for every image (tests)",
+            )
+        )
+
+
+@pytest.fixture
+def collapse_plugins() -> Iterator[Plugins]:
+    from tiny import TinyPlugin
+
+    loaded = load_plugins(entry_points=False, extra=[TinyPlugin(), ConstantPlugin()])
+    set_plugins(loaded)
+    try:
+        yield loaded
+    finally:
+        set_plugins(None)
+
+
+def cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[str, str]:
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    out, err = capsys.readouterr()
+    assert info.value.code == 0, err
+    return out, err
+
+
+def test_a_collapsed_head_is_named_in_the_summary_metrics_report_and_compare(collapse_plugins, tmp_path: Path, capsys) -> None:
+    root = make_image_folder(tmp_path / "data", classes=("cats", "dogs", "fish"), n_train=4, n_test=3)
+    recipe = write_recipe(tmp_path / "r.yaml", root, backbone={"name": "constant"}, extract={"cache": False})
+    out, err = cli(["run", str(recipe), "--out", str(tmp_path / "run")], capsys)
+    assert "predicted one class" in out and "predicted one class" in err  # a summary row and a warning line
+    assert "do not vary" in out
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["degenerate"]["single_class_prediction"] in ("cats", "dogs", "fish")
+    assert metrics["degenerate"]["constant_features"] is True and metrics["degenerate"]["varying_features"] == 0
+    assert len(metrics["warnings"]) == 2
+    assert "predicted one class" in (tmp_path / "run" / "report.html").read_text()
+
+    out, _ = cli(["compare", str(recipe), "--backbones", "constant,tiny_cnn", "--heads", "linear,logreg", "--out", str(tmp_path / "cmp")], capsys)
+    assert "one class for all" in out and "warning" in out
+    data = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    flagged = {(r["backbone"], r["head"]): r["warning"] for r in data["results"]}
+    assert flagged[("constant", "linear")].startswith("one class for all") and flagged[("constant", "logreg")].startswith("one class for all")
+    assert flagged[("tiny_cnn", "linear")] == "" and flagged[("tiny_cnn", "logreg")] == ""  # separable colours: no false alarm
+    with (tmp_path / "cmp" / "compare.csv").open() as fh:
+        assert {row["warning"] for row in csv.DictReader(fh) if row["backbone"] == "constant"} == {flagged[("constant", "linear")]}
+    for r in data["results"]:
+        run_metrics = json.loads((Path(r["run_dir"]) / "metrics.json").read_text())
+        assert bool(run_metrics["degenerate"]["single_class_prediction"]) == (r["backbone"] == "constant")
+
+
+def test_single_class_is_not_flagged_when_the_test_split_has_one_class() -> None:
+    from tlkit.outputs.degenerate import check
+
+    x = torch.randn(10, 3)
+    assert check(x, torch.zeros(4, dtype=torch.long), torch.zeros(4, dtype=torch.long), ["a", "b"]).single_class is None
+    found = check(x, torch.tensor([0, 1, 1]), torch.tensor([1, 1, 1]), ["a", "b"])
+    assert found.single_class == "b" and found.varying_features == 3 and not found.warnings()[1:]
