@@ -117,16 +117,19 @@ def test_a_collapsed_head_is_named_in_the_summary_metrics_report_and_compare(col
     assert metrics["degenerate"]["single_class_prediction"] in ("cats", "dogs", "fish")
     assert metrics["degenerate"]["constant_features"] is True and metrics["degenerate"]["varying_features"] == 0
     assert len(metrics["warnings"]) == 2
+    assert metrics["most_confused"] and all(len(pair) == 3 and pair[0] != pair[1] for pair in metrics["most_confused"])
+    assert metrics["class_counts"] == {"train": {"cats": 4, "dogs": 4, "fish": 4}, "test": {"cats": 3, "dogs": 3, "fish": 3}}
     assert "predicted one class" in (tmp_path / "run" / "report.html").read_text()
 
-    out, _ = cli(["compare", str(recipe), "--backbones", "constant,tiny_cnn", "--heads", "linear,logreg", "--out", str(tmp_path / "cmp")], capsys)
+    out, _ = cli(["compare", str(recipe), "--backbones", "constant", "--backbones", "tiny_cnn", "--heads", "linear,logreg", "--out", str(tmp_path / "cmp")], capsys)
     assert "one class for all" in out and "warning" in out
     data = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     flagged = {(r["backbone"], r["head"]): r["warning"] for r in data["results"]}
     assert flagged[("constant", "linear")].startswith("one class for all") and flagged[("constant", "logreg")].startswith("one class for all")
     assert flagged[("tiny_cnn", "linear")] == "" and flagged[("tiny_cnn", "logreg")] == ""  # separable colours: no false alarm
     with (tmp_path / "cmp" / "compare.csv").open() as fh:
-        assert {row["warning"] for row in csv.DictReader(fh) if row["backbone"] == "constant"} == {flagged[("constant", "linear")]}
+        in_csv = {(row["backbone"], row["head"]): row["warning"] for row in csv.DictReader(fh)}
+    assert in_csv == flagged
     for r in data["results"]:
         run_metrics = json.loads((Path(r["run_dir"]) / "metrics.json").read_text())
         assert bool(run_metrics["degenerate"]["single_class_prediction"]) == (r["backbone"] == "constant")
@@ -139,3 +142,44 @@ def test_single_class_is_not_flagged_when_the_test_split_has_one_class() -> None
     assert check(x, torch.zeros(4, dtype=torch.long), torch.zeros(4, dtype=torch.long), ["a", "b"]).single_class is None
     found = check(x, torch.tensor([0, 1, 1]), torch.tensor([1, 1, 1]), ["a", "b"])
     assert found.single_class == "b" and found.varying_features == 3 and not found.warnings()[1:]
+
+
+def test_most_confused_lists_the_off_diagonal_cells_largest_first() -> None:
+    from tlkit.outputs.metrics import most_confused
+
+    matrix = [[5, 2, 0], [3, 4, 1], [0, 2, 7]]
+    assert most_confused(matrix, ["a", "b", "c"]) == [["b", "a", 3], ["a", "b", 2], ["c", "b", 2], ["b", "c", 1]]
+    assert most_confused([[3, 0], [0, 3]], ["a", "b"]) == []
+
+
+def printed(monkeypatch: pytest.MonkeyPatch, width: int, *args: Any) -> str:
+    import io
+
+    from rich.console import Console
+
+    from tlkit.cli import console
+
+    buffer = io.StringIO()
+    fake = Console(file=buffer, width=width, force_terminal=False, color_system=None)
+    monkeypatch.setattr(console, "_console", lambda stderr: fake)
+    console.print_evaluation(*args)
+    return buffer.getvalue()
+
+
+def test_the_confusion_matrix_is_printed_only_where_it_fits_and_the_pairs_always(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tlkit.outputs.metrics import classification_metrics
+
+    classes = [f"flower_class_{i:02d}" for i in range(12)]
+    y_true = torch.arange(12).repeat(3)
+    y_pred = y_true.clone()
+    y_pred[:5] = torch.tensor([1, 0, 3, 3, 3])  # 0->1, 1->0, 2->3 and two more right answers
+    test = classification_metrics(y_true, y_pred, classes).to_dict()
+    narrow = printed(monkeypatch, 100, test, classes)
+    assert "12 classes do not fit 100 columns" in narrow and "true \\ predicted" not in narrow
+    assert "most confused" in narrow and "flower_class_02" in narrow
+    pairs = [line for line in narrow.splitlines() if "flower_class_00" in line and "flower_class_01" in line]
+    assert pairs and "1" in pairs[0]
+    wide = printed(monkeypatch, 400, test, classes)
+    assert "true \\ predicted" in wide and "do not fit" not in wide and "most confused" in wide
+    two = printed(monkeypatch, 100, classification_metrics(torch.tensor([0, 1]), torch.tensor([0, 1]), ["a", "b"]).to_dict(), ["a", "b"])
+    assert "true \\ predicted" in two and "none (no test image was misclassified)" in two
