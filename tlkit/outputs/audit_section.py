@@ -109,7 +109,8 @@ def _summary(audit: Mapping[str, Any], counts: Mapping[str, int]) -> str:
     if not counts:
         return '<p class="note">the audit found nothing worth a look</p>'
     rows = [[e(TITLES.get(kind, kind)), e(kind), str(count)] for kind, count in sorted(counts.items(), key=lambda kv: list(TITLES).index(kv[0]) if kv[0] in TITLES else 99)]
-    summary = audit.get("summary") if isinstance(audit.get("summary"), dict) else {}
+    found = audit.get("summary")
+    summary: Mapping[str, Any] = found if isinstance(found, dict) else {}
     lines = "".join(f"<li>{e(k)}: {e(v)}</li>" for k, v in summary.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool))
     return table(["finding", "kind", "count"], rows, [False, False, True]) + (f"<ul>{lines}</ul>" if lines else "")
 

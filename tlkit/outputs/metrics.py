@@ -115,7 +115,9 @@ def most_confused(matrix: Sequence[Sequence[int]], classes: Sequence[str], limit
     """
     pairs = [(int(count), i, j) for i, row in enumerate(matrix) for j, count in enumerate(row) if i != j and count > 0]
     pairs.sort(key=lambda p: (-p[0], p[1], p[2]))
-    name = lambda i: classes[i] if i < len(classes) else str(i)  # noqa: E731 - a matrix read back without its classes
+    def name(i: int) -> str:
+        return classes[i] if i < len(classes) else str(i)  # a matrix read back without its classes
+
     return [[name(i), name(j), count] for count, i, j in pairs[:limit]]
 
 
