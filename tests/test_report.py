@@ -310,6 +310,16 @@ def test_an_unusable_audit_json_is_a_note_in_the_section_never_an_error(content:
     assert read_audit(tmp_path / "absent.json") is None
 
 
+def test_an_oversized_audit_json_is_not_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tlkit.outputs import audit_section
+
+    monkeypatch.setattr(audit_section, "MAX_AUDIT_BYTES", 1024)
+    (tmp_path / "audit.json").write_text(json.dumps({"format": 1, "findings": [{"kind": "outlier", "paths": ["a" * 2000], "splits": [], "score": 1}]}))
+    monkeypatch.setattr(Path, "read_text", lambda *a, **k: pytest.fail("an oversized audit.json was read"))
+    audit = audit_section.read_audit(tmp_path / "audit.json")
+    assert audit is not None and "larger than" in audit["error"]
+
+
 def test_malformed_findings_are_skipped_and_counted(tmp_path: Path) -> None:
     from tlkit.outputs.audit_section import audit_html, read_audit
 
