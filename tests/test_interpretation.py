@@ -53,6 +53,29 @@ def test_linear_and_logreg_learn_at_any_feature_scale(head: str, scale: float) -
     assert float((predicted == test.y).float().mean()) >= 0.9
 
 
+def common_factor(seed: int, n: int = 120, dim: int = 256) -> Features:
+    """Two classes on one strong factor shared by every feature, as in random-weight CNN features (a huge top singular value)."""
+    generator = torch.Generator().manual_seed(seed)
+    y = torch.arange(2).repeat_interleave(n // 2)
+    direction = torch.rand(dim, generator=generator) + 0.5
+    factor = torch.randn(n, 1, generator=generator) + 0.3 * (2 * y.float() - 1)[:, None]
+    return Features((factor * direction + 0.3 * torch.randn(n, dim, generator=generator)).float(), y)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_logreg_moves_off_zero_where_the_first_lbfgs_step_overshoots(seed: int) -> None:
+    """Stepping L-BFGS one iteration at a time once gave each step one evaluation, so a first step that overshot
+    was never shortened: the fit stayed at zero and predicted one class (45.8% on ants/bees, resnet18@none)."""
+    spec = HEADS.get("logreg")
+    history: list[dict[str, float]] = []
+    trained = spec.fit(common_factor(seed), spec.options(), FitContext(num_classes=2, seed=0, report=lambda epoch, point: history.append(dict(point))))
+    test = common_factor(seed + 100)
+    with torch.no_grad():
+        predicted = trained.module(test.x).argmax(1)
+    assert len(history) > 2 and history[-1]["loss"] < history[0]["loss"] - 0.05
+    assert len(predicted.unique()) == 2
+
+
 def test_standardize_uses_a_relative_epsilon() -> None:
     x = torch.tensor([[1e-9, 5.0], [3e-9, 5.0], [2e-9, 5.0]])
     scaled = Standardize.fitted(x)(x)

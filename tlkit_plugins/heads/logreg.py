@@ -99,6 +99,10 @@ def fit_lbfgs(
         [w, b],
         lr=1.0,
         max_iter=1 if on_iteration is not None else max_iter,
+        # torch gives a step max_iter * 5 // 4 evaluations: 1 when stepping one iteration at a time, which left the
+        # strong-Wolfe search no trial beyond its first step; where that overshot, the fit never moved from zero
+        # (one class for every image on random-weight resnet18 features). 25 is torch's own line-search bound.
+        max_eval=25 if on_iteration is not None else None,
         history_size=20,
         line_search_fn="strong_wolfe",
         tolerance_grad=1e-6,
