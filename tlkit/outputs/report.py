@@ -267,7 +267,8 @@ def write_visuals(
     return [p for p in written if p is not None]
 
 
-SAMPLE_PER_CLASS = 6  # images per class and split in the report's #data section
+SAMPLE_PER_CLASS = 6  # images per class and split in the report's #data section, fewer with many classes
+SAMPLE_PER_SPLIT = 120  # at most about this many thumbnails per split (at least one per class), so the page stays small
 
 
 def _extras(folder: Path, recipe: Mapping[str, Any], classes: Sequence[str], test_rows: Sequence[PredictionRow],
@@ -280,5 +281,6 @@ def _extras(folder: Path, recipe: Mapping[str, Any], classes: Sequence[str], tes
     if samples:
         images = {split: [(contact_sheet.SheetImage(path, "/".join(Path(path).parts[-2:]) if path else "shard member"), label) for path, label in items]
                   for split, items in samples.items()}
-        sheets = contact_sheet.pick(list(classes), images, SAMPLE_PER_CLASS, int(recipe.get("seed", 0) or 0))
+        per_class = max(1, min(SAMPLE_PER_CLASS, SAMPLE_PER_SPLIT // max(1, len(classes))))
+        sheets = contact_sheet.pick(list(classes), images, per_class, int(recipe.get("seed", 0) or 0))
     return {"unsure": unsure(test_rows), "sheets": sheets, "audit": audit, "data_root": Path(root) if isinstance(root, str) else None}
