@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from tlkit.outputs import audit_section, contact_sheet
-from tlkit.outputs.html_parts import THUMB_STYLE
+from tlkit.outputs.html_parts import THUMB_STYLE, thumbnail
 from tlkit.outputs.predictions import misclassified, unsure
 
 if TYPE_CHECKING:
@@ -63,17 +62,8 @@ def data_uri(data: bytes, mime: str) -> str:
 
 
 def _thumbnail_uri(path: str, size: int = 128) -> str | None:
-    from PIL import Image, ImageOps
-
-    try:
-        with Image.open(path) as img:
-            small = ImageOps.exif_transpose(img).convert("RGB")
-            small.thumbnail((size, size))
-            buffer = io.BytesIO()
-            small.save(buffer, format="JPEG", quality=80)
-    except (OSError, ValueError):
-        return None
-    return data_uri(buffer.getvalue(), "image/jpeg")
+    """A small JPEG of the image as a ``data:`` URI, decoded with the run's limits (a regular file, no decompression bomb); None when it cannot be shown."""
+    return thumbnail(path, size)[0]
 
 
 def _e(value: Any) -> str:

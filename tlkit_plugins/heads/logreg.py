@@ -82,7 +82,10 @@ def fit_lbfgs(
     (representer theorem), so the fit runs on their coordinates in that span: same answer, a
     fraction of the work. ``basis`` is :func:`span_basis` of ``x``, when the caller fits the same
     ``x`` many times (an L2 sweep). ``on_iteration(i, loss, weights)`` sees every iteration (one
-    L-BFGS step per call then); without it the whole fit is one call.
+    L-BFGS step per call then); without it the whole fit is one call. One iteration per call gets
+    torch's line-search bound (25 evaluations): torch's default, ``max_iter * 5 // 4`` = 1, gave the
+    strong-Wolfe search no second trial, so a first step that overshot was never shortened and the fit
+    stayed at zero (one class for every image on random-weight resnet18 features).
     """
     dim = x.shape[1]
     basis = span_basis(x) if basis is None else basis
@@ -99,10 +102,7 @@ def fit_lbfgs(
         [w, b],
         lr=1.0,
         max_iter=1 if on_iteration is not None else max_iter,
-        # torch gives a step max_iter * 5 // 4 evaluations: 1 when stepping one iteration at a time, which left the
-        # strong-Wolfe search no trial beyond its first step; where that overshot, the fit never moved from zero
-        # (one class for every image on random-weight resnet18 features). 25 is torch's own line-search bound.
-        max_eval=25 if on_iteration is not None else None,
+        max_eval=25 if on_iteration is not None else None,  # torch's default (1 here) left an overshooting first step at 0
         history_size=20,
         line_search_fn="strong_wolfe",
         tolerance_grad=1e-6,
