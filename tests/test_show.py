@@ -16,6 +16,7 @@ from test_report import CHROMIUM, assert_self_contained, cli_output
 
 from tlkit.cli.app import main
 from tlkit.contract.plugin_manager import load_plugins
+from tlkit.errors import OutputError
 from tlkit.run.show import show
 
 
@@ -94,6 +95,23 @@ def test_a_missing_folder_is_one_line_and_nothing_is_written(tmp_path: Path, cap
     err = capsys.readouterr().err
     assert err.startswith("error:") and "nowhere" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.partial-*"))
+
+
+def test_an_out_folder_holding_other_files_is_never_replaced(tmp_path: Path, plugins) -> None:
+    """Hostile case: ``--out`` at a folder of the user's own files (replacing it would delete them), or at a file."""
+    root = make_image_folder(tmp_path / "data", n_train=2, n_test=1)
+    mine = tmp_path / "documents"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    with pytest.raises(OutputError, match="holds files tlkit show did not write \\(thesis.tex\\)"):
+        show(root, mine, plugins)
+    assert (mine / "thesis.tex").read_text() == "years of work" and sorted(p.name for p in mine.iterdir()) == ["thesis.tex"]
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(OutputError, match="not a folder of contact sheets"):
+        show(root, tmp_path / "a-file", plugins)
+    first = show(root, tmp_path / "sheets", plugins, per_class=1)
+    again = show(root, tmp_path / "sheets", plugins, per_class=2)  # its own earlier output is replaced
+    assert again.pngs == first.pngs and not list(tmp_path.glob(".sheets.partial-*"))
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium (apt-get install chromium) for the browser screenshot")

@@ -8,6 +8,7 @@ moved into place, so it appears complete or not at all.
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -66,6 +67,7 @@ def show(data: Path, out: Path | None, plugins: Plugins, *, per_class: int = 8, 
     sheets = contact_sheet.pick(list(dataset.classes), splits, per_class, seed)
     left_out = max(0, len(dataset.classes) - len(sheets))
     target = Path(out) if out is not None else Path("runs") / f"show-{name}"
+    _check_replaceable(target)
     heading = f"{len(dataset.classes)} classes, up to {per_class} images per class and split (seed {seed})"
     staging: Path | None = None
     try:
@@ -87,3 +89,18 @@ def _shown_name(path: Path | str) -> str:
     """The file's name with its class folder (``ants/0013035.jpg``): enough to find it, short enough for a caption."""
     parts = Path(path).parts
     return "/".join(parts[-2:]) if len(parts) > 1 else str(path)
+
+
+_OURS = re.compile(r"^(\d{2,}-[A-Za-z0-9._-]*\.png|" + re.escape(PAGE) + ")$")
+
+
+def _check_replaceable(target: Path) -> None:
+    """Refuse an ``--out`` that holds anything ``show`` did not write: replacing the folder would delete it."""
+    if not target.exists() and not target.is_symlink():
+        return
+    if target.is_symlink() or not target.is_dir():
+        raise OutputError(f"--out {target} exists and is not a folder of contact sheets; choose another --out")
+    foreign = sorted(entry.name for entry in target.iterdir() if not _OURS.match(entry.name) or not entry.is_file() or entry.is_symlink())
+    if foreign:
+        raise OutputError(f"--out {target} holds files tlkit show did not write ({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); "
+                          "they would be deleted: choose another --out")
