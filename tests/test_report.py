@@ -219,3 +219,152 @@ def test_report_renders_in_headless_chromium(tiny_runs_by_head, tmp_path: Path) 
         colours = img.convert("RGB").resize((300, 600)).getcolors(maxcolors=1_000_000)
     assert colours is not None and len(colours) > 200, "the page rendered (nearly) blank"
     assert re.search(r"\d", (run_dir / "report.html").read_text())
+
+
+def test_the_report_shows_train_counts_confused_pairs_unsure_answers_and_a_sample_per_class(tiny_runs_by_head) -> None:
+    """fastai's interpretation, and more: top losses include right-but-unsure images, and the data is shown per class."""
+    run_dir, _ = tiny_runs_by_head["logreg"]
+    page = (run_dir / "report.html").read_text(encoding="utf-8")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    text = " ".join(parse(page).text)
+    assert "train images" in text and "most confused pairs" in text
+    for true, predicted, count in metrics["most_confused"]:
+        assert f"<td>{true}</td><td>{predicted}</td><td class=\"n\">{count}</td>" in page
+    with (run_dir / "predictions.csv").open(newline="") as fh:
+        right = [row for row in csv.DictReader(fh) if row["true_class"] == row["predicted_class"]]
+    least_sure = min(right, key=lambda row: float(row["confidence"]))
+    unsure_part = page.split("right but unsure")[1].split("</table>")[0]
+    assert Path(least_sure["path"]).name in unsure_part and "margin" in unsure_part
+    data = page.split('<section id="data">')[1].split("</section>")[0]
+    for name, count in metrics["class_counts"]["train"].items():
+        assert f"{name} <small>(train {count}, test {metrics['class_counts']['test'][name]})" in data
+    assert data.count("<img ") >= 3 * 2  # every class, both splits
+
+
+def audit_json(root: Path, classes: tuple[str, ...]) -> dict:
+    """A realistic audit.json (format 1), made from Finding objects as the audit writes it."""
+    from tlkit.audit.findings import AUDIT_FORMAT, KINDS, Finding
+
+    train = sorted((root / "train" / classes[0]).glob("*.jpg"))
+    test = sorted((root / "val" / classes[0]).glob("*.jpg"))
+    rel = lambda p: p.relative_to(root).as_posix()  # noqa: E731
+    findings = [
+        Finding("leak", (rel(train[0]), rel(test[0])), ("train", "test"), 0.991, detail="cosine 0.991, phash distance 4"),
+        Finding("label_issue", (rel(train[1]),), ("train",), 0.87, given_label=classes[0], suggested_label=classes[1], detail="self-confidence 0.04"),
+        Finding("near_duplicate", (rel(train[2]), rel(train[3])), ("train", "train"), 0.95),
+        Finding("outlier", (rel(test[1]),), ("test",), 3.2, detail="k-NN density 0.02"),
+        Finding("outlier", ("../../../etc/passwd",), ("test",), 1.0, detail="a path out of the root"),
+        Finding("image_size", ("/etc/hostname",), ("train",), 1.0, detail="an absolute path"),
+    ]
+    counts = {kind: sum(f.kind == kind for f in findings) for kind in KINDS if any(f.kind == kind for f in findings)}
+    return {"format": AUDIT_FORMAT, "seed": 0, "classes": list(classes), "counts": counts,
+            "summary": {"leaked_test_images": 1, "test_accuracy": 0.9, "test_accuracy_without_leaked": 0.889},
+            "findings": [f.to_dict() for f in findings]}
+
+
+@pytest.fixture(scope="module")
+def audited_report(tiny_runs_by_head, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """The logreg run's report rendered again with an audit.json in its folder."""
+    run_dir, _ = tiny_runs_by_head["logreg"]
+    folder = tmp_path_factory.mktemp("audited")
+    for name in ("metrics.json", "recipe.yaml", "predictions.csv"):
+        shutil.copy(run_dir / name, folder / name)
+    import yaml
+
+    recipe = yaml.safe_load((folder / "recipe.yaml").read_text())
+    audit = audit_json(Path(recipe["dataset"]["root"]), ("cats", "dogs", "fish"))
+    (folder / "audit.json").write_text(json.dumps(audit))
+    metrics = json.loads((folder / "metrics.json").read_text())
+    with (folder / "predictions.csv").open(newline="") as fh:
+        rows = [PredictionRow(path=r["path"], true_class=r["true_class"], predicted_class=r["predicted_class"], confidence=float(r["confidence"])) for r in csv.DictReader(fh)]
+    report.write_visuals(folder, recipe=recipe, metrics=metrics, test_rows=rows)
+    return folder, audit
+
+
+def test_the_audit_section_shows_each_finding_with_pictures_labels_paths_and_scores(audited_report) -> None:
+    folder, audit = audited_report
+    page = (folder / "report.html").read_text(encoding="utf-8")
+    assert_self_contained(page)
+    section = page.split('<section id="audit">')[1].split("</section>")[0]
+    text = " ".join(parse(section).text)
+    for finding in audit["findings"]:
+        assert all(path in text for path in finding["paths"]) and f"{finding['score']:.3g}" in text
+    leak = section.split('id="audit-leak"')[1].split("</table>")[0]
+    assert leak.count('<div class="pair">') == 1 and leak.count("<img ") == 2  # the pair side by side
+    label = section.split('id="audit-label_issue"')[1].split("</table>")[0]
+    assert "given <b>cats</b>, suggested <b>dogs</b>" in label and label.count("<img ") == 1
+    outliers = section.split('id="audit-outlier"')[1].split("</table>")[0]
+    assert outliers.count("<img ") == 1 and "outside the data set&#x27;s root" in outliers  # ../ is never opened
+    assert "outside the data set&#x27;s root" in section.split('id="audit-image_size"')[1]  # nor an absolute path
+    assert "test_accuracy_without_leaked: 0.889" in text
+
+
+@pytest.mark.parametrize("content", ["{not json", json.dumps({"format": 2, "findings": []}), json.dumps([1, 2])])
+def test_an_unusable_audit_json_is_a_note_in_the_section_never_an_error(content: str, tmp_path: Path) -> None:
+    from tlkit.outputs.audit_section import audit_html, read_audit
+
+    (tmp_path / "audit.json").write_text(content)
+    audit = read_audit(tmp_path / "audit.json")
+    assert audit is not None and "error" in audit
+    assert "run the audit again" in audit_html(audit, None)
+    assert read_audit(tmp_path / "absent.json") is None
+
+
+def test_an_oversized_audit_json_is_not_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tlkit.outputs import audit_section
+
+    monkeypatch.setattr(audit_section, "MAX_AUDIT_BYTES", 1024)
+    (tmp_path / "audit.json").write_text(json.dumps({"format": 1, "findings": [{"kind": "outlier", "paths": ["a" * 2000], "splits": [], "score": 1}]}))
+    monkeypatch.setattr(Path, "read_text", lambda *a, **k: pytest.fail("an oversized audit.json was read"))
+    audit = audit_section.read_audit(tmp_path / "audit.json")
+    assert audit is not None and "larger than" in audit["error"]
+
+
+def test_malformed_findings_are_skipped_and_counted(tmp_path: Path) -> None:
+    from tlkit.outputs.audit_section import audit_html, read_audit
+
+    good = {"kind": "outlier", "paths": ["a.jpg"], "splits": ["train"], "score": 1.5}
+    bad = [{"kind": "outlier", "paths": "a.jpg", "splits": [], "score": 1}, {"kind": "outlier", "paths": ["a"], "splits": [], "score": "NaN"},
+           {"kind": 3, "paths": ["a"], "score": 1}, {"kind": "leak", "paths": ["a", "b", "c"], "splits": [], "score": 1}, "text",
+           {"kind": "outlier", "paths": ["a"], "splits": [], "score": float("inf")}]
+    (tmp_path / "audit.json").write_text(json.dumps({"format": 1, "findings": [good, *bad]}))
+    audit = read_audit(tmp_path / "audit.json")
+    assert audit is not None and len(audit["findings"]) == 1 and audit["skipped"] == len(bad)
+    page = audit_html(audit, tmp_path)
+    assert "6 finding(s) in audit.json did not fit format 1" in page and "file not found" in page
+
+
+def chromium(*args: str) -> str:
+    assert CHROMIUM is not None
+    done = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--proxy-server=127.0.0.1:9", *args],
+                          check=True, timeout=120, capture_output=True, text=True)
+    return done.stdout
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium (apt-get install chromium) for the browser screenshot")
+def test_the_audit_section_renders_in_headless_chromium(audited_report, tmp_path: Path) -> None:
+    """The browser (network off) parses the report's #audit section with its embedded thumbnails, and draws them.
+
+    Headless Chromium cannot open a file URL at a fragment, so the section is drawn on a page of its own,
+    made by the same renderer; the report itself is checked through the DOM the browser built from it.
+    """
+    from tlkit.outputs.audit_section import audit_html, read_audit
+    from tlkit.outputs.contact_sheet import page_html
+
+    folder, _ = audited_report
+    dom = chromium("--dump-dom", (folder / "report.html").resolve().as_uri())
+    section = dom.split('<section id="audit">')[1].split("</section>")[0]
+    sources = re.findall(r'<img [^>]*src="([^"]*)"', section)
+    assert len(sources) == 6 and all(src.startswith("data:image/jpeg;base64,") for src in sources)  # leak pair, near pair, label, outlier
+    alone = tmp_path / "audit.html"
+    import yaml
+
+    root = Path(yaml.safe_load((folder / "recipe.yaml").read_text())["dataset"]["root"])
+    alone.write_text(page_html("audit", audit_html(read_audit(folder / "audit.json") or {}, root)))
+    assert_self_contained(alone.read_text())
+    shot = tmp_path / "audit.png"
+    chromium("--window-size=1000,1400", f"--screenshot={shot}", alone.resolve().as_uri())
+    with Image.open(shot) as img:
+        assert img.size == (1000, 1400)
+        colours = img.convert("RGB").resize((250, 350)).getcolors(maxcolors=1_000_000)
+    assert colours is not None and len(colours) > 200, "the audit section rendered (nearly) blank"

@@ -66,10 +66,16 @@ class Standardize(torch.nn.Module):
 
     @classmethod
     def fitted(cls, x: torch.Tensor) -> Standardize:
-        """Statistics of ``x``; constant features get std 1 so they map to 0 instead of NaN."""
-        mean = x.mean(0)
-        std = x.std(0, unbiased=False) if len(x) > 1 else torch.ones_like(mean)
-        return cls(mean, torch.where(std > 1e-6, std, torch.ones_like(std)))
+        """Statistics of ``x``; constant features get std 1 so they map to 0 instead of NaN.
+
+        "Constant" is relative to the feature's own magnitude (:func:`varying`), never an absolute
+        threshold: a random-weight backbone gives features ~1e-9 in scale, which an absolute 1e-6
+        took for constant, so every head on them predicted one class for every image.
+        """
+        x64 = x.double()
+        mean = x64.mean(0)
+        std = x64.std(0, unbiased=False) if len(x) > 1 else torch.ones_like(mean)
+        return cls(mean, torch.where(varying(mean, std), std, torch.ones_like(std)))
 
     @classmethod
     def identity(cls, dim: int) -> Standardize:
@@ -77,6 +83,19 @@ class Standardize(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
+
+
+RELATIVE_EPS = 4 * float(torch.finfo(torch.float32).eps)  # a few float32 steps of the value itself
+
+
+def varying(mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Which features vary: a spread above a few float32 rounding steps of the feature's own size.
+
+    Scale-free: features of 1e-9 and of 1e4 are judged alike, and a column that is constant up to
+    the rounding of its stored value (std a tiny fraction of its mean) counts as constant.
+    """
+    mean, std = mean.double(), std.double()
+    return (std > RELATIVE_EPS * mean.abs()) & (std > 0)
 
 
 def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:

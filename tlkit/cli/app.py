@@ -321,6 +321,21 @@ def compare(
     console.print_compare(result)
 
 
+@app.command(cls=Command)
+def show(
+    data: Annotated[Path, typer.Argument(metavar="DATA|RECIPE", help="An image folder (train/ and test/ or val/, or class folders) or a recipe.")],
+    out: Annotated[Optional[Path], typer.Option("--out", metavar="DIR", help="Folder for the contact sheets (default runs/show-<name>/).")] = None,
+    per_class: Annotated[int, typer.Option("--per-class", metavar="N", min=1, max=64, help="Images shown per class and split.")] = 8,
+    seed: Annotated[int, typer.Option("--seed", metavar="SEED", min=0, help="Which images are picked (same seed, same sheet).")] = 0,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", help="Override a recipe value (repeatable).")] = None,
+) -> None:
+    """Look at the data before training: a contact sheet per class (PNG) and a page, with the counts per split."""
+    from tlkit.run.show import show as show_data
+
+    shown = show_data(data, out, _plugins(), per_class=per_class, seed=seed, overrides=set_ or [])
+    console.print_shown(shown)
+
+
 cache_app = typer.Typer(
     help="The cache (features, converted models, the listing index): what it holds, where, and clearing it.", no_args_is_help=True, rich_markup_mode=None, context_settings=_CONTEXT
 )

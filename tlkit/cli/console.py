@@ -271,18 +271,17 @@ def count(value: int | None) -> str:
 
 
 def print_evaluation(test: Mapping[str, Any], classes: Sequence[str]) -> None:
-    """The test split's per-class precision/recall/F1 table and its confusion matrix."""
+    """The test split's per-class precision/recall/F1 table, its confusion matrix where it fits the terminal, and the most-confused pairs."""
+    from tlkit.cli.interpretation import print_confusion
+    from tlkit.outputs.metrics import most_confused
+
     rows = [
         (visible(name, one_line=True), _number(m["precision"]), _number(m["recall"]), _number(m["f1"]), m["support"])
         for name, m in ((name, test["per_class"][name]) for name in classes)
     ]
     table("per class (test)", ["class", "precision", "recall", "F1", "images"], rows)
     matrix = test["confusion_matrix"]
-    table(
-        "confusion matrix (rows: true class, columns: predicted)",
-        ["true \\ predicted", *classes],
-        [(visible(name, one_line=True), *row) for name, row in zip(classes, matrix)],
-    )
+    print_confusion(matrix, classes, most_confused(matrix, classes), _console(False).width)
 
 
 def _notes_label(recipe: Any) -> str:
@@ -306,8 +305,11 @@ def print_run_summary(recipe: Any, result: Any) -> None:
         ("time", f"{m.timings_s['total']:.1f} s (extraction {m.timings_s['extract']:.1f} s)"),
         ("saved to", str(result.out_dir)),
     ]
+    rows[-1:-1] = [("warning", line) for line in m.warnings]
     print_evaluation(m.test.to_dict(), m.classes)
     table("summary", None, rows)
+    for line in m.warnings:
+        print_warning(line)
     for line in getattr(result, "audit_lines", ()):
         say(f"audit: {line}")
     bad = result.bad_images
@@ -530,19 +532,30 @@ def print_compare(result: Any) -> None:
     """The ranked ``tlkit compare`` table, the skipped backbones, and the files written."""
     table(
         f"{len(result.results)} results, best first (ties: the paired bootstrap cannot separate them)" + (f", {len(result.failed)} failed" if result.failed else ""),
-        ["#", "backbone", "head", "test acc", "95% interval", "balanced acc", "dim", "params", "img/s", "ties with"],
+        ["#", "backbone", "head", "test acc", "95% interval", "balanced acc", "dim", "params", "img/s", "ties with", "warning"],
         [
             (
                 r.rank, r.backbone.label, r.head, percent(r.test_accuracy), f"{percent(r.ci[0])} - {percent(r.ci[1])}",
                 percent(r.balanced_accuracy), r.feature_dim, f"{r.parameters / 1e6:.1f} M",
-                "cached" if r.images_per_s is None else f"{r.images_per_s:.1f}", ", ".join(f"#{t}" for t in r.ties_with) or "-",
+                "cached" if r.images_per_s is None else f"{r.images_per_s:.1f}", ", ".join(f"#{t}" for t in r.ties_with) or "-", r.warning or "-",
             )
             for r in result.results
         ]
-        + [("-", f.backbone.label, f.head, "failed", f.error, "", "", "", "", "") for f in result.failed],
+        + [("-", f.backbone.label, f.head, "failed", f.error, "", "", "", "", "", "") for f in result.failed],
     )
+    for r in result.results:
+        for line in r.warnings:
+            print_warning(f"{r.backbone.label} + {r.head}: {line}")
     for failure in result.failed:
         print_warning(f"failed {failure.backbone.label} + {failure.head}: {failure.error}")
     for name, reason in result.skipped:
         print_warning(f"skipped {name}: {reason}")
     say("wrote " + ", ".join(str(p) for p in result.files.values()))
+
+
+def print_shown(shown: Any) -> None:
+    """``tlkit show``: each class with its counts per split, then where the sheets are."""
+    table(f"{len(shown.sheets)} classes", ["class", *next(iter([list(s.counts) for s in shown.sheets]), [])], [(s.name, *s.counts.values()) for s in shown.sheets])
+    if shown.left_out:
+        print_warning(f"{shown.left_out} more classes not drawn (at most {len(shown.sheets)})")
+    say(f"wrote {len(shown.pngs)} contact sheets (one PNG per class) and {shown.page} to {shown.out}")

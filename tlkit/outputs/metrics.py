@@ -66,6 +66,8 @@ class RunMetrics:
     head_choices: dict[str, Any] = field(default_factory=dict)  # what the head chose (TrainedHead.choices)
     head_notes: list[str] = field(default_factory=list)  # the same, in words
     audit: dict[str, Any] | None = None  # the data audit's summary (tlkit.audit): leaks, accuracy without them, counts
+    degenerate: dict[str, Any] = field(default_factory=dict)  # tlkit.outputs.degenerate: one class for everything, constant features
+    warnings: list[str] = field(default_factory=list)  # the same, in words (also in the summary and report)
 
     @property
     def test_accuracy(self) -> float | None:
@@ -97,7 +99,28 @@ class RunMetrics:
             "head_choices": dict(self.head_choices),
             "head_notes": list(self.head_notes),
             **({"audit": dict(self.audit)} if self.audit is not None else {}),
+            "degenerate": dict(self.degenerate),
+            "warnings": list(self.warnings),
+            "most_confused": most_confused(self.test.confusion_matrix, self.classes),
+            "class_counts": {"train": _supports(self.train), "test": _supports(self.test)},
         }
+
+
+def _supports(split: SplitMetrics) -> dict[str, int]:
+    return {name: m.support for name, m in split.per_class.items()}
+
+
+def most_confused(matrix: Sequence[Sequence[int]], classes: Sequence[str], limit: int = 20) -> list[list[Any]]:
+    """``[[true, predicted, count], ...]``: the off-diagonal cells of the confusion matrix, largest first (fastai's ``most_confused``).
+
+    Ties are broken by class order, so the list is the same for the same matrix; empty cells are left out.
+    """
+    pairs = [(int(count), i, j) for i, row in enumerate(matrix) for j, count in enumerate(row) if i != j and count > 0]
+    pairs.sort(key=lambda p: (-p[0], p[1], p[2]))
+    def name(i: int) -> str:
+        return classes[i] if i < len(classes) else str(i)  # a matrix read back without its classes
+
+    return [[name(i), name(j), count] for count, i, j in pairs[:limit]]
 
 
 def classification_metrics(y_true: torch.Tensor, y_pred: torch.Tensor, classes: Sequence[str]) -> SplitMetrics:

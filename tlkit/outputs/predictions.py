@@ -11,7 +11,7 @@ does not import torch.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,6 +46,7 @@ class PredictionRow:
     true_class_probability: float | None = None
     split: str | None = None
     top: tuple[ClassProbability, ...] = ()
+    margin: float | None = field(default=None, compare=False)  # probability of the predicted class minus the runner-up's: how unsure a right answer was
 
     @property
     def correct(self) -> bool:
@@ -63,6 +64,8 @@ def prediction_rows(paths: Sequence[Path | str], y_true: torch.Tensor, probabili
 
     confidence, predicted = probabilities.max(1)
     true_probability = probabilities[torch.arange(len(y_true)), y_true.long()]
+    best_two = probabilities.topk(min(2, probabilities.shape[1]), dim=1).values
+    margins = (best_two[:, 0] - best_two[:, 1]) if best_two.shape[1] > 1 else best_two[:, 0]
     return [
         PredictionRow(
             path=str(path),
@@ -71,8 +74,9 @@ def prediction_rows(paths: Sequence[Path | str], y_true: torch.Tensor, probabili
             confidence=round(float(c), DIGITS),
             true_class_probability=round(float(tp), DIGITS),
             split=split,
+            margin=round(float(m), DIGITS),
         )
-        for path, t, p, c, tp in zip(paths, y_true.tolist(), predicted.tolist(), confidence.tolist(), true_probability.tolist())
+        for path, t, p, c, tp, m in zip(paths, y_true.tolist(), predicted.tolist(), confidence.tolist(), true_probability.tolist(), margins.tolist())
     ]
 
 
@@ -83,6 +87,12 @@ def top_rows(paths: Sequence[Path | str], top: Sequence[Sequence[tuple[int, floa
         best = tuple(ClassProbability(classes[index], float(probability)) for index, probability in pairs)
         rows.append(PredictionRow(path=str(path), predicted_class=best[0].name, confidence=best[0].probability, top=best))
     return rows
+
+
+def unsure(rows: Sequence[PredictionRow], limit: int = 24) -> list[PredictionRow]:
+    """The right answers closest to being wrong: correct rows, smallest margin over the runner-up first (fastai's top losses misses these)."""
+    right = [row for row in rows if row.correct]
+    return sorted(right, key=lambda row: (row.margin if row.margin is not None else row.confidence, row.path))[:limit]
 
 
 def misclassified(rows: Sequence[PredictionRow]) -> list[PredictionRow]:

@@ -1,7 +1,10 @@
 """``report.html``: one self-contained page per run, for a person who wants to see how it went.
 
-Summary, per-class metrics, the confusion matrix, the training curve (and logreg's L2 sweep), the
-misclassified test images with their file names, and the resolved recipe. Every image is embedded
+Summary (with a warning when the head collapsed), per-class metrics with the train and test counts,
+the confusion matrix and the most-confused pairs, the training curve (and logreg's L2 sweep), the
+misclassified test images and the right-but-unsure ones (smallest margin), a sample of every class
+(``#data``), the data audit when the run directory holds ``audit.json`` (``#audit``), and the
+resolved recipe. Every image is embedded
 as a ``data:`` URI and the styling is inline, so the page opens straight from the run directory (or
 an e-mail attachment) without a server, and it references no external URL at all.
 """
@@ -10,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
@@ -19,7 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from tlkit.outputs.predictions import misclassified
+from tlkit.outputs import audit_section, contact_sheet
+from tlkit.outputs.html_parts import THUMB_STYLE, thumbnail
+from tlkit.outputs.predictions import misclassified, unsure
 
 if TYPE_CHECKING:
     from tlkit.outputs.predictions import PredictionRow
@@ -31,7 +35,7 @@ table { border-collapse: collapse; margin: 0.5em 0; } td, th { border: 1px solid
 th { background: #f3f3f3; } td.n { text-align: right; font-variant-numeric: tabular-nums; }
 img.plot { max-width: 100%; border: 1px solid #eee; } img.thumb { max-height: 96px; max-width: 128px; }
 pre { background: #f7f7f7; padding: 1em; overflow-x: auto; } .note { color: #555; }
-"""
+""" + THUMB_STYLE
 THUMBNAILS = 60  # the first this many mistakes get a thumbnail in the table (all are listed)
 
 
@@ -47,6 +51,10 @@ class ReportInputs:
     recipe: Mapping[str, Any]
     plots: Mapping[str, Path] = field(default_factory=dict)  # heading -> PNG file (missing files are left out)
     notes: Sequence[str] = ()
+    unsure: Sequence[PredictionRow] = ()  # right answers with the smallest margin (predictions.unsure)
+    sheets: Sequence[contact_sheet.ClassSheet] = ()  # a sample of every class (#data)
+    audit: Mapping[str, Any] | None = None  # audit_section.read_audit of the run's audit.json (#audit)
+    data_root: Path | None = None  # where the audit's relative paths point
 
 
 def data_uri(data: bytes, mime: str) -> str:
@@ -54,17 +62,8 @@ def data_uri(data: bytes, mime: str) -> str:
 
 
 def _thumbnail_uri(path: str, size: int = 128) -> str | None:
-    from PIL import Image, ImageOps
-
-    try:
-        with Image.open(path) as img:
-            small = ImageOps.exif_transpose(img).convert("RGB")
-            small.thumbnail((size, size))
-            buffer = io.BytesIO()
-            small.save(buffer, format="JPEG", quality=80)
-    except (OSError, ValueError):
-        return None
-    return data_uri(buffer.getvalue(), "image/jpeg")
+    """A small JPEG of the image as a ``data:`` URI, decoded with the run's limits (a regular file, no decompression bomb); None when it cannot be shown."""
+    return thumbnail(path, size)[0]
 
 
 def _e(value: Any) -> str:
@@ -89,7 +88,21 @@ def _per_class(metrics: Mapping[str, Any], classes: Sequence[str]) -> str:
         [_e(name), _number(m.get("precision")), _number(m.get("recall")), _number(m.get("f1")), _e(m.get("support"))]
         for name, m in ((name, per_class.get(name, {})) for name in classes)
     ]
-    return _table(["class", "precision", "recall", "F1", "test images"], rows, [False, True, True, True, True])
+    train = metrics.get("class_counts", {}).get("train", {})
+    rows = [[*row, _e(train.get(name))] for row, name in zip(rows, classes)]
+    return _table(["class", "precision", "recall", "F1", "test images", "train images"], rows, [False, True, True, True, True, True])
+
+
+def _most_confused(metrics: Mapping[str, Any]) -> str:
+    pairs = metrics.get("most_confused", [])
+    if not pairs:
+        return '<p class="note">no test image was misclassified</p>'
+    return _table(["true class", "predicted as", "test images"], [[_e(t), _e(p), _e(n)] for t, p, n in pairs], [False, False, True])
+
+
+def _warnings(metrics: Mapping[str, Any]) -> str:
+    lines = "".join(f"<li>{_e(line)}</li>" for line in metrics.get("warnings", []))
+    return f'<div class="warning"><b>warning</b><ul>{lines}</ul></div>' if lines else ""
 
 
 def _confusion(metrics: Mapping[str, Any], classes: Sequence[str]) -> str:
@@ -98,16 +111,17 @@ def _confusion(metrics: Mapping[str, Any], classes: Sequence[str]) -> str:
     return _table(["true \\ predicted", *classes], rows, [False, *([True] * len(classes))])
 
 
-def _errors(errors: Sequence[PredictionRow]) -> str:
+def _errors(errors: Sequence[PredictionRow], empty: str = "no misclassified test images") -> str:
     if not errors:
-        return '<p class="note">no misclassified test images</p>'
+        return f'<p class="note">{_e(empty)}</p>'
     rows = []
     for index, row in enumerate(errors):
         uri = _thumbnail_uri(row.path) if index < THUMBNAILS else None
         image = f'<img class="thumb" alt="" src="{uri}">' if uri else ""
         name = Path(row.path).name
-        rows.append([image, f'<span title="{_e(row.path)}">{_e(name)}</span>', _e(row.true_class or ""), _e(row.predicted_class), f"{row.confidence:.3f}"])
-    return _table(["", "file", "true class", "predicted", "confidence"], rows, [False, False, False, False, True])
+        margin = "-" if row.margin is None else f"{row.margin:.3f}"
+        rows.append([image, f'<span title="{_e(row.path)}">{_e(name)}</span>', _e(row.true_class or ""), _e(row.predicted_class), f"{row.confidence:.3f}", margin])
+    return _table(["", "file", "true class", "predicted", "confidence", "margin"], rows, [False, False, False, False, True, True])
 
 
 def _plot(heading: str, path: Path) -> str:
@@ -126,15 +140,22 @@ def report_html(inputs: ReportInputs) -> str:
         '<html lang="en"><head><meta charset="utf-8">',
         f"<title>{_e(inputs.title)}</title><style>{STYLE}</style></head><body>",
         f"<h1>{_e(inputs.title)}</h1>",
+        _warnings(inputs.metrics),
         summary,
         f"<ul>{notes}</ul>" if notes else "",
-        "<h2>per class (test)</h2>",
+        "<h2>per class (test, with the train counts)</h2>",
         _per_class(inputs.metrics, inputs.classes),
         "<h2>confusion matrix (test; rows: true class, columns: predicted)</h2>",
         _confusion(inputs.metrics, inputs.classes),
+        "<h2>most confused pairs (test)</h2>",
+        _most_confused(inputs.metrics),
         *(_plot(heading, path) for heading, path in inputs.plots.items()),
-        f"<h2>misclassified test images ({len(inputs.errors)}), most confident first</h2>",
+        '<h2 id="top-losses">top losses: misclassified test images (' + str(len(inputs.errors)) + "), most confident first</h2>",
         _errors(inputs.errors),
+        f"<h2>top losses: right but unsure ({len(inputs.unsure)} with the smallest margin over the runner-up)</h2>",
+        _errors(inputs.unsure, "no correct test image"),
+        contact_sheet.sheets_html(inputs.sheets, "the data: a sample of every class") if inputs.sheets else "",
+        audit_section.audit_html(inputs.audit, inputs.data_root) if inputs.audit is not None else "",
         "<h2>resolved recipe</h2>",
         f"<pre>{_e(recipe)}</pre>",
         "</body></html>",
@@ -187,13 +208,16 @@ def write_visuals(
     test_rows: Sequence[PredictionRow],
     notes: Sequence[str] = (),
     opener: Callable[[str], AbstractContextManager[Path]] | None = None,
+    samples: Mapping[str, Sequence[tuple[Path | None, int]]] | None = None,
 ) -> list[Path]:
     """Every picture of a run, then ``report.html`` embedding them; returns the files written.
 
     Plain inputs: the resolved recipe (``recipe.yaml`` data), ``metrics.json`` data (with
     ``classes``, ``test``, ``history`` and ``head_choices``) and the test prediction rows.
     ``opener(name)`` gives each file's path inside ``folder`` (the run directory passes its
-    ``writing``, which turns a full disk into an error naming that very file).
+    ``writing``, which turns a full disk into an error naming that very file). ``samples`` (split ->
+    ``(file, label)``) gives the page a sample of every class; an ``audit.json`` already in
+    ``folder`` gives it the audit section.
     """
     from tlkit.outputs import plots
 
@@ -226,7 +250,27 @@ def write_visuals(
         recipe=recipe,
         plots={heading: folder / name for heading, name in headings.items()},
         notes=notes,
+        **_extras(folder, recipe, classes, test_rows, samples),
     )
     with at("report.html") as path:
         written.append(write_report(path, inputs))
     return [p for p in written if p is not None]
+
+
+SAMPLE_PER_CLASS = 6  # images per class and split in the report's #data section, fewer with many classes
+SAMPLE_PER_SPLIT = 120  # at most about this many thumbnails per split (at least one per class), so the page stays small
+
+
+def _extras(folder: Path, recipe: Mapping[str, Any], classes: Sequence[str], test_rows: Sequence[PredictionRow],
+            samples: Mapping[str, Sequence[tuple[Path | None, int]]] | None) -> dict[str, Any]:
+    """The interpretation parts of the page: unsure answers, a sample per class, the audit (when ``audit.json`` is there)."""
+    audit = audit_section.read_audit(folder / "audit.json")
+    dataset = recipe.get("dataset", {}) if isinstance(recipe.get("dataset"), Mapping) else {}
+    root = (audit or {}).get("root") or dataset.get("root")
+    sheets: list[contact_sheet.ClassSheet] = []
+    if samples:
+        images = {split: [(contact_sheet.SheetImage(path, "/".join(Path(path).parts[-2:]) if path else "shard member"), label) for path, label in items]
+                  for split, items in samples.items()}
+        per_class = max(1, min(SAMPLE_PER_CLASS, SAMPLE_PER_SPLIT // max(1, len(classes))))
+        sheets = contact_sheet.pick(list(classes), images, per_class, int(recipe.get("seed", 0) or 0))
+    return {"unsure": unsure(test_rows), "sheets": sheets, "audit": audit, "data_root": Path(root) if isinstance(root, str) else None}

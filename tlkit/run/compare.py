@@ -38,7 +38,7 @@ from tlkit.util.atomic import atomic_path, write_atomic
 
 BOOTSTRAP_SAMPLES = 2000
 CSV_COLUMNS = ("rank", "backbone", "weights", "head", "test_accuracy", "ci_low", "ci_high", "balanced_accuracy",
-               "feature_dim", "parameters", "images_per_s", "ties_with", "run_dir", "error")
+               "feature_dim", "parameters", "images_per_s", "ties_with", "run_dir", "error", "warning")
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,18 @@ class Result:
     ci: tuple[float, float] = (0.0, 0.0)
     ties_with: list[int] = field(default_factory=list)
     rank: int = 0
+    degenerate: dict[str, Any] = field(default_factory=dict)  # the run's metrics.json "degenerate" (tlkit.outputs.degenerate)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def warning(self) -> str:
+        """A few words for the table: what makes this row's number meaningless ("" when nothing does)."""
+        words = []
+        if self.degenerate.get("single_class_prediction") is not None:
+            words.append(f"one class for all ({self.degenerate['single_class_prediction']})")
+        if self.degenerate.get("constant_features"):
+            words.append("constant features")
+        return "; ".join(words)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -77,6 +89,7 @@ class Result:
             "feature_dim": self.feature_dim, "parameters": self.parameters,
             "images_per_s": None if self.images_per_s is None else round(self.images_per_s, 2),
             "ties_with": self.ties_with, "run_dir": str(self.run_dir),
+            "warning": self.warning, "degenerate": dict(self.degenerate), "warnings": list(self.warnings),
         }
 
 
@@ -173,6 +186,7 @@ def _run_backbone(
         results.append(Result(
             backbone=candidate, head=head, test_accuracy=float(m.test_accuracy or 0.0), balanced_accuracy=float(m.test_balanced_accuracy or 0.0),
             feature_dim=m.feature_dim, parameters=parameters, images_per_s=speed, run_dir=run.out_dir, correct=_correct(run.predictions),
+            degenerate=dict(m.degenerate), warnings=list(m.warnings),
         ))
     return results, failed
 

@@ -36,6 +36,7 @@ from tlkit.extract.features import Extraction, NonFiniteFeatures, extract_cached
 from tlkit.extract.pipeline import ImagePipeline
 from tlkit.extract.runtimes import Runtime, RuntimeChoice
 from tlkit.extract.runtimes.stage import RuntimeRequest, runtime_for
+from tlkit.outputs import degenerate
 from tlkit.outputs.metrics import RunMetrics, classification_metrics
 from tlkit.outputs.predictions import PredictionRow, misclassified, prediction_rows
 from tlkit.recipe.loader import Recipe
@@ -364,6 +365,7 @@ def evaluate(prepared: Prepared, features: SplitFeatures, trained: TrainedHead, 
         train_pred = trained.module(train.x).argmax(1)
         test_probabilities = trained.module(test.x).softmax(1)
     rows = prediction_rows([s.path for s in features.samples["test"]], test.y, test_probabilities, classes)
+    found = degenerate.check(train.x, test.y, test_probabilities.argmax(1), classes)
     metrics = RunMetrics(
         test=classification_metrics(test.y, test_probabilities.argmax(1), classes),
         train=classification_metrics(train.y, train_pred, classes),
@@ -380,5 +382,7 @@ def evaluate(prepared: Prepared, features: SplitFeatures, trained: TrainedHead, 
         timings_s=dict(timings or {}),
         head_choices=dict(trained.choices),
         head_notes=list(trained.notes),
+        degenerate=found.to_dict(),
+        warnings=found.warnings(),
     )
     return Evaluation(metrics=metrics, test_rows=rows)

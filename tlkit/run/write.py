@@ -49,7 +49,8 @@ def write(run_dir: RunDirectory, prepared: Prepared, features: SplitFeatures, tr
         _write_csv(run_dir.file("excluded.csv"), ["split", "path", "class", "exclusions_file"], rows)
     metrics = evaluation.metrics.to_dict()
     # the plots and the report, each through run_dir.writing: a full disk there is one line naming the file
-    report.write_visuals(run_dir.path, recipe=recipe.to_dict(), metrics=metrics, test_rows=evaluation.test_rows, notes=metrics["head_notes"], opener=run_dir.writing)
+    samples = {split: [(None if s.member is not None else Path(s.path), int(s.label)) for s in features.samples[split]] for split in features.samples}
+    report.write_visuals(run_dir.path, recipe=recipe.to_dict(), metrics=metrics, test_rows=evaluation.test_rows, notes=metrics["head_notes"], opener=run_dir.writing, samples=samples)
 
 
 def backbone_saved_with_run(prepared: Prepared) -> bool:

@@ -3,6 +3,12 @@
 The defaults are the PyTorch transfer-learning reference's: lr 1e-3, 1000 epochs, no momentum, no
 weight decay. With a few hundred images the whole training set is one batch, so an epoch is one
 step and training takes well under a second.
+
+Training runs on standardised features (``standardize``, on by default): SGD with a fixed learning
+rate only learns when the features are of order one, and a random-weight backbone gives features
+~1e-9 in scale, on which the raw layer learnt nothing and predicted one class for every image. The
+scaling is folded into the layer's weights afterwards, so the saved head is still one plain linear
+layer on the raw features (same file, same exports).
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import torch
 from annotated_types import Ge, Gt, Le
 
 import tlkit
-from tlkit.fitting import accuracy, check_loss, one_thread
+from tlkit.fitting import Standardize, accuracy, check_loss, one_thread
 
 
 @dataclass(frozen=True)
@@ -26,6 +32,7 @@ class LinearOptions:
     momentum: Annotated[float, Ge(0), Le(1)] = field(default=0.0, metadata={"help": "SGD momentum"})
     weight_decay: Annotated[float, Ge(0), Le(100)] = field(default=0.0, metadata={"help": "L2 penalty"})
     eval_every: Annotated[int, Ge(1), Le(10_000_000)] = field(default=100, metadata={"help": "report train loss/accuracy and test accuracy every N epochs"})
+    standardize: bool = field(default=True, metadata={"help": "train on features scaled to zero mean, unit variance (folded into the saved layer)"})
 
 
 def fit_linear(train: tlkit.Features, options: LinearOptions, ctx: tlkit.FitContext) -> tlkit.TrainedHead:
@@ -37,9 +44,23 @@ def fit_linear(train: tlkit.Features, options: LinearOptions, ctx: tlkit.FitCont
         layer.bias.uniform_(-bound, bound, generator=generator)
     optimizer = torch.optim.SGD(layer.parameters(), lr=options.lr, momentum=options.momentum, weight_decay=options.weight_decay)
     history: list[dict[str, float]] = []
+    scale = Standardize.fitted(train.x) if options.standardize else Standardize.identity(train.x.shape[1])
+    with torch.no_grad():
+        scaled = tlkit.Features(scale(train.x), train.y)
+        monitor = tlkit.Features(scale(ctx.monitor.x), ctx.monitor.y) if ctx.monitor is not None else None
     with one_thread():
-        _train(layer, optimizer, train, options, ctx, history)
-    return dataclasses.replace(adopt_linear(layer), history=history)
+        _train(layer, optimizer, scaled, options, dataclasses.replace(ctx, monitor=monitor), history)
+    return dataclasses.replace(adopt_linear(fold(layer, scale)), history=history)
+
+
+def fold(layer: torch.nn.Linear, scale: Standardize) -> torch.nn.Linear:
+    """``layer(scale(x))`` as one linear layer on the raw ``x``: W' = W / std, b' = b - W' @ mean (computed in float64)."""
+    with torch.no_grad():
+        weight = layer.weight.double() / scale.std.double()
+        bias = layer.bias.double() - weight @ scale.mean.double()
+        layer.weight.copy_(weight.float())
+        layer.bias.copy_(bias.float())
+    return layer
 
 
 def _train(

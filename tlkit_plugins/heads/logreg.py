@@ -24,6 +24,11 @@ from tlkit.fitting import Standardize, accuracy, check_loss, one_thread, stratif
 
 COARSE = tuple(10.0**e for e in range(2, -7, -1))  # 1e2 .. 1e-6, strong to weak (warm starts)
 REFINE_STEPS = 4  # refined grid: best * 10**(i/4) for i in -3..3
+# Evaluations for one L-BFGS iteration when the fit steps one iteration per call (for the training curve):
+# torch's default, max_iter * 5 // 4 = 1, gave the strong-Wolfe search no second trial, so a first step that
+# overshot was never shortened and the fit stayed at zero (one class for every image on random-weight
+# resnet18 features). 25 is torch's own line-search bound.
+STEP_EVALUATIONS = 25
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,7 @@ def fit_lbfgs(
         [w, b],
         lr=1.0,
         max_iter=1 if on_iteration is not None else max_iter,
+        max_eval=STEP_EVALUATIONS if on_iteration is not None else None,
         history_size=20,
         line_search_fn="strong_wolfe",
         tolerance_grad=1e-6,
