@@ -7,6 +7,7 @@ and ``tlkit audit`` read only the JSON, so this file is the one contract between
 ``audit.json`` (format 1)::
 
     {"format": 1, "seed": 0, "classes": ["ants", "bees"],
+     "root": "/abs/data",                                              # what the paths are relative to
      "counts": {"label_issue": 7, "near_duplicate": 3, ...},          # findings per kind
      "summary": {"leaked_test_images": 3, "test_accuracy": 0.941,      # keys present when known
                  "test_accuracy_without_leaked": 0.932, ...},

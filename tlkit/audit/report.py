@@ -34,6 +34,7 @@ class AuditReport:
     findings: tuple[Finding, ...]
     summary: dict[str, Any]
     timings_s: dict[str, float] = field(default_factory=dict)
+    root: str | None = None  # the data set's root, absolute: the findings' paths are relative to it (the report's thumbnails)
 
     def to_dict(self) -> dict[str, Any]:
         """``audit.json``'s layout (format 1, :mod:`tlkit.audit.findings`)."""
@@ -41,6 +42,7 @@ class AuditReport:
             "format": AUDIT_FORMAT,
             "seed": self.seed,
             "classes": list(self.classes),
+            **({"root": self.root} if self.root else {}),
             "counts": dict(self.summary.get("counts", {})),
             "summary": dict(self.summary),
             "timings_s": {k: round(v, 4) for k, v in self.timings_s.items()},

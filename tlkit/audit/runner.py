@@ -41,4 +41,5 @@ def audit(inputs: AuditInputs, finders: Sequence[Finder] = FINDERS) -> AuditRepo
         found.extend(finder(inputs))
         timings[finder.__name__.removeprefix("find_")] = time.perf_counter() - start
     findings = tuple(ranked(found))
-    return AuditReport(classes=inputs.classes, seed=inputs.seed, findings=findings, summary=summarise(inputs, findings), timings_s=timings)
+    return AuditReport(classes=inputs.classes, seed=inputs.seed, findings=findings, summary=summarise(inputs, findings), timings_s=timings,
+                       root=str(inputs.root.resolve()) if inputs.root is not None else None)
