@@ -328,3 +328,44 @@ def test_must_hold_1_on_ants_and_bees_with_ten_percent_of_labels_flipped(plugins
     flagged = {f.paths[0] for f in found}
     truth = {train.paths[i] for i in which}
     assert len(flagged & truth) >= 0.8 * len(truth) and len(flagged & truth) >= 0.6 * len(flagged)
+
+
+def test_the_audit_of_the_same_inputs_is_read_back_and_any_change_misses_the_memo(tmp_path):
+    """A warm rerun reads its audit back (tlkit.audit.memo) instead of paying for it again; a relabelled image misses."""
+    from tlkit.audit import memo
+    from tlkit.run.audit_stage import run_audit
+
+    x, y = blobs()
+    inputs = inputs_for(split(x, y, "train"))
+    first = run_audit(inputs, memo=tmp_path)
+    saved = memo.memo_path(tmp_path, memo.memo_key(inputs))
+    assert saved.is_file()
+    assert run_audit(inputs, memo=tmp_path) == first  # read back: the same findings, summary and timings
+    relabelled = y.copy()
+    relabelled[0] = (relabelled[0] + 1) % 3
+    changed = inputs_for(split(x, relabelled, "train"))
+    assert memo.memo_key(changed) != memo.memo_key(inputs)
+    assert memo.memo_key(dataclasses.replace(inputs, options={**inputs.options, "folds": 3.0})) != memo.memo_key(inputs)
+
+
+@pytest.mark.parametrize(
+    "tampered",
+    [b"\x00garbage", b"[]", b'{"format": 1}', None],  # not JSON, not a report, a report of nothing, a finding of an unknown kind
+)
+def test_a_memo_that_is_not_what_tlkit_wrote_is_recomputed_never_trusted(tmp_path, tampered):
+    from tlkit.audit import memo
+    from tlkit.run.audit_stage import run_audit
+
+    x, y = blobs()
+    inputs = inputs_for(split(x, y, "train"))
+    first = run_audit(inputs, memo=tmp_path)
+    saved = memo.memo_path(tmp_path, memo.memo_key(inputs))
+    if tampered is None:
+        data = json.loads(saved.read_bytes())
+        data["findings"].append({"kind": "rm -rf", "paths": ["x"], "splits": ["train"], "score": 1.0, "detail": ""})
+        tampered = json.dumps(data).encode()
+    saved.write_bytes(tampered)
+    assert memo.recall(tmp_path, memo.memo_key(inputs), inputs) is None
+    again = run_audit(inputs, memo=tmp_path)
+    assert again.findings == first.findings and again.summary == first.summary
+    assert memo.recall(tmp_path, memo.memo_key(inputs), inputs) is not None  # the entry was replaced

@@ -62,12 +62,24 @@ def run_inputs(prepared: Prepared, features: SplitFeatures, test_rows: Sequence[
     )
 
 
-def run_audit(inputs: AuditInputs, observer: Observer | None = None) -> AuditReport:
-    """Run the audit (every finder in :data:`tlkit.audit.runner.FINDERS`), saying so to ``observer``."""
+def run_audit(inputs: AuditInputs, observer: Observer | None = None, *, memo: Path | None = None) -> AuditReport:
+    """Run the audit (every finder in :data:`tlkit.audit.runner.FINDERS`), saying so to ``observer``.
+
+    With ``memo`` (the cache folder; ``None`` with ``extract.cache: false``) the audit of the very same
+    inputs is read back instead of recomputed (:mod:`tlkit.audit.memo`): a warm rerun pays for it once.
+    """
+    from tlkit.audit import memo as audit_memo
     from tlkit.audit.runner import audit
 
     (observer or Observer()).stage("auditing the data set")
-    return audit(inputs)
+    key = audit_memo.memo_key(inputs) if memo is not None else ""
+    remembered = audit_memo.recall(memo, key, inputs) if memo is not None else None
+    if remembered is not None:
+        return remembered
+    report = audit(inputs)
+    if memo is not None:
+        audit_memo.remember(memo, key, report)
+    return report
 
 
 def with_audit(summary: Mapping[str, object] | None) -> dict[str, object] | None:

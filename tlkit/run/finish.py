@@ -29,6 +29,7 @@ from tlkit.run.resume import CHECKPOINTS
 from tlkit.run.stages import BadFile, Prepared, SplitFeatures
 from tlkit.run.write import write
 from tlkit.saved.run_directory import RunDirectory
+from tlkit.util.locations import cache_root
 
 
 @dataclass(frozen=True)
@@ -151,6 +152,7 @@ def _audit(prepared: Prepared, features: SplitFeatures, evaluation: stages.Evalu
     if not prepared.recipe.audit.enabled:
         return None
     started = time.perf_counter()
-    report = run_audit(run_inputs(prepared, features, evaluation.test_rows), progress)
+    memo = cache_root() if prepared.recipe.extract.cache else None
+    report = run_audit(run_inputs(prepared, features, evaluation.test_rows), progress, memo=memo)
     evaluation.metrics.timings_s["audit"] = time.perf_counter() - started
     return report
