@@ -358,6 +358,9 @@ def _show_warning(message: Any, category: Any, filename: str, lineno: int, file:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app; usage and tlkit errors become one line on stderr and exit code 2."""
+    from tlkit.util import clock
+
+    clock.mark_command_start(process=argv is None)  # the summary's time: from the process's start for `tlkit ...`
     warnings.showwarning = _show_warning
     if argv is None:
         argv = sys.argv[1:]

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from tlkit.outputs.plot_cache import drawn, file_stamp, run_title
 from tlkit.outputs.predictions import misclassified
 
 if TYPE_CHECKING:
@@ -174,6 +175,13 @@ def _choice(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def _plots() -> Any:
+    """matplotlib's plots, imported only when a figure must really be drawn (:mod:`tlkit.outputs.plot_cache`)."""
+    from tlkit.outputs import plots
+
+    return plots
+
+
 @contextmanager
 def _plain(folder: Path, name: str) -> Iterator[Path]:
     yield folder / name
@@ -195,27 +203,33 @@ def write_visuals(
     ``opener(name)`` gives each file's path inside ``folder`` (the run directory passes its
     ``writing``, which turns a full disk into an error naming that very file).
     """
-    from tlkit.outputs import plots
-
     def at(name: str) -> AbstractContextManager[Path]:
         return opener(name) if opener is not None else _plain(folder, name)
 
     backbone, head = str(recipe["backbone"]["name"]), str(recipe["head"]["name"])
-    title = plots.run_title(backbone, head, metrics.get("test_accuracy"))
+    title = run_title(backbone, head, metrics.get("test_accuracy"))
     classes = list(metrics["classes"])
     choices = metrics.get("head_choices", {})
     errors = misclassified(test_rows)
     written: list[Path | None] = []
-    with at("confusion_matrix.png") as path:
-        written.append(plots.confusion_matrix_png(metrics["test"]["confusion_matrix"], classes, path, title))
-    with at("errors.png") as path:
-        written.append(plots.errors_png(errors, path, title))
     x_label = "L-BFGS iteration" if "l2" in choices else "epoch"  # logreg reports one point per iteration
-    with at("training_curve.png") as path:  # a head that keeps an earlier epoch says which
-        written.append(plots.training_curve_png(metrics.get("history", []), path, title, kept_epoch=choices.get("epoch"), x_label=x_label))
+    matrix = metrics["test"]["confusion_matrix"]
+    error_inputs = [[file_stamp(r.path), r.true_class, r.predicted_class, r.confidence, r.true_class_probability] for r in errors]
+    history = metrics.get("history", [])
+    figures: list[tuple[str, Any, Callable[[Any, Path], Path | None]]] = [
+        ("confusion_matrix.png", [matrix, classes, title], lambda p, path: p.confusion_matrix_png(matrix, classes, path, title)),
+        ("errors.png", [error_inputs, title], lambda p, path: p.errors_png(errors, path, title)),
+        (  # a head that keeps an earlier epoch says which
+            "training_curve.png", [history, title, choices.get("epoch"), x_label],
+            lambda p, path: p.training_curve_png(history, path, title, kept_epoch=choices.get("epoch"), x_label=x_label),
+        ),
+    ]
     if "l2" in choices:
-        with at("l2_sweep.png") as path:
-            written.append(plots.l2_sweep_png(choices.get("l2_sweep", []), choices["l2"], path, title))
+        sweep = choices.get("l2_sweep", [])
+        figures.append(("l2_sweep.png", [sweep, choices["l2"], title], lambda p, path: p.l2_sweep_png(sweep, choices["l2"], path, title)))
+    for name, inputs, draw in figures:
+        with at(name) as path:
+            written.append(drawn(name, inputs, path, lambda draw=draw, path=path: draw(_plots(), path)))
     headings = {"confusion matrix": "confusion_matrix.png", "training curve": "training_curve.png", "L2 sweep": "l2_sweep.png", "errors grid": "errors.png"}
     inputs = ReportInputs(
         title=title,
