@@ -9,6 +9,7 @@ an e-mail attachment) without a server, and it references no external URL at all
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import io
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -175,11 +176,11 @@ def _choice(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def _plots() -> Any:
-    """matplotlib's plots, imported only when a figure must really be drawn (:mod:`tlkit.outputs.plot_cache`)."""
+def _draw(draw: Callable[[Any, Path], Path | None], path: Path) -> Path | None:
+    """``draw`` given the plots module: matplotlib is imported only when a figure must really be drawn (:mod:`tlkit.outputs.plot_cache`)."""
     from tlkit.outputs import plots
 
-    return plots
+    return draw(plots, path)
 
 
 @contextmanager
@@ -229,7 +230,7 @@ def write_visuals(
         figures.append(("l2_sweep.png", [sweep, choices["l2"], title], lambda p, path: p.l2_sweep_png(sweep, choices["l2"], path, title)))
     for name, inputs, draw in figures:
         with at(name) as path:
-            written.append(drawn(name, inputs, path, lambda draw=draw, path=path: draw(_plots(), path)))
+            written.append(drawn(name, inputs, path, functools.partial(_draw, draw, path)))
     headings = {"confusion matrix": "confusion_matrix.png", "training curve": "training_curve.png", "L2 sweep": "l2_sweep.png", "errors grid": "errors.png"}
     inputs = ReportInputs(
         title=title,
