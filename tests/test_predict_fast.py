@@ -218,3 +218,20 @@ def test_plots_are_kept_by_their_inputs_and_a_tampered_one_is_drawn_again(fast: 
     kept.write_bytes(b"\x89PNG altered")
     third = drawn("confusion_matrix.png", inputs, tmp_path / "d.png", lambda: draw(tmp_path / "d.png"))
     assert len(calls) == 3 and third and third.read_bytes() != b"\x89PNG altered"
+
+
+def test_pt2_export_is_the_runs_own_file_and_returns_plain_tensors(plugins, fast: dict[str, Path], tmp_path: Path) -> None:
+    from tlkit.saved.export import export
+    from tlkit.saved.run_directory import RunDirectory
+
+    run_dir = shutil.copytree(fast["run"], tmp_path / "run")
+    result = export(load_model(run_dir, plugins), "pt2")
+    assert result.path == run_dir / "model.pt2"
+    program = torch.export.load(str(result.path)).module()
+    crop = json.loads((run_dir / "model.json").read_text())["pipeline"]["preprocessing"]["crop_size"]
+    out = program(torch.rand(2, 3, crop, crop))
+    assert not out.requires_grad and out.grad_fn is None
+    RunDirectory(run_dir).discard()  # rerunning the recipe into this --out is accepted: model.pt2 is tlkit's own
+    (run_dir / "notes.txt").write_text("mine")
+    with pytest.raises(Exception, match="notes.txt"):
+        RunDirectory(run_dir)
