@@ -72,9 +72,13 @@ def old_path(model, files: list[Path]) -> torch.Tensor:  # type: ignore[no-untyp
 
 def whole_process(run_dir: Path, data: Path, *extra: str) -> float:
     with tempfile.TemporaryDirectory() as tmp:
+        argv = [sys.executable, "-m", "tlkit", "predict", str(run_dir), str(data), "--csv", f"{tmp}/p.csv", *extra] if run_dir.name else [sys.executable, "-c", "import torch"]
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "tlkit", "predict", str(run_dir), str(data), "--csv", f"{tmp}/p.csv", *extra], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         return time.perf_counter() - started
+
+
+PROCESSES = {"python -c 'import torch'": (), "tlkit predict (cache)": (), "tlkit predict --json (cache)": ("--json",), "tlkit predict --no-cache": ("--no-cache",)}
 
 
 def recorded(run_dir: Path) -> dict[str, float]:
@@ -87,6 +91,7 @@ def main() -> None:
     parser.add_argument("--run", type=Path, help="a finished Lite0 run of recipes/hymenoptera.yaml (default: made now)")
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--processes-only", action="store_true", help="time only the whole processes (no in-process loops)")
     args = parser.parse_args()
     from tlkit.contract.plugin_manager import get_plugins
     from tlkit.saved.reader import image_files, load_model, predict
@@ -96,26 +101,27 @@ def main() -> None:
         model = load_model(run_dir, get_plugins())
         files = image_files([args.data])
         rates: dict[str, list[float]] = {"plain eager loop": [], "old predict path": [], "new predict, cache off": []}
-        walls: dict[str, list[float]] = {"tlkit predict (cache)": [], "tlkit predict --no-cache": []}
-        predict(model, files[:64], cache=False)  # converts or loads the runtime once, as a first predict would
+        walls: dict[str, list[float]] = {name: [] for name in PROCESSES}
+        new = predict(model, files, cache=False)  # converts or loads the runtime once, as a first predict would
+        baseline = new.probabilities
         for _ in range(args.repeat):
-            for name, fn in (("plain eager loop", plain_loop), ("old predict path", old_path)):
+            for name, fn in () if args.processes_only else (("plain eager loop", plain_loop), ("old predict path", old_path)):
                 started = time.perf_counter()
                 baseline = fn(model, files)
                 rates[name].append(len(files) / (time.perf_counter() - started))
             started = time.perf_counter()
             new = predict(model, files, cache=False)
             rates["new predict, cache off"].append(len(files) / (time.perf_counter() - started))
-            walls["tlkit predict (cache)"].append(whole_process(run_dir, args.data))
-            walls["tlkit predict --no-cache"].append(whole_process(run_dir, args.data, "--no-cache"))
-        report(rates, walls, len(files), new, baseline, recorded(run_dir))
+            for name, extra in PROCESSES.items():
+                walls[name].append(whole_process(run_dir if "tlkit" in name else Path(""), args.data, *extra))
+        report({k: v for k, v in rates.items() if v}, walls, len(files), new, baseline, recorded(run_dir))
 
 
 def report(rates, walls, n, new, baseline, saved) -> None:  # type: ignore[no-untyped-def]
     print(f"CPU: {cpu_description()}; torch {torch.__version__}, {torch.get_num_threads()} threads; {n} images")
     print(f"new predict: {new.note or 'all cached'}")
-    plain = statistics.median(rates["plain eager loop"])
-    old = statistics.median(rates["old predict path"])
+    plain = statistics.median(rates.get("plain eager loop", [float("nan")]))
+    old = statistics.median(rates.get("old predict path", [float("nan")]))
     for name, values in rates.items():
         median = statistics.median(values)
         print(f"{name:<28} {median:7.1f} img/s  {median / plain:5.2f}x plain loop  {median / old:5.2f}x old path   (runs: {', '.join(f'{v:.1f}' for v in values)})")
