@@ -235,3 +235,50 @@ def test_pt2_export_is_the_runs_own_file_and_returns_plain_tensors(plugins, fast
     (run_dir / "notes.txt").write_text("mine")
     with pytest.raises(Exception, match="notes.txt"):
         RunDirectory(run_dir)
+
+
+def _imports_after(code: str, env: dict[str, str] | None = None) -> dict[str, bool]:
+    import os
+
+    probe = f"{code}\nimport sys, json; print(json.dumps({{m: m in sys.modules for m in ('torchvision', 'timm', 'openvino', 'onnxruntime', 'matplotlib')}}))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, env={**os.environ, **(env or {})})
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def test_plugins_for_a_named_backbone_do_not_import_the_torchvision_and_timm_catalogues() -> None:
+    code = "from tlkit.contract.plugin_manager import get_plugins\np = get_plugins()\np.backbones.get('efficientnet_lite0'); p.heads.get('linear')"
+    assert not any(_imports_after(code, {"TLKIT_LOAD_PLUGINS": ""}).values())
+
+
+def test_deferred_built_ins_register_only_names_their_patterns_announce() -> None:
+    import fnmatch
+
+    from tlkit.contract.plugin_manager import DEFERRED_PLUGINS
+
+    plugins = load_plugins(entry_points=False, defer=False)
+    for module, patterns in DEFERRED_PLUGINS.items():
+        status = plugins.status["tlkit:" + module.rsplit(".", 1)[-1]]
+        names = status.registered["backbones"]
+        assert names and all(any(fnmatch.fnmatchcase(n, p) for p in patterns) for n in names)
+    deferred = load_plugins(entry_points=False)
+    assert "torchvision:resnet50" in deferred.backbones and deferred.backbones.names("timm:resnet18*")  # loaded on demand
+
+
+def test_hostile_a_plugin_taking_a_name_inside_a_deferred_catalogue_is_a_duplicate_at_once() -> None:
+    import tlkit
+    from tlkit.errors import RegistryError
+
+    class Squatter:
+        __name__ = "tests-squatter"
+
+        @tlkit.hookimpl
+        def register_backbones(self, register: Any) -> None:
+            register(tlkit.BackboneSpec(name="resnet18", build=lambda request, options: None, preprocessing=tlkit.Preprocessing(crop_size=8, resize_size=8, interpolation="bilinear", mean=(0.5,) * 3, std=(0.5,) * 3)))
+
+    with pytest.raises(RegistryError, match="resnet18.*both plugin"):
+        load_plugins(entry_points=False, extra=[Squatter()])
+
+
+def test_load_and_predict_cached_images_import_no_backbone_library(fast: dict[str, Path]) -> None:
+    code = f"import tlkit\nmodel = tlkit.load({str(fast['run'])!r})\nmodel.predict({str(sorted((fast['root'] / 'val' / 'cats').iterdir())[0])!r})"
+    assert not any(_imports_after(code, {"TLKIT_CACHE_DIR": str(fast["cache"]), "TLKIT_LOAD_PLUGINS": ""}).values())
