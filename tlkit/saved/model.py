@@ -128,6 +128,7 @@ class Model:
 
         from tlkit.extract.decode import _to_rgb
         from tlkit.extract.features import batch_features, prepare_model, resolve_device
+        from tlkit.saved.run_features import run_runtime
 
         transform = self.saved.preprocessing.transform()
         tensors = []
@@ -137,9 +138,10 @@ class Model:
             tensors.append(transform(_to_rgb(ImageOps.exif_transpose(image), self.saved.pipeline.background)))
         device = resolve_device(self.device)
         backbone = prepare_model(self.saved.backbone, device)
+        runtime = run_runtime(self.saved, [], device)  # the run's runtime, as for files (a conversion here probes on noise)
         size = self.saved.batch_size
         batches = (torch.stack(tensors[start : start + size]) for start in range(0, len(tensors), size))
-        return torch.cat([batch_features(backbone, batch, device, self.saved.pipeline.precision) for batch in batches])
+        return torch.cat([batch_features(backbone, batch, device, runtime.choice.precision, runtime.forward) for batch in batches])
 
 
 def _as_list(images: Source | Iterable[Source]) -> list[Source]:
