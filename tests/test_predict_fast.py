@@ -282,3 +282,11 @@ def test_hostile_a_plugin_taking_a_name_inside_a_deferred_catalogue_is_a_duplica
 def test_load_and_predict_cached_images_import_no_backbone_library(fast: dict[str, Path]) -> None:
     code = f"import tlkit\nmodel = tlkit.load({str(fast['run'])!r})\nmodel.predict({str(sorted((fast['root'] / 'val' / 'cats').iterdir())[0])!r})"
     assert not any(_imports_after(code, {"TLKIT_CACHE_DIR": str(fast["cache"]), "TLKIT_LOAD_PLUGINS": ""}).values())
+
+
+def test_image_extensions_written_out_are_torchvisions() -> None:
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    from tlkit.sources.image_files import EXTENSIONS
+
+    assert EXTENSIONS == tuple(IMG_EXTENSIONS)
