@@ -113,18 +113,19 @@ def predict(
     json_: Annotated[bool, typer.Option("--json", help="Print one JSON object per line instead of a table.")] = False,
     csv_: Annotated[Optional[Path], typer.Option("--csv", metavar="FILE", help="Also write the predictions to FILE as CSV.")] = None,
     device: Annotated[str, typer.Option("--device", metavar="auto|cpu|cuda", help="Where the backbone runs.")] = "auto",
+    cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Answer images the run's feature cache holds from it (default), or compute every one.")] = True,
 ) -> None:
-    """Classify images with a saved run: path, class and probability for each."""
+    """Classify images with a saved run: path, class and probability for each (through the run's cache and runtime)."""
     from tlkit.outputs.predictions import top_rows
     from tlkit.saved.reader import image_files, load_model
     from tlkit.saved.reader import predict as predict_files
 
     if device not in ("auto", "cpu", "cuda"):
         raise typer.BadParameter(f"'{device}' is not auto, cpu or cuda", param_hint="--device")
-    model = load_model(run_dir, _plugins())
+    model = load_model(run_dir, _plugins(), lazy_backbone=True)
     files = image_files(images)
     with console.progress("classifying", len(files), unit="img", quiet=len(files) <= model.batch_size) as advance:
-        result = predict_files(model, files, device=device, on_batch=advance)
+        result = predict_files(model, files, device=device, on_batch=advance, cache=cache)
     rows = top_rows(result.paths, result.top(top_k), model.classes)
     if csv_ is not None:
         console.write_csv(csv_, rows, result.bad, top_k)
@@ -412,6 +413,9 @@ def _show_warning(message: Any, category: Any, filename: str, lineno: int, file:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app; usage and tlkit errors become one line on stderr and exit code 2."""
+    from tlkit.util import clock
+
+    clock.mark_command_start(process=argv is None)  # the summary's time: from the process's start for `tlkit ...`
     warnings.showwarning = _show_warning
     if argv is None:
         argv = sys.argv[1:]

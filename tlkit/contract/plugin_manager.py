@@ -57,6 +57,14 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "tlkit_plugins.observers.mlflow_tracking",
 )
 
+# Built-ins whose import is expensive (torchvision, timm: seconds) and the names they register, as
+# shell-style patterns: they are imported only when a name matching them is asked for, or when a
+# listing needs every entry (Registry.defer). A test checks every name they register matches.
+DEFERRED_PLUGINS: dict[str, tuple[str, ...]] = {
+    "tlkit_plugins.backbones.torchvision_models": ("torchvision:*", "resnet18"),
+    "tlkit_plugins.backbones.timm_models": ("timm:*",),
+}
+
 # hook name -> (registry attribute, spec type)
 _HOOKS: dict[str, tuple[str, type]] = {
     "register_backbones": ("backbones", BackboneSpec),
@@ -105,16 +113,28 @@ class PluginStatus:
         return "incompatible" if self.incompatible else "failed" if self.failed else "ok"
 
 
-@dataclass
 class Plugins:
-    """The loaded plugin manager and the registries it filled."""
+    """The loaded plugin manager and the registries it filled (deferred built-ins load on first need)."""
 
-    pm: pluggy.PluginManager
-    backbones: Registry[BackboneSpec[PluginOptions]]  # each plugin's own options type, known here as PluginOptions
-    datasets: Registry[DatasetSpec[PluginOptions]]
-    heads: Registry[HeadSpec[PluginOptions]]
-    status: dict[str, PluginStatus]
-    observers: Registry[ObserverSpec[PluginOptions]] = field(default_factory=lambda: Registry("observer"))  # run observers (tracking tools)
+    def __init__(
+        self,
+        pm: pluggy.PluginManager,
+        backbones: Registry[BackboneSpec[PluginOptions]],  # each plugin's own options type, known here as PluginOptions
+        datasets: Registry[DatasetSpec[PluginOptions]],
+        heads: Registry[HeadSpec[PluginOptions]],
+        status: dict[str, PluginStatus],
+        observers: Registry[ObserverSpec[PluginOptions]] | None = None,  # run observers (tracking tools)
+    ) -> None:
+        self.pm, self.backbones, self.datasets, self.heads = pm, backbones, datasets, heads
+        self.observers: Registry[ObserverSpec[PluginOptions]] = observers if observers is not None else Registry("observer")
+        self._status = status
+
+    @property
+    def status(self) -> dict[str, PluginStatus]:
+        """Every plugin's status: the deferred built-ins are loaded first, so the table is complete."""
+        for registry in (self.backbones, self.datasets, self.heads, self.observers):
+            len(registry)  # loads what is pending
+        return self._status
 
 
 def _builtin_name(module_name: str) -> str:
@@ -371,8 +391,11 @@ def _malformed(spec: Any) -> str | None:
     return None
 
 
-def load_plugins(*, entry_points: bool = True, builtins: bool = True, extra: Iterable[object] = ()) -> Plugins:
+def load_plugins(*, entry_points: bool = True, builtins: bool = True, extra: Iterable[object] = (), defer: bool = True) -> Plugins:
     """Build a fresh plugin manager and registries.
+
+    With ``defer``, the built-ins of :data:`DEFERRED_PLUGINS` are imported only when a name they
+    register is asked for (or a listing needs everything).
 
     ``extra`` are plugin objects (modules, classes or instances) registered after entry points
     and before the built-ins; tests use it to add throwaway plugins in-process. Each is named
@@ -391,8 +414,11 @@ def load_plugins(*, entry_points: bool = True, builtins: bool = True, extra: Ite
             name = f"{name}-{index}"
         version = dist[1] if dist else _version_of(plugin)
         _register_one(pm, plugin, PluginStatus(name=name, version=version, builtin=False), statuses)
+    deferred = [name for name in DEFAULT_PLUGINS if name in DEFERRED_PLUGINS] if builtins and defer else []
     if builtins:
         for module_name in DEFAULT_PLUGINS:
+            if module_name in deferred:
+                continue
             module: ModuleType = importlib.import_module(module_name)
             _register_one(pm, module, PluginStatus(name=_builtin_name(module_name), version=_version_of(module), builtin=True), statuses)
     registries: dict[str, Registry[Any]] = {
@@ -403,7 +429,24 @@ def load_plugins(*, entry_points: bool = True, builtins: bool = True, extra: Ite
     }
     _collect(pm, statuses, registries)
     _report(statuses)
+    for module_name in deferred:
+        registries["backbones"].defer(DEFERRED_PLUGINS[module_name], _deferred_loader(pm, module_name, statuses, registries))
+    for registry in registries.values():
+        registry.settle()  # a plugin's name inside a deferred catalogue loads it now: a duplicate is an error at once
     return Plugins(pm=pm, status=statuses, **registries)
+
+
+def _deferred_loader(pm: pluggy.PluginManager, module_name: str, statuses: dict[str, PluginStatus], registries: dict[str, Registry[Any]]) -> Any:
+    """Import and register one deferred built-in the way :func:`load_plugins` does the others (once)."""
+
+    def load() -> None:
+        module: ModuleType = importlib.import_module(module_name)
+        status = PluginStatus(name=_builtin_name(module_name), version=_version_of(module), builtin=True)
+        _register_one(pm, module, status, statuses)
+        _collect(pm, {status.name: status}, registries)
+        _report({status.name: status})
+
+    return load
 
 
 _loaded: Plugins | None = None

@@ -16,17 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import v2 as T
 
-_INTERPOLATIONS = {
-    "nearest": InterpolationMode.NEAREST,
-    "bilinear": InterpolationMode.BILINEAR,
-    "bicubic": InterpolationMode.BICUBIC,
-    "box": InterpolationMode.BOX,
-    "hamming": InterpolationMode.HAMMING,
-    "lanczos": InterpolationMode.LANCZOS,
-}
+# torchvision is imported where a transform is built, not here: ``import torchvision`` pulls in
+# torchvision.models and torch._dynamo (about 2.5 s), which a run whose features are all cached never needs.
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")  # torchvision's InterpolationMode values
 PIPELINES = ("torchvision", "timm")
 CROP_MODES = ("center", "squash", "border")
 # Bounds on the sizes: far above any backbone's input (timm's largest is 1024), far below what would make
@@ -67,8 +60,8 @@ class Preprocessing:
         _check_sizes(self.crop_size, self.resize_size)
         if not all(math.isfinite(v) for v in (*self.mean, *self.std)) or not all(v > 0 for v in self.std):
             raise ValueError(f"mean and std must be finite numbers, std above 0, not {list(self.mean)} / {list(self.std)}")
-        if self.interpolation not in _INTERPOLATIONS:
-            raise ValueError(f"interpolation must be one of {sorted(_INTERPOLATIONS)}, not {self.interpolation!r}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {sorted(INTERPOLATIONS)}, not {self.interpolation!r}")
         if self.pipeline not in PIPELINES:
             raise ValueError(f"pipeline must be one of {list(PIPELINES)}, not {self.pipeline!r}")
         if self.crop_mode not in CROP_MODES or (self.pipeline == "torchvision" and self.crop_mode != "center"):
@@ -97,9 +90,12 @@ class Preprocessing:
                 crop_pct=self.crop_pct,
                 crop_mode=self.crop_mode,
             )
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms import v2 as T
+
         return T.Compose(
             [
-                T.Resize(self.resize_size, interpolation=_INTERPOLATIONS[self.interpolation], antialias=True),
+                T.Resize(self.resize_size, interpolation=InterpolationMode(self.interpolation), antialias=True),
                 T.CenterCrop(self.crop_size),
                 T.ToImage(),
                 T.ToDtype(torch.float32, scale=True),
@@ -135,6 +131,8 @@ class Preprocessing:
     @classmethod
     def from_torchvision(cls, weights: Any) -> Preprocessing:
         """From a torchvision weights enum entry, reading its ``transforms()`` preset."""
+        from torchvision.transforms import InterpolationMode
+
         preset = weights.transforms()
         crop = preset.crop_size[0] if isinstance(preset.crop_size, (list, tuple)) else preset.crop_size
         resize = preset.resize_size[0] if isinstance(preset.resize_size, (list, tuple)) else preset.resize_size

@@ -539,7 +539,7 @@ def clear(root: Path | None = None, older_than_s: float | None = None) -> list[E
     """Remove entries of every store (all, or those unused for ``older_than_s`` seconds); returns what was removed.
 
     Feature entries and converted models go by their last use; clearing everything also forgets the
-    file-hash index and the listing index (both rebuilt when next needed). Refused with an
+    file-hash index, the listing index, the kept plots and the warm-rerun memos (all rebuilt when next needed). Refused with an
     :class:`~tlkit.errors.OutputError` while a run holds the cache (:mod:`tlkit.util.cache_lock`).
     """
     from tlkit.extract.runtimes.conversion import ModelStore  # the runtimes package imports this module
@@ -565,6 +565,8 @@ def clear(root: Path | None = None, older_than_s: float | None = None) -> list[E
         (root / LEGACY_HASH_INDEX).unlink(missing_ok=True)
         shutil.rmtree(root / HASH_DIR, ignore_errors=True)
         shutil.rmtree(root / CATALOG_DIR, ignore_errors=True)
+        for derived in ("plots", "warm"):  # kept plots and warm-rerun memos (tlkit.outputs.plot_cache, tlkit.run.warm): redrawn, remembered again
+            shutil.rmtree(root / derived, ignore_errors=True)
     return removed
 
 

@@ -25,6 +25,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from tlkit.outputs.plot_cache import run_title  # noqa: F401 - where it was, for callers of plots.run_title
+
 if TYPE_CHECKING:
     from tlkit.outputs.predictions import PredictionRow
 
@@ -48,12 +50,6 @@ def plain_figures(draw: _F) -> _F:
             return draw(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
-
-
-def run_title(backbone: str, head: str, test_accuracy: float | None) -> str:
-    """``"timm:resnet50 + logreg, test accuracy 94.8%"``: what every plot is titled with."""
-    accuracy = "-" if test_accuracy is None else f"{100 * test_accuracy:.1f}%"
-    return f"{backbone} + {head}, test accuracy {accuracy}"
 
 
 def _save(figure: Figure, path: Path) -> Path:

@@ -12,6 +12,7 @@ an e-mail attachment) without a server, and it references no external URL at all
 from __future__ import annotations
 
 import base64
+import functools
 import html
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -23,6 +24,7 @@ import yaml
 
 from tlkit.outputs import audit_section, contact_sheet
 from tlkit.outputs.html_parts import THUMB_STYLE, thumbnail
+from tlkit.outputs.plot_cache import drawn, file_stamp, run_title
 from tlkit.outputs.predictions import misclassified, unsure
 
 if TYPE_CHECKING:
@@ -195,6 +197,13 @@ def _choice(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def _draw(draw: Callable[[Any, Path], Path | None], path: Path) -> Path | None:
+    """``draw`` given the plots module: matplotlib is imported only when a figure must really be drawn (:mod:`tlkit.outputs.plot_cache`)."""
+    from tlkit.outputs import plots
+
+    return draw(plots, path)
+
+
 @contextmanager
 def _plain(folder: Path, name: str) -> Iterator[Path]:
     yield folder / name
@@ -219,27 +228,33 @@ def write_visuals(
     ``(file, label)``) gives the page a sample of every class; an ``audit.json`` already in
     ``folder`` gives it the audit section.
     """
-    from tlkit.outputs import plots
-
     def at(name: str) -> AbstractContextManager[Path]:
         return opener(name) if opener is not None else _plain(folder, name)
 
     backbone, head = str(recipe["backbone"]["name"]), str(recipe["head"]["name"])
-    title = plots.run_title(backbone, head, metrics.get("test_accuracy"))
+    title = run_title(backbone, head, metrics.get("test_accuracy"))
     classes = list(metrics["classes"])
     choices = metrics.get("head_choices", {})
     errors = misclassified(test_rows)
     written: list[Path | None] = []
-    with at("confusion_matrix.png") as path:
-        written.append(plots.confusion_matrix_png(metrics["test"]["confusion_matrix"], classes, path, title))
-    with at("errors.png") as path:
-        written.append(plots.errors_png(errors, path, title))
     x_label = "L-BFGS iteration" if "l2" in choices else "epoch"  # logreg reports one point per iteration
-    with at("training_curve.png") as path:  # a head that keeps an earlier epoch says which
-        written.append(plots.training_curve_png(metrics.get("history", []), path, title, kept_epoch=choices.get("epoch"), x_label=x_label))
+    matrix = metrics["test"]["confusion_matrix"]
+    error_inputs = [[file_stamp(r.path), r.true_class, r.predicted_class, r.confidence, r.true_class_probability] for r in errors]
+    history = metrics.get("history", [])
+    figures: list[tuple[str, Any, Callable[[Any, Path], Path | None]]] = [
+        ("confusion_matrix.png", [matrix, classes, title], lambda p, path: p.confusion_matrix_png(matrix, classes, path, title)),
+        ("errors.png", [error_inputs, title], lambda p, path: p.errors_png(errors, path, title)),
+        (  # a head that keeps an earlier epoch says which
+            "training_curve.png", [history, title, choices.get("epoch"), x_label],
+            lambda p, path: p.training_curve_png(history, path, title, kept_epoch=choices.get("epoch"), x_label=x_label),
+        ),
+    ]
     if "l2" in choices:
-        with at("l2_sweep.png") as path:
-            written.append(plots.l2_sweep_png(choices.get("l2_sweep", []), choices["l2"], path, title))
+        sweep = choices.get("l2_sweep", [])
+        figures.append(("l2_sweep.png", [sweep, choices["l2"], title], lambda p, path: p.l2_sweep_png(sweep, choices["l2"], path, title)))
+    for name, inputs, draw in figures:
+        with at(name) as path:
+            written.append(drawn(name, inputs, path, functools.partial(_draw, draw, path)))
     headings = {"confusion matrix": "confusion_matrix.png", "training curve": "training_curve.png", "L2 sweep": "l2_sweep.png", "errors grid": "errors.png"}
     inputs = ReportInputs(
         title=title,

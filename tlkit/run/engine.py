@@ -29,7 +29,7 @@ from tlkit.errors import OutputError, RecipeError, RunInterrupted, TlkitError
 from tlkit.finetune.checkpoint import CheckpointNotWritten
 from tlkit.finetune.interrupts import TrainingStopped
 from tlkit.recipe.loader import Recipe
-from tlkit.run import stages
+from tlkit.run import stages, warm
 from tlkit.run.finish import Progress, RunResult, finish
 from tlkit.run.launch import run_ranks
 from tlkit.run.observing import flat_params, observers_for
@@ -84,13 +84,17 @@ def _training_lock(recipe: Recipe, run_dir: RunDirectory) -> AbstractContextMana
 def _one_process(recipe: Recipe, run_dir: RunDirectory, progress: Progress, *, resume: bool = False) -> RunResult:
     try:
         with progress.timed("prepare"):
-            prepared = stages.prepare(recipe, progress)
+            prepared = warm.warm_prepare(recipe, progress)  # every feature cached: no backbone to build (tlkit.run.warm)
+            cold = prepared is None
+            prepared = prepared or stages.prepare(recipe, progress)
         trained: TrainedHead | None = None
         if recipe.finetune is not None:
             with progress.timed("finetune"):
                 prepared, trained = _finetune(prepared, run_dir, progress, resume=resume)
         with progress.timed("extract"):
             features = stages.extract(prepared, progress)
+        if cold:
+            warm.remember(prepared)
         return finish(prepared, features, run_dir, progress, trained=trained)
     except TrainingStopped as stop:
         if not stop.epoch:

@@ -142,8 +142,20 @@ def prepare(recipe: Recipe, observer: Observer | None = None) -> Prepared:
     seed_everything(recipe.seed)
     backbone = recipe.backbone.spec.build(recipe.weights, recipe.backbone.options)
     pipeline = ImagePipeline(recipe.images, recipe.backbone.spec.resolve_preprocessing(), recipe.extract.precision)
-    observer.note(f"backbone: {recipe.backbone.name} (weights {weights_label(backbone.weights_path, backbone.weights_id)})")
     observer.stage("loading the data set")
+    dataset, root, excluded = load_dataset(recipe, observer)
+    built = dataclasses.replace(backbone, model=prepare_model(backbone.model, device))
+    _, decoder = decoding_pipeline(recipe.extract.decoder, pipeline.preprocessing, pipeline.background)
+    prepared = Prepared(
+        recipe=recipe, backbone=built, dataset=dataset, pipeline=dataclasses.replace(pipeline, decoder=decoder), device=device, root=root, excluded=excluded
+    )
+    describe(prepared, observer)
+    # fine-tuning changes the weights: its runtime is chosen for the trained backbone (tlkit.run.finetune_stage)
+    return prepared if recipe.finetune is not None else with_runtime(prepared, observer)
+
+
+def load_dataset(recipe: Recipe, observer: Observer) -> tuple[LoadedDataset, Path, Excluded | None]:
+    """The data set's files, less those ``dataset.exclude`` lists (said in a note); the root exclusions are relative to."""
     dataset = recipe.dataset.spec.load(recipe.dataset.options)
     root = data_root(recipe.dataset.options, dataset)
     excluded = None
@@ -151,7 +163,14 @@ def prepare(recipe: Recipe, observer: Observer | None = None) -> Prepared:
         dataset, excluded = apply_exclusions(dataset, recipe.exclude, root)
         for line in excluded.notes():
             observer.note(line)
-    crop = pipeline.preprocessing.crop_size
+    return dataset, root, excluded
+
+
+def describe(prepared: Prepared, observer: Observer) -> None:
+    """The notes every run opens with: the backbone's weights, the splits' sizes, the classes, the data set's own notes."""
+    recipe, backbone, dataset = prepared.recipe, prepared.backbone, prepared.dataset
+    observer.note(f"backbone: {recipe.backbone.name} (weights {weights_label(backbone.weights_path, backbone.weights_id)})")
+    crop = prepared.pipeline.preprocessing.crop_size
     for split in SPLITS:
         observer.note(f"{split}: {len(dataset.splits[split])} x 3 x {crop} x {crop}")
     observer.note(f"classes: {', '.join(dataset.classes)}")
@@ -159,13 +178,6 @@ def prepare(recipe: Recipe, observer: Observer | None = None) -> Prepared:
         observer.note(f"warning: the data set has one class ('{dataset.classes[0]}'): every image is predicted as it, so accuracy is 100% and means nothing")
     for line in dataset.notes:
         observer.note(line)
-    built = dataclasses.replace(backbone, model=prepare_model(backbone.model, device))
-    _, decoder = decoding_pipeline(recipe.extract.decoder, pipeline.preprocessing, pipeline.background)
-    prepared = Prepared(
-        recipe=recipe, backbone=built, dataset=dataset, pipeline=dataclasses.replace(pipeline, decoder=decoder), device=device, root=root, excluded=excluded
-    )
-    # fine-tuning changes the weights: its runtime is chosen for the trained backbone (tlkit.run.finetune_stage)
-    return prepared if recipe.finetune is not None else with_runtime(prepared, observer)
 
 
 def with_runtime(prepared: Prepared, observer: Observer | None = None) -> Prepared:

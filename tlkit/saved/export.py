@@ -188,6 +188,8 @@ def export(model: SavedModel, fmt: Format, out: Path | None = None) -> ExportRes
     pre = model.preprocessing
     backbone_and_head = model.classifier().cpu().float().to(memory_format=torch.contiguous_format)
     classifier = NormalisedClassifier(backbone_and_head, pre.mean, pre.std).eval()
+    for parameter in classifier.parameters():  # an inference model: a loaded .pt2 then returns plain tensors, not ones asking for gradients
+        parameter.requires_grad_(False)
     example = _check_batch(model, 2)
     with atomic_path(target) as tmp:
         writer = {"onnx": _write_onnx, "pt2": _write_pt2, "torchscript": _write_torchscript}[fmt]

@@ -50,21 +50,9 @@ class FeatureExport:
 
 def _store(model: SavedModel) -> FeatureStore | None:
     """The run's feature-cache entry (the identity the run's extraction used), or None when its cache was off."""
-    from tlkit.extract.cache import CacheIdentity, open_store
+    from tlkit.saved.run_features import run_store
 
-    path = model.run_dir / "recipe.yaml"
-    try:
-        recipe = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise RunError(f"{path} cannot be read ({exc}); run the recipe again") from None
-    if not isinstance(recipe, dict) or not (recipe.get("extract") or {}).get("cache", True):
-        return None
-    backbone, pipeline = model.manifest.backbone, model.pipeline
-    identity = CacheIdentity(
-        backbone=backbone.name, weights_id=backbone.weights_sha256, preprocessing=pipeline.preprocessing, precision=pipeline.precision,
-        seed=int(recipe.get("seed", 0)), options=backbone.options, background=pipeline.background,
-    )
-    return open_store(identity.with_recorded(model.manifest.features.cache_extra))
+    return run_store(model)
 
 
 def _shard_members(model: SavedModel, plugins: Any, listed: dict[str, list[tuple[Path, str]]]) -> dict[str, Sample] | None:

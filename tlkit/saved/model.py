@@ -44,9 +44,10 @@ class Prediction:
 class Model:
     """A run rebuilt for use from Python: :meth:`predict`, :meth:`probabilities`, :meth:`features`, :meth:`export`."""
 
-    def __init__(self, saved: SavedModel, device: str = "cpu") -> None:
+    def __init__(self, saved: SavedModel, device: str = "cpu", cache: bool = True) -> None:
         self.saved = saved
         self.device = device
+        self.cache = cache  # read (and fill) the run's feature cache for files
         self._splits: dict[str, str] | None = None
 
     @property
@@ -58,14 +59,23 @@ class Model:
         return self.saved.run_dir
 
     def split_of(self, path: str | Path) -> str | None:
-        """Which split of the run ``path`` was in (``"train"``, ``"test"``), from its ``split.csv``;
-        None for a file the run never saw. Answers "was this image trained on?" for a split data set."""
+        """Which split of the run the image at ``path`` was in (``"train"``, ``"test"``); None for one the run never saw.
+
+        Answered by content (sha256 of the bytes, as the feature cache keys images), not by the path
+        string: an absolute path, a relative one or a copy under another name of a training image
+        all answer ``"train"``. Answers "was this image trained on?" for a split data set.
+        """
+        from tlkit.extract.cache import hash_files
+
         if self._splits is None:
             from tlkit.saved.splits import read_split
 
             listed = read_split(self.run_dir / "split.csv")
-            self._splits = {str(p): split for split, rows in listed.items() for p, _ in rows}
-        return self._splits.get(str(Path(path)))
+            rows = [(p, split) for split, items in listed.items() for p, _ in items]
+            hashes = hash_files([p for p, _ in rows])
+            self._splits = {h: split for h, (_, split) in zip(hashes, rows) if h is not None}
+        (digest,) = hash_files([Path(path)])
+        return None if digest is None else self._splits.get(digest)
 
     def features(self, images: Source | Iterable[Source]) -> np.ndarray:
         """Backbone feature vectors ``(N, D)`` float32, in input order; an unusable image is a DataError."""
@@ -114,13 +124,9 @@ class Model:
         return torch.stack([rows[i] for i in range(len(items))]), [_name(item, i) for i, item in enumerate(items)]
 
     def _file_features(self, paths: list[Path]) -> torch.Tensor:
-        from tlkit.extract.features import extract, prepare_model, resolve_device
+        from tlkit.saved.run_features import run_features
 
-        device = resolve_device(self.device)
-        result = extract(
-            prepare_model(self.saved.backbone, device), paths, self.saved.pipeline,
-            batch_size=self.saved.batch_size, workers=0, device=device,
-        )
+        result, _ = run_features(self.saved, paths, device=self.device, cache=self.cache)
         if result.bad:
             path, reason = result.bad[0]
             raise DataError(f"{path}: {reason}" + (f" (and {len(result.bad) - 1} more)" if len(result.bad) > 1 else ""))
@@ -131,6 +137,7 @@ class Model:
 
         from tlkit.extract.decode import _to_rgb
         from tlkit.extract.features import batch_features, prepare_model, resolve_device
+        from tlkit.saved.run_features import run_runtime
 
         transform = self.saved.preprocessing.transform()
         tensors = []
@@ -140,9 +147,10 @@ class Model:
             tensors.append(transform(_to_rgb(ImageOps.exif_transpose(image), self.saved.pipeline.background)))
         device = resolve_device(self.device)
         backbone = prepare_model(self.saved.backbone, device)
+        runtime = run_runtime(self.saved, [], device)  # the run's runtime, as for files (a conversion here probes on noise)
         size = self.saved.batch_size
         batches = (torch.stack(tensors[start : start + size]) for start in range(0, len(tensors), size))
-        return torch.cat([batch_features(backbone, batch, device, self.saved.pipeline.precision) for batch in batches])
+        return torch.cat([batch_features(backbone, batch, device, runtime.choice.precision, runtime.forward) for batch in batches])
 
 
 def _as_list(images: Source | Iterable[Source]) -> list[Source]:
@@ -155,8 +163,12 @@ def _name(item: Source, index: int) -> str:
     return str(item) if isinstance(item, (str, Path)) else f"<image {index}>"
 
 
-def load(run_dir: str | os.PathLike[str], *, device: str = "cpu") -> Model:
-    """A finished run directory as a :class:`Model` (the backbone's weights checked by sha256)."""
+def load(run_dir: str | os.PathLike[str], *, device: str = "cpu", cache: bool = True) -> Model:
+    """A finished run directory as a :class:`Model`.
+
+    Ready at once: the backbone is built (its weights checked by sha256) when an image the run's
+    feature cache does not hold is first classified; ``cache=False`` never reads that cache.
+    """
     from tlkit.contract.plugin_manager import get_plugins
 
-    return Model(load_model(Path(run_dir), get_plugins()), device=device)
+    return Model(load_model(Path(run_dir), get_plugins(), lazy_backbone=True), device=device, cache=cache)

@@ -25,7 +25,7 @@ from tlkit.contract.preprocessing import Preprocessing
 from tlkit.contract.specs import BackboneSpec, HeadSpec, PluginOptions
 from tlkit.contract.weights_request import WeightsRequest
 from tlkit.errors import DataError, RunError, TlkitError, WeightsError
-from tlkit.extract.features import NonFiniteFeatures, extract, prepare_model, resolve_device
+from tlkit.extract.features import NonFiniteFeatures
 from tlkit.extract.pipeline import ImagePipeline
 from tlkit.saved.head_files import load_head
 from tlkit.saved.manifest import FILE as MANIFEST_FILE
@@ -50,15 +50,26 @@ class Classifier(torch.nn.Module):
 
 @dataclass
 class SavedModel:
-    """A run rebuilt: its classes, preprocessing, backbone and head (both in eval mode, on the CPU)."""
+    """A run rebuilt: its classes, preprocessing, backbone and head (both in eval mode, on the CPU).
+
+    The backbone is built (and its weights checked) on first use of :attr:`backbone`: images the
+    run's feature cache holds are classified without it (:mod:`tlkit.saved.run_features`).
+    """
 
     run_dir: Path
     classes: list[str]
     pipeline: ImagePipeline
-    backbone: torch.nn.Module
+    build_backbone: Callable[[], torch.nn.Module]
     head: torch.nn.Module
     manifest: RunManifest
     batch_size: int = 32
+    _backbone: torch.nn.Module | None = field(default=None, repr=False)
+
+    @property
+    def backbone(self) -> torch.nn.Module:
+        if self._backbone is None:
+            self._backbone = self.build_backbone()
+        return self._backbone
 
     @property
     def preprocessing(self) -> Preprocessing:
@@ -79,6 +90,8 @@ class Predictions:
     paths: list[Path]
     probabilities: torch.Tensor
     bad: list[tuple[Path, str]] = field(default_factory=list)
+    cached: int = 0  # images answered from the run's feature cache
+    note: str = ""  # what ran the backbone, when it ran (the runtime's note)
 
     def top(self, k: int) -> list[list[tuple[int, float]]]:
         """The ``k`` most probable (class index, probability) pairs of each image."""
@@ -161,8 +174,11 @@ def _check_sha(actual: str, expected: str, path: Path, run_dir: Path) -> None:
         )
 
 
-def load_model(run_dir: Path | str, plugins: Plugins) -> SavedModel:
-    """Rebuild the model of a finished run; errors name the run and say what to do."""
+def load_model(run_dir: Path | str, plugins: Plugins, *, lazy_backbone: bool = False) -> SavedModel:
+    """Rebuild the model of a finished run; errors name the run and say what to do.
+
+    ``lazy_backbone`` builds the backbone (and checks its weights) only when it is first needed.
+    """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunError(f"run directory {run_dir} does not exist")
@@ -178,15 +194,18 @@ def load_model(run_dir: Path | str, plugins: Plugins) -> SavedModel:
     options = _options(head_spec, manifest.head.options, "head", run_dir)
     head = load_head(head_spec, run_dir / "head.safetensors", options)
     _check_outputs(head, classes, manifest.features.dim, run_dir / "head.safetensors")
-    return SavedModel(
+    model = SavedModel(
         run_dir=run_dir,
         classes=classes,
         pipeline=manifest.pipeline,
-        backbone=_backbone(plugins, manifest.backbone, run_dir),
+        build_backbone=lambda: _backbone(plugins, manifest.backbone, run_dir),
         head=head,
         manifest=manifest,
         batch_size=manifest.features.batch_size,
     )
+    if not lazy_backbone:
+        model.backbone  # noqa: B018 - built now: a missing or changed weights file is refused at load
+    return model
 
 
 def image_files(inputs: Sequence[Path | str]) -> list[Path]:
@@ -201,21 +220,29 @@ def image_files(inputs: Sequence[Path | str]) -> list[Path]:
 
 
 def predict(
-    model: SavedModel, paths: Sequence[Path], *, device: str = "auto", workers: int | None = None, on_batch: Callable[[int], None] = lambda n: None
+    model: SavedModel,
+    paths: Sequence[Path],
+    *,
+    device: str = "auto",
+    workers: int | None = None,
+    on_batch: Callable[[int], None] = lambda n: None,
+    cache: bool = True,
 ) -> Predictions:
-    """Class probabilities for image files, through the same decoding and extraction as ``tlkit run``.
+    """Class probabilities for image files, through the run's own fast path (:mod:`tlkit.saved.run_features`).
 
-    ``on_batch(n)`` is called after every batch of ``n`` files (the CLI's progress bar).
+    Images in the run's feature cache are not decoded (``cache=False`` computes every one); the
+    rest go through the run's runtime and decoding workers. ``on_batch(n)`` is called as ``n``
+    files are done (the CLI's progress bar).
     """
-    target = resolve_device(device)
-    backbone = prepare_model(model.backbone, target)
+    from tlkit.saved.run_features import run_features
+
     try:
-        result = extract(backbone, list(paths), model.pipeline, batch_size=model.batch_size, workers=workers, device=target, on_batch=on_batch)
+        result, note = run_features(model, list(paths), device=device, workers=workers, cache=cache, on_batch=on_batch)
     except NonFiniteFeatures as exc:
         raise NonFiniteFeatures(f"run {model.run_dir}, backbone '{model.manifest.backbone.name}': {exc}") from None
     kept = [paths[i] for i in result.kept]
     if not kept:
-        return Predictions(paths=[], probabilities=torch.empty(0, len(model.classes)), bad=result.bad)
+        return Predictions(paths=[], probabilities=torch.empty(0, len(model.classes)), bad=result.bad, note=note)
     with torch.no_grad():
         probabilities = model.head(result.features).softmax(1)
-    return Predictions(paths=kept, probabilities=probabilities, bad=result.bad)
+    return Predictions(paths=kept, probabilities=probabilities, bad=result.bad, cached=result.cached, note=note)

@@ -16,9 +16,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from torchvision.datasets.folder import IMG_EXTENSIONS
-
-EXTENSIONS: tuple[str, ...] = tuple(IMG_EXTENSIONS)  # public as tlkit.IMAGE_EXTENSIONS
+# torchvision's IMG_EXTENSIONS (torchvision.datasets.folder), written out: importing torchvision costs
+# about 2.5 s (it pulls in torch._dynamo), which listing a folder must not pay; tests check they agree.
+EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # public as tlkit.IMAGE_EXTENSIONS
 
 
 @dataclass

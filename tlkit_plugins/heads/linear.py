@@ -42,7 +42,7 @@ def fit_linear(train: tlkit.Features, options: LinearOptions, ctx: tlkit.FitCont
         bound = 1.0 / train.x.shape[1] ** 0.5
         layer.weight.uniform_(-bound, bound, generator=generator)
         layer.bias.uniform_(-bound, bound, generator=generator)
-    optimizer = torch.optim.SGD(layer.parameters(), lr=options.lr, momentum=options.momentum, weight_decay=options.weight_decay)
+    optimizer = _SGD(list(layer.parameters()), lr=options.lr, momentum=options.momentum, weight_decay=options.weight_decay)
     history: list[dict[str, float]] = []
     scale = Standardize.fitted(train.x) if options.standardize else Standardize.identity(train.x.shape[1])
     with torch.no_grad():
@@ -63,9 +63,36 @@ def fold(layer: torch.nn.Linear, scale: Standardize) -> torch.nn.Linear:
     return layer
 
 
+class _SGD:
+    """Plain SGD (``torch.optim.SGD``'s arithmetic: weight decay added to the gradient, then momentum without dampening).
+
+    ``torch.optim`` imports ``torch._dynamo`` on its first use (over a second on a loaded CPU),
+    about as long as this head takes to train; a full-batch linear layer needs none of it.
+    """
+
+    def __init__(self, params: list[torch.nn.Parameter], lr: float, momentum: float, weight_decay: float) -> None:
+        self.params, self.lr, self.momentum, self.weight_decay = params, lr, momentum, weight_decay
+        self.buffers: list[torch.Tensor | None] = [None] * len(params)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for i, p in enumerate(self.params):
+            if p.grad is None:
+                continue
+            grad = p.grad if self.weight_decay == 0 else p.grad.add(p, alpha=self.weight_decay)
+            if self.momentum != 0:
+                buffer = self.buffers[i]
+                grad = self.buffers[i] = torch.clone(grad).detach() if buffer is None else buffer.mul_(self.momentum).add_(grad)
+            p.add_(grad, alpha=-self.lr)
+
+
 def _train(
     layer: torch.nn.Linear,
-    optimizer: torch.optim.Optimizer,
+    optimizer: _SGD,
     train: tlkit.Features,
     options: LinearOptions,
     ctx: tlkit.FitContext,
