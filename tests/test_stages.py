@@ -121,7 +121,8 @@ def test_predict_decodes_with_the_runs_own_background(plugins, tmp_path: Path) -
     assert (result.probabilities.max(1).values - recorded).abs().max() <= 1e-6  # CSV rounds to 6 places
     # The bad case is real: decoding these files on white gives other probabilities.
     white = predict(_with_background(model, (255, 255, 255)), [Path(r["path"]) for r in rows], workers=0)
-    assert (white.probabilities - result.probabilities).abs().max() > 1e-3
+    # (logreg standardises its features, so the gap is small, but far above float noise: equal decodes agree to 1e-6)
+    assert (white.probabilities - result.probabilities).abs().max() > 2e-5
 
 
 def _with_background(model, colour):
