@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import re
 import random
 import types
 from collections.abc import Iterator
@@ -131,7 +132,35 @@ def _load_fresh(tensors: Any, options: Any) -> torch.nn.Module:
     return torch.nn.Linear(tensors["weight"].shape[1], tensors["weight"].shape[0])
 
 
+class ItemScaled(torch.nn.Linear):
+    """Logits divided by the batch's largest feature, read into Python: fine eagerly, not exportable."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) / max(1.0, x.abs().max().item())
+
+
+class ViaNumpy(torch.nn.Linear):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(torch.from_numpy(x.numpy().copy()))
+
+
+def _host_op_head(module_type: type[torch.nn.Linear]) -> tuple[Any, Any]:
+    def fit(train: tlkit.Features, options: Any, ctx: tlkit.FitContext) -> tlkit.TrainedHead:
+        layer = module_type(train.x.shape[1], ctx.num_classes)
+        layer.load_state_dict(_fit_means(train, options, ctx).module.state_dict())
+        return tlkit.TrainedHead(module=layer)
+
+    def load(tensors: Any, options: Any) -> torch.nn.Module:
+        layer = module_type(tensors["weight"].shape[1], tensors["weight"].shape[0])
+        layer.load_state_dict(dict(tensors))
+        return layer
+
+    return fit, load
+
+
 HEADS = {
+    "item_head": _host_op_head(ItemScaled),
+    "numpy_head": _host_op_head(ViaNumpy),
     "means": (_fit_means, _load_means),
     "random": (_fit_random, _load_means),
     "peeking": (_fit_peeking, _load_means),
@@ -259,6 +288,25 @@ def test_check_head_passes_on_a_good_head_and_the_builtin_linear(kit_plugins: Pl
 def test_check_head_says_what_differs(kit_plugins: Plugins, name: str, message: str) -> None:
     with pytest.raises(AssertionError, match=message):
         tlkit.testing.check_head(name, plugins=kit_plugins)
+
+
+@pytest.mark.parametrize(
+    ("name", "operation"),
+    [("item_head", r"\.item\(\) at test_testing_kit\.py:\d+ in forward"), ("numpy_head", r"\.numpy\(\) at test_testing_kit\.py:\d+ in forward")],
+)
+def test_check_head_fails_a_head_that_cannot_be_exported_naming_the_operation(kit_plugins: Plugins, name: str, operation: str) -> None:
+    """Must hold 5: eagerly the head is fine (accurate, reproducible, reloads); the kit names what breaks the export."""
+    with pytest.raises(AssertionError) as caught:
+        tlkit.testing.check_head(name, plugins=kit_plugins)
+    message = str(caught.value)
+    assert "\n" not in message and len(message) < 400, message
+    assert re.match(rf"head '{name}' cannot be exported: its forward calls {operation}, which turns a tensor into a Python value", message), message
+    assert tlkit.testing.check_head(name, plugins=kit_plugins, exports=()).test_accuracy == 1.0  # only the export check fails it
+
+
+def test_check_exports_passes_a_good_head_in_every_format(kit_plugins: Plugins) -> None:
+    report = tlkit.testing.check_head("means", plugins=kit_plugins, exports=("pt2", "onnx", "torchscript"))
+    assert report.test_accuracy == 1.0
 
 
 def test_load_plugin_fails_for_a_plugin_tlkit_would_skip() -> None:
