@@ -180,9 +180,8 @@ def one_thread() -> Iterator[None]:
         yield
 
 
-@pytest.fixture(scope="module")
-def kit_plugins() -> Plugins:
-    """One in-process plugin with good and deliberately broken entries of each kind (no built-ins)."""
+def _kit_module() -> types.ModuleType:
+    """One in-process plugin with good and deliberately broken entries of each kind."""
     module = types.ModuleType("tlkit_kit_fixture")
 
     def register_backbones(register: Any) -> None:
@@ -219,7 +218,19 @@ def kit_plugins() -> Plugins:
 
     for hook in (register_backbones, register_datasets, register_heads):
         setattr(module, hook.__name__, tlkit.hookimpl(hook))
-    return tlkit.testing.load_plugin(module, builtins=False)
+    return module
+
+
+@pytest.fixture(scope="module")
+def kit_plugins() -> Plugins:
+    """The fixture plugin alone (no built-ins)."""
+    return tlkit.testing.load_plugin(_kit_module(), builtins=False)
+
+
+@pytest.fixture(scope="module")
+def kit_and_builtins() -> Plugins:
+    """The fixture plugin with the built-ins (``imagefolder`` reads the generated images)."""
+    return tlkit.testing.load_plugin(_kit_module())
 
 
 def test_check_backbone_passes_on_a_good_backbone(kit_plugins: Plugins) -> None:
@@ -329,3 +340,35 @@ def test_every_builtin_head_keeps_the_contract(name: str) -> None:
     plugins = load_plugins(entry_points=False)
     report = tlkit.testing.check_head(name, plugins=plugins)
     assert report.test_accuracy >= 0.9
+
+
+def test_run_tiny_recipe_runs_the_plugin_end_to_end(kit_and_builtins: Plugins, tmp_path: Path) -> None:
+    result = tlkit.testing.run_tiny_recipe(tmp_path, backbone="good", head="means", plugins=kit_and_builtins)
+    assert result.out_dir == tmp_path / "run" and (result.out_dir / "model.json").is_file()
+    assert result.metrics.classes == ["blue", "red"] and result.metrics.counts == {"train": 8, "test": 8}
+    assert result.metrics.feature_dim == 16 and result.metrics.test.count == 8
+    assert len(result.predictions) == 8
+    with pytest.raises(tlkit.RecipeError, match="unknown head 'meens'; did you mean 'means'"):
+        tlkit.testing.run_tiny_recipe(tmp_path / "again", backbone="good", head="meens", plugins=kit_and_builtins)
+
+
+def test_tlkit_export_refuses_a_head_with_a_host_op_in_one_line(kit_and_builtins: Plugins, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Must hold 5 at the CLI: the run works; its export fails with exit 2 and one line naming .item(), for every format."""
+    from tlkit.cli.app import main
+    from tlkit.contract.plugin_manager import set_plugins
+
+    run_dir = tlkit.testing.run_tiny_recipe(tmp_path, backbone="good", head="item_head", plugins=kit_and_builtins).out_dir
+    set_plugins(kit_and_builtins)
+    try:
+        for fmt in ("onnx", "pt2", "torchscript"):
+            capsys.readouterr()
+            with pytest.raises(SystemExit) as info:
+                main(["export", str(run_dir), "--format", fmt])
+            output = capsys.readouterr()
+            assert info.value.code == 2 and output.out == "", output
+            lines = output.err.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith("error: head 'item_head' cannot be exported: its forward calls .item() at test_testing_kit.py:"), output.err
+            assert lines[0].endswith("; nothing written")
+        assert not [p for p in run_dir.iterdir() if p.suffix in (".onnx", ".pt2", ".pt")]
+    finally:
+        set_plugins(None)
