@@ -57,6 +57,21 @@ def _backbone(name: str, model: type[torch.nn.Module], feature_dim: int | None =
     return tlkit.BackboneSpec(name=name, build=build, preprocessing=preprocessing, feature_dim=feature_dim)
 
 
+@dataclasses.dataclass(frozen=True)
+class WidthOptions:
+    width: int = 16
+
+    def __post_init__(self) -> None:
+        if self.width % 8:
+            raise tlkit.RecipeError(f"backbone.width must be a multiple of 8, not {self.width}")
+
+
+def _build_wide(weights: Any, options: WidthOptions) -> tlkit.BuiltBackbone:
+    if options.width > 64:
+        raise tlkit.RecipeError(f"backbone.width {options.width} is more than 64; lower it")
+    return tlkit.BuiltBackbone(model=TinyCNN(options.width), weights_id="random")
+
+
 def _no_preprocessing() -> tlkit.Preprocessing:
     raise KeyError("input_size")
 
@@ -192,6 +207,7 @@ def _kit_module() -> types.ModuleType:
         register(_backbone("batch_centred", BatchCentred))
         register(_backbone("unpooled", Unpooled))
         register(_backbone("no_preprocessing", TinyCNN, preprocessing=_no_preprocessing))
+        register(tlkit.BackboneSpec(name="wide", build=_build_wide, preprocessing=PRE, options=WidthOptions))
 
     def register_datasets(register: Any) -> None:
         register(tlkit.DatasetSpec(name="folder", load=_folder_loader(), options=FolderOptions))
@@ -255,6 +271,17 @@ def test_check_backbone_says_what_differs(kit_plugins: Plugins, name: str, messa
         tlkit.testing.check_backbone(name, plugins=kit_plugins)
 
 
+def test_check_backbone_reports_the_plugins_own_option_errors_as_they_are(kit_plugins: Plugins) -> None:
+    """The RecipeError a plugin raises (in its options' __post_init__ or in build) is what the check raises."""
+    assert tlkit.testing.check_backbone("wide", {"width": 24}, plugins=kit_plugins, images=2).feature_dim == 24
+    with pytest.raises(tlkit.RecipeError, match="^backbone.width must be a multiple of 8, not 12$"):
+        tlkit.testing.check_backbone("wide", {"width": 12}, plugins=kit_plugins)
+    with pytest.raises(tlkit.RecipeError, match="^backbone.width 72 is more than 64; lower it$"):
+        tlkit.testing.check_backbone("wide", {"width": 72}, plugins=kit_plugins)
+    with pytest.raises(tlkit.RecipeError, match="unknown key 'backbone.widht'; did you mean 'width'"):
+        tlkit.testing.check_backbone("wide", {"widht": 8}, plugins=kit_plugins)
+
+
 def test_check_backbone_on_the_builtin_offline_backbone() -> None:
     report = tlkit.testing.check_backbone("efficientnet_lite0", weights=None, images=2, plugins=load_plugins(entry_points=False))
     assert report.feature_dim == 1280 and report.weights_id != "random"
@@ -273,7 +300,7 @@ def test_check_dataset_passes_and_fails_saying_what_differs(kit_plugins: Plugins
     for name, message in cases.items():
         with pytest.raises(AssertionError, match=message):
             tlkit.testing.check_dataset(name, {"root": str(root)}, plugins=kit_plugins)
-    with pytest.raises(AssertionError, match="dataset 'folder': its options do not validate: 'dataset.root' is required"):
+    with pytest.raises(tlkit.RecipeError, match="^'dataset.root' is required$"):
         tlkit.testing.check_dataset("folder", {}, plugins=kit_plugins)
     (root / "train" / "cats" / "cats_0.jpg").write_bytes(b"not a jpeg")
     with pytest.raises(AssertionError, match=r"cats_0.jpg does not decode as an image"):

@@ -89,13 +89,15 @@ def _spec(plugins: Plugins | None, kind: str, name: str) -> Any:
 
 
 def _options(spec: Any, kind: str, options: Any) -> Any:
-    """The options instance a recipe section would produce (a mapping is validated like a recipe's)."""
+    """The options instance a recipe section would produce (a mapping is validated like a recipe's).
+
+    Invalid options raise the :class:`~tlkit.errors.RecipeError` a recipe would get (an unknown key
+    with its did-you-mean, a plugin's own ``__post_init__`` check), not an ``AssertionError``: it is
+    the plugin's validation working, and a test can expect it with ``pytest.raises(RecipeError)``.
+    """
     if isinstance(options, spec.options):
         return options
-    try:
-        return validate_options(spec.options, dict(options or {}), kind)
-    except TlkitError as exc:
-        raise AssertionError(f"{kind} '{spec.name}': its options do not validate: {exc}") from None
+    return validate_options(spec.options, dict(options or {}), kind)
 
 
 def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -190,6 +192,8 @@ def _check_build(spec: BackboneSpec, weights: str | WeightsRequest | None, opts:
     name = spec.name
     try:
         built = spec.build(WeightsRequest.parse(weights), opts)
+    except TlkitError:  # the plugin's own one-line error (options it checks in build, a missing weights file)
+        raise
     except Exception as exc:
         raise AssertionError(f"backbone '{name}' failed to build with weights={weights!r} ({type(exc).__name__}: {exc})") from exc
     if not isinstance(built, BuiltBackbone):
