@@ -125,3 +125,24 @@ def test_registered_outside_hooks_still_reads_the_process_wide_plugins(process_w
     assert registered("efficientnet_lite0").feature_dim == 1280
     with pytest.raises(RegistryError, match="did you mean 'efficientnet_lite0'"):
         registered("efficientnet_lite00")
+
+
+def test_state_map_is_a_function_over_the_whole_state_dict(tmp_path: Any) -> None:
+    """As documented: it sees every tensor at once, so it can rename keys and drop the ones the model lacks."""
+    from safetensors.torch import save_file
+
+    from tlkit.backbones import from_weights_file
+
+    source = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+    file = tmp_path / "foreign.safetensors"
+    save_file({f"module.{k}": v for k, v in source.state_dict().items()}, str(file))
+    seen: list[list[str]] = []
+
+    def keep_first_layer(state: Any) -> dict[str, torch.Tensor]:
+        seen.append(sorted(state))
+        return {k.removeprefix("module.0."): v for k, v in state.items() if k.startswith("module.0.")}
+
+    target = torch.nn.Linear(4, 3)
+    built = from_weights_file(target, file, what="first layer", state_map=keep_first_layer)
+    assert seen == [["module.0.bias", "module.0.weight", "module.1.bias", "module.1.weight"]]
+    assert torch.equal(target.weight, source[0].weight) and built.weights_id

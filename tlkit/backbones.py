@@ -53,7 +53,9 @@ StateMap = Callable[[Mapping[str, torch.Tensor]], Mapping[str, torch.Tensor]]
 def from_weights_file(model: torch.nn.Module, path: Path | str, *, what: str = "this backbone", state_map: StateMap | None = None) -> BuiltBackbone:
     """Load a weights file into ``model`` strictly and safely (``weights_only``, safetensors, ``.ot``).
 
-    ``state_map`` renames a foreign file's keys first. A file for another architecture is a
+    ``state_map`` is a function from the file's whole state dict (name -> tensor) to the state dict to
+    load: rename a foreign file's keys, drop the ones the model lacks (a classifier), reshape a tensor.
+    What it returns is loaded strictly: a file for another architecture is a
     :class:`~tlkit.errors.WeightsError` counting the missing and unexpected keys.
     """
     path = Path(path)
