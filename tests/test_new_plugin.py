@@ -12,10 +12,10 @@ import os
 import site
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 from plugin_packages import REPO
 
 from tlkit.cli.app import main

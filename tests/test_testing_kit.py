@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import re
 import random
+import re
 import types
 from collections.abc import Iterator
 from pathlib import Path

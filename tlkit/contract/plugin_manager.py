@@ -406,7 +406,8 @@ def _malformed(spec: Any) -> str | None:
         return "'description' must be a string"
     if not (isinstance(spec.options, type) and dataclasses.is_dataclass(spec.options)):
         return "'options' must be a dataclass type (the class, not an instance)"
-    if not getattr(spec.options, "__dataclass_params__").frozen:  # options are shared and hashed: never changed in place
+    params: Any = getattr(spec.options, "__dataclass_params__", None)
+    if params is None or not params.frozen:  # options are shared and hashed: never changed in place
         return f"'options' {spec.options.__name__} must be a frozen dataclass: @dataclass(frozen=True)"
     if isinstance(spec, BackboneSpec):
         dim = spec.feature_dim

@@ -34,8 +34,8 @@ import torch
 from tlkit.errors import ExportError
 from tlkit.saved.host_ops import host_op_problem
 from tlkit.saved.reader import SavedModel
-from tlkit.util.install_hint import install_hint
 from tlkit.util.atomic import atomic_path, temporary_name
+from tlkit.util.install_hint import install_hint
 
 Format = Literal["onnx", "pt2", "torchscript"]
 SUFFIXES: dict[str, str] = {"onnx": ".onnx", "pt2": ".pt2", "torchscript": ".pt"}
