@@ -15,7 +15,11 @@ features``, so a plain ``pytest`` run shows the author what to fix::
         tlkit.testing.check_head("my_centroid", plugins=plugins)
 
 Without ``plugins=`` the checks use the installed plugins (entry points and built-ins).
-Images and features are generated, so the checks need no data and no network.
+Images and features are generated, so the checks need no data and no network. ``check_head`` also
+exports the trained head (``torch.export`` and ONNX, :func:`check_exports`) as ``tlkit export`` will;
+:func:`run_tiny_recipe` runs all of a plugin's entries together through tlkit's own engine. Options
+that do not validate, and any :class:`~tlkit.errors.TlkitError` the plugin raises itself, are raised
+as they are (a ``RecipeError`` stays a ``RecipeError``), so a test can expect them.
 """
 
 from __future__ import annotations
