@@ -181,14 +181,16 @@ def _check_writable(target: Path, model: SavedModel) -> None:
 
 
 def _check_host_ops(model: SavedModel, classifier: NormalisedClassifier, example: torch.Tensor) -> None:
-    """Refuse, in one line naming the operation, a backbone or head whose forward hands a tensor's value to Python."""
+    """Refuse, in one line naming the operation, a backbone or head whose forward hands a tensor's value to Python.
+
+    Checked before any exporter runs: ONNX would fail in a thousand-line traceback, and a TorchScript
+    trace would bake the value in and still reproduce the probabilities on the check batch.
+    """
+    images = (example - classifier.mean) / classifier.std
     with torch.no_grad():
-        features = model.backbone.eval()((example - classifier.mean) / classifier.std).float().flatten(1)
+        features = model.backbone.eval()(images).float().flatten(1)
     manifest = model.manifest
-    for what, module, inputs in (
-        (f"backbone '{manifest.backbone.name}'", model.backbone, (example - classifier.mean) / classifier.std),
-        (f"head '{manifest.head.name}'", model.head, features),
-    ):
+    for what, module, inputs in ((f"backbone '{manifest.backbone.name}'", model.backbone, images), (f"head '{manifest.head.name}'", model.head, features)):
         problem = host_op_problem(what, module, inputs)
         if problem:
             raise ExportError(f"{problem}; nothing written")
