@@ -216,7 +216,7 @@ def build_registered(name: str, request: WeightsRequest, options: Any = None) ->
 
 
 def _base_lookup(base: str) -> Callable[[], BackboneSpec]:
-    """How a derived entry finds ``base`` later: in the registry of the loading that made it, else the process's plugins.
+    """How a derived entry finds ``base`` later: in the registry of the load that made it if it is there, else the process's plugins.
 
     A spec made inside a hook belongs to that load's registries (``tlkit.testing.load_plugin`` makes
     its own), which may not be the process-wide ones.
@@ -226,8 +226,8 @@ def _base_lookup(base: str) -> Callable[[], BackboneSpec]:
     source = loading()
 
     def lookup() -> BackboneSpec:
-        if source is None or loading() is source:
-            return registered(base)
+        if source is None or loading() is source or base not in source.backbones:
+            return registered(base)  # a kit load without the built-ins: the process's plugins have the base
         return source.backbones.get(base)  # type: ignore[no-any-return]
 
     return lookup

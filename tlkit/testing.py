@@ -17,9 +17,9 @@ features``, so a plain ``pytest`` run shows the author what to fix::
 Without ``plugins=`` the checks use the installed plugins (entry points and built-ins).
 Images and features are generated, so the checks need no data and no network. ``check_head`` also
 exports the trained head (``torch.export`` and ONNX, :func:`check_exports`) as ``tlkit export`` will;
-:func:`run_tiny_recipe` runs all of a plugin's entries together through tlkit's own engine. Options
-that do not validate, and any :class:`~tlkit.errors.TlkitError` the plugin raises itself, are raised
-as they are (a ``RecipeError`` stays a ``RecipeError``), so a test can expect them.
+:func:`run_tiny_recipe` runs all of a plugin's entries together through tlkit's own engine. A
+:class:`~tlkit.errors.TlkitError` the plugin raises itself (a ``RecipeError`` from its options or its
+``build``) is raised as it is, so a test can expect that very error.
 """
 
 from __future__ import annotations
@@ -95,13 +95,29 @@ def _spec(plugins: Plugins | None, kind: str, name: str) -> Any:
 def _options(spec: Any, kind: str, options: Any) -> Any:
     """The options instance a recipe section would produce (a mapping is validated like a recipe's).
 
-    Invalid options raise the :class:`~tlkit.errors.RecipeError` a recipe would get (an unknown key
-    with its did-you-mean, a plugin's own ``__post_init__`` check), not an ``AssertionError``: it is
-    the plugin's validation working, and a test can expect it with ``pytest.raises(RecipeError)``.
+    A :class:`~tlkit.errors.TlkitError` the plugin's own code raised (its options' ``__post_init__``)
+    is raised as it is, so a test can expect that very error; tlkit's own checks of the mapping (an
+    unknown key, a wrong type, a ``ValueError`` turned into a recipe line) fail as ``AssertionError``
+    saying the options do not validate, as they always have.
     """
     if isinstance(options, spec.options):
         return options
-    return validate_options(spec.options, dict(options or {}), kind)
+    try:
+        return validate_options(spec.options, dict(options or {}), kind)
+    except TlkitError as exc:
+        if _raised_outside_tlkit(exc):
+            raise
+        raise AssertionError(f"{kind} '{spec.name}': its options do not validate: {exc}") from exc
+
+
+def _raised_outside_tlkit(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised by plugin code (the innermost frame is not in tlkit's option validation)."""
+    import tlkit.contract.options as options_module
+
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_code.co_filename != options_module.__file__
 
 
 def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
