@@ -101,6 +101,11 @@ def test_a_hook_that_raises_skips_the_whole_plugin_with_one_warning() -> None:
         ("register_backbones", _backbone(build="not a function"), "'build' is not callable"),
         ("register_backbones", _backbone(name=" spaced "), "'name' must be a non-empty string"),
         ("register_datasets", tlkit.DatasetSpec(name="d", load=print, options=tlkit.NoOptions()), "'options' must be a dataclass type"),
+        (
+            "register_datasets",
+            tlkit.DatasetSpec(name="d", load=print, options=dataclasses.make_dataclass("LooseOptions", [("k", int, 1)])),
+            "'options' LooseOptions must be a frozen dataclass: @dataclass(frozen=True)",
+        ),
         ("register_datasets", {"name": "d", "load": print}, "passed a dict to register in register_datasets; expected tlkit.DatasetSpec"),
         ("register_heads", _backbone("wrong_kind"), "passed a BackboneSpec to register in register_heads; expected tlkit.HeadSpec"),
         ("register_heads", tlkit.HeadSpec(name="h", fit=print, load=print, description=None), "'description' must be a string"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import random
+import re
 import types
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,6 +55,21 @@ def _backbone(name: str, model: type[torch.nn.Module], feature_dim: int | None =
         return tlkit.BuiltBackbone(model=model(), weights_id="random")
 
     return tlkit.BackboneSpec(name=name, build=build, preprocessing=preprocessing, feature_dim=feature_dim)
+
+
+@dataclasses.dataclass(frozen=True)
+class WidthOptions:
+    width: int = 16
+
+    def __post_init__(self) -> None:
+        if self.width % 8:
+            raise tlkit.RecipeError(f"backbone.width must be a multiple of 8, not {self.width}")
+
+
+def _build_wide(weights: Any, options: WidthOptions) -> tlkit.BuiltBackbone:
+    if options.width > 64:
+        raise tlkit.RecipeError(f"backbone.width {options.width} is more than 64; lower it")
+    return tlkit.BuiltBackbone(model=TinyCNN(options.width), weights_id="random")
 
 
 def _no_preprocessing() -> tlkit.Preprocessing:
@@ -131,7 +147,35 @@ def _load_fresh(tensors: Any, options: Any) -> torch.nn.Module:
     return torch.nn.Linear(tensors["weight"].shape[1], tensors["weight"].shape[0])
 
 
+class ItemScaled(torch.nn.Linear):
+    """Logits divided by the batch's largest feature, read into Python: fine eagerly, not exportable."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) / max(1.0, x.abs().max().item())
+
+
+class ViaNumpy(torch.nn.Linear):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(torch.from_numpy(x.numpy().copy()))
+
+
+def _host_op_head(module_type: type[torch.nn.Linear]) -> tuple[Any, Any]:
+    def fit(train: tlkit.Features, options: Any, ctx: tlkit.FitContext) -> tlkit.TrainedHead:
+        layer = module_type(train.x.shape[1], ctx.num_classes)
+        layer.load_state_dict(_fit_means(train, options, ctx).module.state_dict())
+        return tlkit.TrainedHead(module=layer)
+
+    def load(tensors: Any, options: Any) -> torch.nn.Module:
+        layer = module_type(tensors["weight"].shape[1], tensors["weight"].shape[0])
+        layer.load_state_dict(dict(tensors))
+        return layer
+
+    return fit, load
+
+
 HEADS = {
+    "item_head": _host_op_head(ItemScaled),
+    "numpy_head": _host_op_head(ViaNumpy),
     "means": (_fit_means, _load_means),
     "random": (_fit_random, _load_means),
     "peeking": (_fit_peeking, _load_means),
@@ -151,9 +195,8 @@ def one_thread() -> Iterator[None]:
         yield
 
 
-@pytest.fixture(scope="module")
-def kit_plugins() -> Plugins:
-    """One in-process plugin with good and deliberately broken entries of each kind (no built-ins)."""
+def _kit_module() -> types.ModuleType:
+    """One in-process plugin with good and deliberately broken entries of each kind."""
     module = types.ModuleType("tlkit_kit_fixture")
 
     def register_backbones(register: Any) -> None:
@@ -164,6 +207,7 @@ def kit_plugins() -> Plugins:
         register(_backbone("batch_centred", BatchCentred))
         register(_backbone("unpooled", Unpooled))
         register(_backbone("no_preprocessing", TinyCNN, preprocessing=_no_preprocessing))
+        register(tlkit.BackboneSpec(name="wide", build=_build_wide, preprocessing=PRE, options=WidthOptions))
 
     def register_datasets(register: Any) -> None:
         register(tlkit.DatasetSpec(name="folder", load=_folder_loader(), options=FolderOptions))
@@ -190,7 +234,19 @@ def kit_plugins() -> Plugins:
 
     for hook in (register_backbones, register_datasets, register_heads):
         setattr(module, hook.__name__, tlkit.hookimpl(hook))
-    return tlkit.testing.load_plugin(module, builtins=False)
+    return module
+
+
+@pytest.fixture(scope="module")
+def kit_plugins() -> Plugins:
+    """The fixture plugin alone (no built-ins)."""
+    return tlkit.testing.load_plugin(_kit_module(), builtins=False)
+
+
+@pytest.fixture(scope="module")
+def kit_and_builtins() -> Plugins:
+    """The fixture plugin with the built-ins (``imagefolder`` reads the generated images)."""
+    return tlkit.testing.load_plugin(_kit_module())
 
 
 def test_check_backbone_passes_on_a_good_backbone(kit_plugins: Plugins) -> None:
@@ -213,6 +269,17 @@ def test_check_backbone_passes_on_a_good_backbone(kit_plugins: Plugins) -> None:
 def test_check_backbone_says_what_differs(kit_plugins: Plugins, name: str, message: str) -> None:
     with pytest.raises(AssertionError, match=message):
         tlkit.testing.check_backbone(name, plugins=kit_plugins)
+
+
+def test_check_backbone_reports_the_plugins_own_option_errors_as_they_are(kit_plugins: Plugins) -> None:
+    """The RecipeError a plugin raises (in its options' __post_init__ or in build) is what the check raises."""
+    assert tlkit.testing.check_backbone("wide", {"width": 24}, plugins=kit_plugins, images=2).feature_dim == 24
+    with pytest.raises(tlkit.RecipeError, match="^backbone.width must be a multiple of 8, not 12$"):
+        tlkit.testing.check_backbone("wide", {"width": 12}, plugins=kit_plugins)
+    with pytest.raises(tlkit.RecipeError, match="^backbone.width 72 is more than 64; lower it$"):
+        tlkit.testing.check_backbone("wide", {"width": 72}, plugins=kit_plugins)
+    with pytest.raises(AssertionError, match="backbone 'wide': its options do not validate: unknown key 'backbone.widht'; did you mean 'width'"):
+        tlkit.testing.check_backbone("wide", {"widht": 8}, plugins=kit_plugins)
 
 
 def test_check_backbone_on_the_builtin_offline_backbone() -> None:
@@ -261,6 +328,25 @@ def test_check_head_says_what_differs(kit_plugins: Plugins, name: str, message: 
         tlkit.testing.check_head(name, plugins=kit_plugins)
 
 
+@pytest.mark.parametrize(
+    ("name", "operation"),
+    [("item_head", r"\.item\(\) at test_testing_kit\.py:\d+ in forward"), ("numpy_head", r"\.numpy\(\) at test_testing_kit\.py:\d+ in forward")],
+)
+def test_check_head_fails_a_head_that_cannot_be_exported_naming_the_operation(kit_plugins: Plugins, name: str, operation: str) -> None:
+    """Must hold 5: eagerly the head is fine (accurate, reproducible, reloads); the kit names what breaks the export."""
+    with pytest.raises(AssertionError) as caught:
+        tlkit.testing.check_head(name, plugins=kit_plugins)
+    message = str(caught.value)
+    assert "\n" not in message and len(message) < 400, message
+    assert re.match(rf"head '{name}' cannot be exported: its forward calls {operation}, which turns a tensor into a Python value", message), message
+    assert tlkit.testing.check_head(name, plugins=kit_plugins, exports=()).test_accuracy == 1.0  # only the export check fails it
+
+
+def test_check_exports_passes_a_good_head_in_every_format(kit_plugins: Plugins) -> None:
+    report = tlkit.testing.check_head("means", plugins=kit_plugins, exports=("pt2", "onnx", "torchscript"))
+    assert report.test_accuracy == 1.0
+
+
 def test_load_plugin_fails_for_a_plugin_tlkit_would_skip() -> None:
     broken = types.ModuleType("tlkit_kit_broken")
 
@@ -281,3 +367,35 @@ def test_every_builtin_head_keeps_the_contract(name: str) -> None:
     plugins = load_plugins(entry_points=False)
     report = tlkit.testing.check_head(name, plugins=plugins)
     assert report.test_accuracy >= 0.9
+
+
+def test_run_tiny_recipe_runs_the_plugin_end_to_end(kit_and_builtins: Plugins, tmp_path: Path) -> None:
+    result = tlkit.testing.run_tiny_recipe(tmp_path, backbone="good", head="means", plugins=kit_and_builtins)
+    assert result.out_dir == tmp_path / "run" and (result.out_dir / "model.json").is_file()
+    assert result.metrics.classes == ["blue", "red"] and result.metrics.counts == {"train": 8, "test": 8}
+    assert result.metrics.feature_dim == 16 and result.metrics.test.count == 8
+    assert len(result.predictions) == 8
+    with pytest.raises(tlkit.RecipeError, match="unknown head 'meens'; did you mean 'means'"):
+        tlkit.testing.run_tiny_recipe(tmp_path / "again", backbone="good", head="meens", plugins=kit_and_builtins)
+
+
+def test_tlkit_export_refuses_a_head_with_a_host_op_in_one_line(kit_and_builtins: Plugins, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Must hold 5 at the CLI: the run works; its export fails with exit 2 and one line naming .item(), for every format."""
+    from tlkit.cli.app import main
+    from tlkit.contract.plugin_manager import set_plugins
+
+    run_dir = tlkit.testing.run_tiny_recipe(tmp_path, backbone="good", head="item_head", plugins=kit_and_builtins).out_dir
+    set_plugins(kit_and_builtins)
+    try:
+        for fmt in ("onnx", "pt2", "torchscript"):
+            capsys.readouterr()
+            with pytest.raises(SystemExit) as info:
+                main(["export", str(run_dir), "--format", fmt])
+            output = capsys.readouterr()
+            assert info.value.code == 2 and output.out == "", output
+            lines = output.err.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith("error: head 'item_head' cannot be exported: its forward calls .item() at test_testing_kit.py:"), output.err
+            assert lines[0].endswith("; nothing written")
+        assert not [p for p in run_dir.iterdir() if p.suffix in (".onnx", ".pt2", ".pt")]
+    finally:
+        set_plugins(None)

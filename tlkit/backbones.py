@@ -53,7 +53,9 @@ StateMap = Callable[[Mapping[str, torch.Tensor]], Mapping[str, torch.Tensor]]
 def from_weights_file(model: torch.nn.Module, path: Path | str, *, what: str = "this backbone", state_map: StateMap | None = None) -> BuiltBackbone:
     """Load a weights file into ``model`` strictly and safely (``weights_only``, safetensors, ``.ot``).
 
-    ``state_map`` renames a foreign file's keys first. A file for another architecture is a
+    ``state_map`` is a function from the file's whole state dict (name -> tensor) to the state dict to
+    load: rename a foreign file's keys, drop the ones the model lacks (a classifier), reshape a tensor.
+    What it returns is loaded strictly: a file for another architecture is a
     :class:`~tlkit.errors.WeightsError` counting the missing and unexpected keys.
     """
     path = Path(path)
@@ -193,9 +195,17 @@ def wrap_module(
 
 
 def registered(name: str) -> BackboneSpec:
-    """The backbone registered as ``name`` in this process's plugins (unknown names suggest the closest)."""
-    from tlkit.contract.plugin_manager import get_plugins
+    """The backbone registered as ``name`` in this process's plugins (unknown names suggest the closest).
 
+    Safe inside a ``register_backbones`` hook: there it answers from what is registered so far (the
+    built-ins, whose hooks run first, and the plugins loaded before this one) and never loads the
+    plugins again.
+    """
+    from tlkit.contract.plugin_manager import get_plugins, loading
+
+    current = loading()
+    if current is not None:
+        return current.get(name)  # type: ignore[no-any-return]
     return get_plugins().backbones.get(name)
 
 
@@ -205,36 +215,61 @@ def build_registered(name: str, request: WeightsRequest, options: Any = None) ->
     return spec.build(request, spec.options() if options is None else options)
 
 
+def _base_lookup(base: str) -> Callable[[], BackboneSpec]:
+    """How a derived entry finds ``base`` later: in the registry of the load that made it if it is there, else the process's plugins.
+
+    A spec made inside a hook belongs to that load's registries (``tlkit.testing.load_plugin`` makes
+    its own), which may not be the process-wide ones.
+    """
+    from tlkit.contract.plugin_manager import loading
+
+    source = loading()
+
+    def lookup() -> BackboneSpec:
+        if source is None or loading() is source or base not in source.backbones:
+            return registered(base)  # a kit load without the built-ins: the process's plugins have the base
+        return source.backbones.get(base)  # type: ignore[no-any-return]
+
+    return lookup
+
+
 def derived_spec(
     name: str,
     base: str,
-    change: Callable[[torch.nn.Module], torch.nn.Module],
+    change: Callable[..., torch.nn.Module],
     *,
     feature_dim: int | None = None,
     description: str = "",
     hidden: bool = False,
+    options: type = NoOptions,
 ) -> BackboneSpec:
     """A backbone made from registered backbone ``base``: its model passed through ``change``.
 
-    ``base`` is built with the same weights request, so ``backbone.weights`` means for the new entry
-    what it means for ``base``; its ``weights_id``, preprocessing and ``weights_available`` carry over.
-    ``change`` may keep a part of the model (cut after a stage) or add to it.
+    ``base`` is built with the same weights request (and its default options), so ``backbone.weights``
+    means for the new entry what it means for ``base``; its ``weights_id``, preprocessing and
+    ``weights_available`` carry over. ``change`` may keep a part of the model (cut after a stage) or add
+    to it. With ``options`` (a frozen dataclass: what a recipe may set for the new entry) it is called as
+    ``change(model, options)``, else as ``change(model)``.
     """
+    base_spec = _base_lookup(base)
 
-    def build(request: WeightsRequest, options: Any) -> BuiltBackbone:
-        built = build_registered(base, request)
-        return BuiltBackbone(model=change(built.model), weights_id=built.weights_id, weights_path=built.weights_path, saved_with_run=built.saved_with_run)
+    def build(request: WeightsRequest, opts: Any) -> BuiltBackbone:
+        spec = base_spec()
+        built = spec.build(request, spec.options())
+        model = change(built.model, opts) if options is not NoOptions else change(built.model)
+        return BuiltBackbone(model=model, weights_id=built.weights_id, weights_path=built.weights_path, saved_with_run=built.saved_with_run)
 
     def available() -> bool:
-        check = registered(base).weights_available
+        check = base_spec().weights_available
         return bool(check()) if check is not None else False
 
     return BackboneSpec(
         name=name,
         build=build,
-        preprocessing=lambda: registered(base).resolve_preprocessing(),
+        preprocessing=lambda: base_spec().resolve_preprocessing(),
         feature_dim=feature_dim,
         description=description or f"{base}, changed",
+        options=options,
         weights_available=available,
         hidden=hidden,
     )

@@ -9,6 +9,21 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
+__all__ = [
+    "DataError",
+    "DeviceError",
+    "ExportError",
+    "OutputError",
+    "RecipeError",
+    "RegistryError",
+    "RunError",
+    "RunInterrupted",
+    "TlkitError",
+    "WeightsError",
+    "did_you_mean",
+    "one_line",
+]
+
 
 def one_line(text: str) -> str:
     """``text`` with control characters (newlines, tabs, NUL) shown as escapes, so it stays one line.

@@ -19,6 +19,8 @@ import torch
 
 from tlkit.errors import RecipeError
 
+__all__ = ["Holdout", "Standardize", "accuracy", "check_loss", "one_thread", "stratified_holdout"]
+
 
 @dataclass(frozen=True)
 class Holdout:

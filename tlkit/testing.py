@@ -15,7 +15,11 @@ features``, so a plain ``pytest`` run shows the author what to fix::
         tlkit.testing.check_head("my_centroid", plugins=plugins)
 
 Without ``plugins=`` the checks use the installed plugins (entry points and built-ins).
-Images and features are generated, so the checks need no data and no network.
+Images and features are generated, so the checks need no data and no network. ``check_head`` also
+exports the trained head (``torch.export`` and ONNX, :func:`check_exports`) as ``tlkit export`` will;
+:func:`run_tiny_recipe` runs all of a plugin's entries together through tlkit's own engine. A
+:class:`~tlkit.errors.TlkitError` the plugin raises itself (a ``RecipeError`` from its options or its
+``build``) is raised as it is, so a test can expect that very error.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
@@ -42,7 +46,24 @@ from tlkit.extract.decode import BadImage, open_rgb
 from tlkit.extract.features import extract, prepare_model
 from tlkit.extract.pipeline import ImagePipeline, ImageSettings
 
-__all__ = ["BackboneReport", "HeadReport", "Plugins", "check_backbone", "check_dataset", "check_head", "load_plugin", "make_images", "make_features"]
+if TYPE_CHECKING:
+    from tlkit.run.finish import RunResult
+
+__all__ = [
+    "EXPORT_FORMATS",
+    "BackboneReport",
+    "HeadReport",
+    "Plugins",
+    "check_backbone",
+    "check_dataset",
+    "check_exports",
+    "check_head",
+    "load_plugin",
+    "make_features",
+    "make_image_folder",
+    "make_images",
+    "run_tiny_recipe",
+]
 
 
 def load_plugin(plugin: object, *, builtins: bool = True) -> Plugins:
@@ -72,13 +93,31 @@ def _spec(plugins: Plugins | None, kind: str, name: str) -> Any:
 
 
 def _options(spec: Any, kind: str, options: Any) -> Any:
-    """The options instance a recipe section would produce (a mapping is validated like a recipe's)."""
+    """The options instance a recipe section would produce (a mapping is validated like a recipe's).
+
+    A :class:`~tlkit.errors.TlkitError` the plugin's own code raised (its options' ``__post_init__``)
+    is raised as it is, so a test can expect that very error; tlkit's own checks of the mapping (an
+    unknown key, a wrong type, a ``ValueError`` turned into a recipe line) fail as ``AssertionError``
+    saying the options do not validate, as they always have.
+    """
     if isinstance(options, spec.options):
         return options
     try:
         return validate_options(spec.options, dict(options or {}), kind)
     except TlkitError as exc:
-        raise AssertionError(f"{kind} '{spec.name}': its options do not validate: {exc}") from None
+        if _raised_outside_tlkit(exc):
+            raise
+        raise AssertionError(f"{kind} '{spec.name}': its options do not validate: {exc}") from exc
+
+
+def _raised_outside_tlkit(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised by plugin code (the innermost frame is not in tlkit's option validation)."""
+    import tlkit.contract.options as options_module
+
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_code.co_filename != options_module.__file__
 
 
 def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -173,6 +212,8 @@ def _check_build(spec: BackboneSpec, weights: str | WeightsRequest | None, opts:
     name = spec.name
     try:
         built = spec.build(WeightsRequest.parse(weights), opts)
+    except TlkitError:  # the plugin's own one-line error (options it checks in build, a missing weights file)
+        raise
     except Exception as exc:
         raise AssertionError(f"backbone '{name}' failed to build with weights={weights!r} ({type(exc).__name__}: {exc})") from exc
     if not isinstance(built, BuiltBackbone):
@@ -269,6 +310,48 @@ def check_dataset(name: str, options: Mapping[str, Any] | Any = None, *, plugins
     return loaded
 
 
+# --- exports --------------------------------------------------------------------------------------
+
+EXPORT_FORMATS: tuple[str, ...] = ("pt2", "onnx")
+
+
+def check_exports(what: str, module: torch.nn.Module, example: torch.Tensor, *, formats: Sequence[str] = EXPORT_FORMATS) -> None:
+    """``module`` exports as each of ``formats`` (``pt2``: ``torch.export``, ``onnx``: ``torch.onnx``) and agrees with eager.
+
+    First, ``forward`` must not hand a tensor's value to Python (``.item()``, ``.numpy()``,
+    ``.tolist()``, ``if tensor:``): that fails with one message naming the operation and its line.
+    Then each export is written to a temporary folder, loaded back and run on a batch of another
+    size than ``example`` (the batch axis must be free); its outputs must match eager within 1e-4.
+    ``what`` names the module in messages (``"head 'my_centroid'"``); no ``formats``, no checks.
+    """
+    from tlkit.saved.export import SUFFIXES, TOLERANCE, batch_of, round_trip
+    from tlkit.saved.host_ops import host_op_problem
+
+    if not formats:
+        return
+    problem = host_op_problem(what, module, example)
+    if problem:
+        raise AssertionError(problem)
+    expected = _logits(module, batch_of(example, 3))
+    for fmt in formats:
+        if fmt not in SUFFIXES:
+            raise ValueError(f"unknown export format {fmt!r}; choose from {', '.join(SUFFIXES)}")
+        with tempfile.TemporaryDirectory(prefix="tlkit-check-") as tmp:
+            try:
+                exported = round_trip(module, example, fmt, Path(tmp))  # type: ignore[arg-type]
+            except TlkitError as exc:  # onnx/onnxruntime missing: the message says what to install
+                raise AssertionError(f"{what}: cannot check the {fmt} export: {exc}") from None
+            except Exception as exc:
+                raise AssertionError(f"{what} does not export as {fmt} ({type(exc).__name__}: {_last_line(exc)})") from exc
+        if not _close(expected, exported, atol=TOLERANCE):
+            raise AssertionError(f"{what}: its {fmt} export differs from eager by {_max_diff(expected, exported):.3g} (> {TOLERANCE:g})")
+
+
+def _last_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return (lines[-1] if lines else "")[:300]
+
+
 # --- heads ----------------------------------------------------------------------------------------
 
 
@@ -343,6 +426,7 @@ def check_head(
     dim: int = 8,
     seed: int = 0,
     min_accuracy: float = 0.9,
+    exports: Sequence[str] = EXPORT_FORMATS,
 ) -> HeadReport:
     """Fit head ``name`` on generated, well-separated features and check what it returns.
 
@@ -351,7 +435,8 @@ def check_head(
     gives the same head; setting ``FitContext.monitor`` changes nothing (a head must never choose by
     the test features); and the head saved as the run directory saves it (``state_dict`` as
     safetensors, ``TrainedHead.config`` in the metadata) and rebuilt by ``build(config)`` (or
-    ``load(tensors, options)``) gives the same logits.
+    ``load(tensors, options)``) gives the same logits; and, as ``tlkit export`` needs, that it
+    exports (:func:`check_exports`, each of ``exports``) and the export agrees with eager.
     """
     spec: HeadSpec = _spec(plugins, "head", name)
     opts = _options(spec, "head", options)
@@ -383,4 +468,74 @@ def check_head(
     reloaded = _logits(_saved_and_rebuilt(spec, trained, opts), test.x)
     if not _close(logits, reloaded):
         raise AssertionError(f"head '{name}': load() of its saved state_dict gives different logits (max difference {_max_diff(logits, reloaded):.3g})")
+    check_exports(f"head '{name}'", trained.module, test.x[:2], formats=exports)
     return HeadReport(name=name, test_accuracy=accuracy, history=list(trained.history))
+
+
+# --- end to end -----------------------------------------------------------------------------------
+
+_COLOURS = ((200, 40, 40), (40, 60, 200), (40, 170, 60), (220, 200, 40), (150, 50, 170))
+
+
+def make_image_folder(root: Path, classes: Sequence[str] = ("red", "blue"), per_class: int = 4, size: tuple[int, int] = (40, 32), seed: int = 0) -> Path:
+    """``root/train/<class>/*.png`` and ``root/val/<class>/*.png``: ``per_class`` small noisy images of one colour per class.
+
+    The layout the built-in ``imagefolder`` reads; a plugin's own data set can list these files.
+    Each image is distinct (the feature cache is content-addressed) and deterministic for ``seed``.
+    """
+    rng = random.Random(seed)
+    for split in ("train", "val"):
+        for index, name in enumerate(classes):
+            colour = _COLOURS[index % len(_COLOURS)]
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                image = Image.new("RGB", size, colour)
+                pixels = image.load()
+                assert pixels is not None
+                for x in range(0, size[0], 2):
+                    for y in range(0, size[1], 2):
+                        pixels[x, y] = tuple(max(0, min(255, c + rng.randint(-40, 40))) for c in colour)
+                image.save(folder / f"{name}_{i}.png")
+    return root
+
+
+def run_tiny_recipe(
+    folder: Path,
+    *,
+    backbone: str,
+    head: str = "linear",
+    dataset: str | None = None,
+    backbone_options: Mapping[str, Any] | None = None,
+    dataset_options: Mapping[str, Any] | None = None,
+    head_options: Mapping[str, Any] | None = None,
+    weights: str | None = "none",
+    plugins: Plugins | None = None,
+    seed: int = 0,
+) -> RunResult:
+    """Run a tiny generated recipe through your entries with tlkit's own engine; return its ``RunResult``.
+
+    The recipe is validated like a YAML one (names, options, did-you-mean), then runs for real:
+    images decoded and preprocessed, features extracted (torch runtime, no feature cache, no workers),
+    the head fitted and evaluated, the run directory written to ``folder/run``. Without ``dataset``
+    the built-in ``imagefolder`` reads :func:`make_image_folder` images generated in ``folder/images``.
+    The result has ``out_dir``, ``metrics`` (``metrics.test.accuracy``...) and ``predictions``; pass
+    ``folder/run`` to ``tlkit.load`` to predict or export with it.
+    """
+    from tlkit.recipe.loader import resolve
+    from tlkit.run.engine import run
+
+    plugins = plugins or get_plugins()
+    if dataset is None:
+        dataset_section: dict[str, Any] = {"name": "imagefolder", "root": str(make_image_folder(Path(folder) / "images", seed=seed))}
+    else:
+        dataset_section = {"name": dataset, **dict(dataset_options or {})}
+    data = {
+        "name": "kit",
+        "seed": seed,
+        "dataset": dataset_section,
+        "backbone": {"name": backbone, "weights": weights, **dict(backbone_options or {})},
+        "extract": {"workers": 0, "batch_size": 8, "cache": False, "runtime": "torch"},
+        "head": {"name": head, **dict(head_options or {})},
+    }
+    return run(resolve(data, plugins), Path(folder) / "run")

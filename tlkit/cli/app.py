@@ -277,6 +277,19 @@ def plugins(
     console.print_plugins(rows)
 
 
+@app.command("new-plugin", cls=Command)
+def new_plugin(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="Package name, e.g. demo: folder NAME, distribution tlkit-NAME.")],
+    into: Annotated[Path, typer.Option("--dir", metavar="FOLDER", help="Folder to create NAME in.")] = Path("."),
+) -> None:
+    """Write a plugin package skeleton (one backbone, data set and head, with tests that pass as generated)."""
+    from tlkit.cli.new_plugin import new_plugin as write_skeleton
+
+    target, names = write_skeleton(name, into)
+    console.say(f"wrote {target}: {names.dist} with backbone {names.prefix}_cnn, data set {names.prefix}_csv, head {names.prefix}_centroid")
+    console.say(f"next: pip install -e {target} && pytest {target}")
+
+
 shards_app = typer.Typer(
     help="WebDataset tar shards: write them from an image folder.", no_args_is_help=True, rich_markup_mode=None, context_settings=_CONTEXT
 )

@@ -412,7 +412,7 @@ def print_backbones(rows: Sequence[Mapping[str, Any]]) -> None:
             (
                 r["name"],
                 r["feature_dim"],
-                r.get("input_size"),
+                r.get("input") or r.get("input_size"),
                 count(r.get("num_params")),
                 r.get("pretrained_tag"),
                 r.get("license"),

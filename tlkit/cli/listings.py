@@ -175,11 +175,13 @@ def backbones(plugins: Plugins, pattern: str | None = None) -> list[dict[str, An
             available = spec.weights_available() if spec.weights_available else None
         except Exception:
             available = None
+        card = _card(spec)
         rows.append(
             {
                 "name": name,
                 "feature_dim": spec.feature_dim,
-                **_card(spec),
+                **card,
+                "input": _input(spec, card.get("input_size")),
                 "plugin": spec.plugin,
                 "weights_offline": available,
                 "description": describe(spec),
@@ -202,6 +204,16 @@ def _card(spec: Any) -> dict[str, Any]:
         except Exception:  # noqa: BLE001 - a listing must not fail on one plugin's metadata
             card = {}
     return {key: card.get(key) if isinstance(card, dict) else None for key in _CARD_FIELDS}
+
+
+def _input(spec: Any, card_size: Any) -> str | None:
+    """What the backbone is fed, e.g. ``224 bicubic``: from its preprocessing (a record, or the function
+    it registered, called here), else the card's ``input_size``; ``None`` when neither says."""
+    try:
+        pre = spec.resolve_preprocessing()
+        return f"{int(pre.crop_size)} {pre.interpolation}"
+    except Exception:  # noqa: BLE001 - a listing must not fail on one plugin's preprocessing
+        return None if card_size is None else str(card_size)
 
 
 def datasets(plugins: Plugins, pattern: str | None = None) -> list[dict[str, Any]]:

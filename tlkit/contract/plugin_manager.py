@@ -26,7 +26,8 @@ import re
 import sys
 import warnings
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -38,7 +39,7 @@ from tlkit.contract.observer import ObserverSpec
 from tlkit.contract.preprocessing import Preprocessing
 from tlkit.contract.registry import Registry
 from tlkit.contract.specs import BackboneSpec, DatasetSpec, HeadSpec, PluginOptions
-from tlkit.errors import did_you_mean
+from tlkit.errors import RegistryError, did_you_mean
 from tlkit.util.units import tracing_plugins
 
 ENTRY_POINT_GROUP = "tlkit"
@@ -333,14 +334,27 @@ def _monitor_hook_calls(pm: pluggy.PluginManager) -> None:
 
 
 def _collect(pm: pluggy.PluginManager, statuses: dict[str, PluginStatus], registries: dict[str, Registry[Any]]) -> None:
-    """Fill the registries plugin by plugin (third-party first, then built-ins): all of a plugin or none.
+    """Fill the registries plugin by plugin: all of a plugin or none.
 
+    Hooks are called built-ins first, so a third-party hook that looks up a built-in backbone with
+    ``tlkit.backbones.registered`` (a derived backbone's base) finds it in :class:`Loading`'s preview;
+    entries are then added third-party first (a name two plugins register is an error naming both).
     An incompatible plugin's entries are not added but refused by name, with the line saying why.
     """
-    for status in list(statuses.values()):
-        if status.problems and not status.incompatible:
+    loading = Loading(backbones=registries["backbones"])
+    called: dict[str, dict[str, list[Any]]] = {}
+    with loading.active():
+        for status in sorted(statuses.values(), key=lambda s: not s.builtin):
+            if status.problems and not status.incompatible:
+                continue
+            called[status.name] = _call_hooks(pm, status)
+            if not status.problems and not status.incompatible:
+                for spec in called[status.name].get("backbones", []):
+                    loading.preview.setdefault(spec.name, spec)
+    for status in statuses.values():
+        entries = called.get(status.name)
+        if entries is None:
             continue
-        entries = _call_hooks(pm, status)
         if status.incompatible:
             for attr, specs in entries.items():
                 for spec in specs:
@@ -352,6 +366,42 @@ def _collect(pm: pluggy.PluginManager, statuses: dict[str, PluginStatus], regist
             for spec in specs:
                 registries[attr].add(spec)  # a name another plugin took is an error naming both
             status.registered[attr] = [spec.name for spec in specs]
+
+
+@dataclass
+class Loading:
+    """Plugins being loaded: what ``register_backbones`` hooks registered so far, and the registry they will fill.
+
+    ``tlkit.backbones.registered(name)`` inside a hook reads :attr:`preview` (never the process-wide
+    plugins, which are what is being loaded: asking for them there recursed through loading); a spec
+    made there (``derived_spec``) keeps :attr:`backbones` and resolves its base in it when used.
+    """
+
+    backbones: Registry[Any]
+    preview: dict[str, Any] = field(default_factory=dict)
+
+    @contextmanager
+    def active(self) -> Iterator[Loading]:
+        _active.append(self)
+        try:
+            yield self
+        finally:
+            _active.remove(self)
+
+    def get(self, name: str) -> Any:
+        """The backbone registered so far as ``name`` (built-ins, and plugins whose hooks ran before this one)."""
+        if name in self.preview:
+            return self.preview[name]
+        hint = did_you_mean(name, self.preview, n=1)
+        raise RegistryError(f"unknown backbone '{name}'{hint} (in a hook, registered() sees the built-ins and plugins loaded earlier)")
+
+
+_active: list[Loading] = []
+
+
+def loading() -> Loading | None:
+    """The plugins being loaded right now (a hook is running), or None."""
+    return _active[-1] if _active else None
 
 
 def _refusal(kind: str, spec: Any, status: PluginStatus) -> str:
@@ -380,6 +430,9 @@ def _malformed(spec: Any) -> str | None:
         return "'description' must be a string"
     if not (isinstance(spec.options, type) and dataclasses.is_dataclass(spec.options)):
         return "'options' must be a dataclass type (the class, not an instance)"
+    params: Any = getattr(spec.options, "__dataclass_params__", None)
+    if params is None or not params.frozen:  # options are shared and hashed: never changed in place
+        return f"'options' {spec.options.__name__} must be a frozen dataclass: @dataclass(frozen=True)"
     if isinstance(spec, BackboneSpec):
         dim = spec.feature_dim
         if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0):
@@ -450,13 +503,26 @@ def _deferred_loader(pm: pluggy.PluginManager, module_name: str, statuses: dict[
 
 
 _loaded: Plugins | None = None
+_loading_process_wide = False
 
 
 def get_plugins() -> Plugins:
-    """The process-wide plugins, loaded on first use and only once."""
-    global _loaded
+    """The process-wide plugins, loaded on first use and only once.
+
+    Asked for while they load (from a plugin's hook), it is an error saying so, never a second load.
+    """
+    global _loaded, _loading_process_wide
     if _loaded is None:
-        _loaded = load_plugins()
+        if _loading_process_wide:
+            raise RegistryError(
+                "the plugins are still loading: a register_* hook cannot use them; look backbones up with "
+                "tlkit.backbones.registered(name), or build later (in build, not in the hook)"
+            )
+        _loading_process_wide = True
+        try:
+            _loaded = load_plugins()
+        finally:
+            _loading_process_wide = False
     return _loaded
 
 

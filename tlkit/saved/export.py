@@ -32,8 +32,10 @@ from typing import Literal
 import torch
 
 from tlkit.errors import ExportError
+from tlkit.saved.host_ops import host_op_problem
 from tlkit.saved.reader import SavedModel
 from tlkit.util.atomic import atomic_path, temporary_name
+from tlkit.util.install_hint import install_hint
 
 Format = Literal["onnx", "pt2", "torchscript"]
 SUFFIXES: dict[str, str] = {"onnx": ".onnx", "pt2": ".pt2", "torchscript": ".pt"}
@@ -102,7 +104,7 @@ def _write_torchscript(classifier: torch.nn.Module, example: torch.Tensor, targe
 
 def _write_pt2(classifier: torch.nn.Module, example: torch.Tensor, target: Path, meta: dict[str, str]) -> torch.Tensor:
     with torch.no_grad():
-        program = torch.export.export(classifier, (example,), dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1)}})
+        program = torch.export.export(classifier, (example,), dynamic_shapes=_batch_axis())
     buffer = io.BytesIO()  # torch's zip writer aborts the process (SIGABRT) when a disk write fails inside it:
     torch.export.save(program, buffer, extra_files=_extra_files(meta))  # build the file in memory, then
     target.write_bytes(buffer.getbuffer())  # write it from Python, where a full disk is an OSError (one line)
@@ -117,7 +119,7 @@ def _write_onnx(classifier: torch.nn.Module, example: torch.Tensor, target: Path
         import onnx
         import onnxruntime
     except ImportError as exc:
-        raise ExportError(f"ONNX export needs onnx and onnxruntime ({exc.name} is missing): pip install 'tlkit[export]'") from None
+        raise ExportError(f"ONNX export needs onnx and onnxruntime ({exc.name} is missing): {install_hint('export')}") from None
     with torch.no_grad():
         torch.onnx.export(  # torch.export-based exporter (onnxscript); the TorchScript-based one is deprecated
             classifier,
@@ -125,7 +127,7 @@ def _write_onnx(classifier: torch.nn.Module, example: torch.Tensor, target: Path
             str(target),
             input_names=["images"],
             output_names=["probabilities"],
-            dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1)}},
+            dynamic_shapes=_batch_axis(),
             opset_version=OPSET,
             dynamo=True,
             external_data=False,
@@ -138,6 +140,11 @@ def _write_onnx(classifier: torch.nn.Module, example: torch.Tensor, target: Path
     session = onnxruntime.InferenceSession(str(target), providers=["CPUExecutionProvider"])
     (output,) = session.run(["probabilities"], {"images": _batch_of(example, 3).numpy()})
     return torch.from_numpy(output)
+
+
+def _batch_axis() -> tuple[dict[int, object]]:
+    """The first input's batch axis is free (given by position, so any ``forward`` argument name works)."""
+    return ({0: torch.export.Dim("batch", min=1)},)
 
 
 def _batch_of(example: torch.Tensor, n: int) -> torch.Tensor:
@@ -173,6 +180,36 @@ def _check_writable(target: Path, model: SavedModel) -> None:
         raise ExportError(f"cannot write {target}: {free / 2**20:.0f} MiB free, the export needs about {(weights + MIN_FREE_BYTES) / 2**20:.0f} MiB; free some space or choose another --out")
 
 
+def _check_host_ops(model: SavedModel, classifier: NormalisedClassifier, example: torch.Tensor) -> None:
+    """Refuse, in one line naming the operation, a backbone or head whose forward hands a tensor's value to Python.
+
+    Checked before any exporter runs: ONNX would fail in a thousand-line traceback, and a TorchScript
+    trace would bake the value in and still reproduce the probabilities on the check batch.
+    """
+    images = (example - classifier.mean) / classifier.std
+    with torch.no_grad():
+        features = model.backbone.eval()(images).float().flatten(1)
+    manifest = model.manifest
+    for what, module, inputs in ((f"backbone '{manifest.backbone.name}'", model.backbone, images), (f"head '{manifest.head.name}'", model.head, features)):
+        problem = host_op_problem(what, module, inputs)
+        if problem:
+            raise ExportError(f"{problem}; nothing written")
+
+
+def round_trip(module: torch.nn.Module, example: torch.Tensor, fmt: Format, folder: Path) -> torch.Tensor:
+    """Export ``module`` (batch axis free) as ``fmt`` into ``folder``, load it back and run it on a batch of another size.
+
+    The outputs are for :func:`batch_of` ``(example, 3)``; the plugin kit compares them with eager.
+    """
+    writer = {"onnx": _write_onnx, "pt2": _write_pt2, "torchscript": _write_torchscript}[fmt]
+    return writer(module.eval(), example, folder / f"check{SUFFIXES[fmt]}", {"classes": "[]", "preprocessing": "{}"})
+
+
+def batch_of(example: torch.Tensor, n: int) -> torch.Tensor:
+    """The batch an export is checked on (``example`` and its reverse, cut to ``n`` rows)."""
+    return _batch_of(example, n)
+
+
 def default_path(model: SavedModel, fmt: Format) -> Path:
     return model.run_dir / f"model{SUFFIXES[fmt]}"
 
@@ -191,6 +228,7 @@ def export(model: SavedModel, fmt: Format, out: Path | None = None) -> ExportRes
     for parameter in classifier.parameters():  # an inference model: a loaded .pt2 then returns plain tensors, not ones asking for gradients
         parameter.requires_grad_(False)
     example = _check_batch(model, 2)
+    _check_host_ops(model, classifier, example)
     with atomic_path(target) as tmp:
         writer = {"onnx": _write_onnx, "pt2": _write_pt2, "torchscript": _write_torchscript}[fmt]
         try:

@@ -131,7 +131,9 @@ def _write_parquet(target: Path, arrays: dict[str, SplitArrays], classes: list[s
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
-        raise TlkitError("writing .parquet needs pyarrow: pip install 'tlkit[parquet]' (or write .npz)") from None
+        from tlkit.util.install_hint import install_hint
+
+        raise TlkitError(f"writing .parquet needs pyarrow: {install_hint('parquet')} (or write .npz)") from None
     dim = next((a.x.shape[1] for a in arrays.values() if a.x.ndim == 2 and len(a.x)), 0)
     splits = [s for s, a in arrays.items() for _ in a.paths]
     x = np.concatenate([a.x.reshape(len(a.paths), dim) for a in arrays.values()]) if splits else np.zeros((0, dim), np.float32)
