@@ -19,7 +19,7 @@ import torch
 
 from tlkit.errors import RecipeError
 
-__all__ = ["Holdout", "Standardize", "accuracy", "check_loss", "one_thread", "stratified_holdout"]
+__all__ = ["Holdout", "Standardize", "accuracy", "check_loss", "one_thread", "stratified_holdout", "varying"]
 
 
 @dataclass(frozen=True)

@@ -234,24 +234,9 @@ def write_visuals(
     backbone, head = str(recipe["backbone"]["name"]), str(recipe["head"]["name"])
     title = run_title(backbone, head, metrics.get("test_accuracy"))
     classes = list(metrics["classes"])
-    choices = metrics.get("head_choices", {})
     errors = misclassified(test_rows)
     written: list[Path | None] = []
-    x_label = "L-BFGS iteration" if "l2" in choices else "epoch"  # logreg reports one point per iteration
-    matrix = metrics["test"]["confusion_matrix"]
-    error_inputs = [[file_stamp(r.path), r.true_class, r.predicted_class, r.confidence, r.true_class_probability] for r in errors]
-    history = metrics.get("history", [])
-    figures: list[tuple[str, Any, Callable[[Any, Path], Path | None]]] = [
-        ("confusion_matrix.png", [matrix, classes, title], lambda p, path: p.confusion_matrix_png(matrix, classes, path, title)),
-        ("errors.png", [error_inputs, title], lambda p, path: p.errors_png(errors, path, title)),
-        (  # a head that keeps an earlier epoch says which
-            "training_curve.png", [history, title, choices.get("epoch"), x_label],
-            lambda p, path: p.training_curve_png(history, path, title, kept_epoch=choices.get("epoch"), x_label=x_label),
-        ),
-    ]
-    if "l2" in choices:
-        sweep = choices.get("l2_sweep", [])
-        figures.append(("l2_sweep.png", [sweep, choices["l2"], title], lambda p, path: p.l2_sweep_png(sweep, choices["l2"], path, title)))
+    figures = _figures(metrics, classes, errors, title)
     for name, inputs, draw in figures:
         with at(name) as path:
             written.append(drawn(name, inputs, path, functools.partial(_draw, draw, path)))
@@ -270,6 +255,27 @@ def write_visuals(
     with at("report.html") as path:
         written.append(write_report(path, inputs))
     return [p for p in written if p is not None]
+
+
+def _figures(metrics: Mapping[str, Any], classes: list[str], errors: Sequence[PredictionRow], title: str) -> list[tuple[str, Any, Callable[[Any, Path], Path | None]]]:
+    """Each picture of a run: its file name, the inputs it is drawn from (its cache key) and how to draw it."""
+    choices = metrics.get("head_choices", {})
+    x_label = "L-BFGS iteration" if "l2" in choices else "epoch"  # logreg reports one point per iteration
+    matrix = metrics["test"]["confusion_matrix"]
+    error_inputs = [[file_stamp(r.path), r.true_class, r.predicted_class, r.confidence, r.true_class_probability] for r in errors]
+    history = metrics.get("history", [])
+    figures: list[tuple[str, Any, Callable[[Any, Path], Path | None]]] = [
+        ("confusion_matrix.png", [matrix, classes, title], lambda p, path: p.confusion_matrix_png(matrix, classes, path, title)),
+        ("errors.png", [error_inputs, title], lambda p, path: p.errors_png(errors, path, title)),
+        (  # a head that keeps an earlier epoch says which
+            "training_curve.png", [history, title, choices.get("epoch"), x_label],
+            lambda p, path: p.training_curve_png(history, path, title, kept_epoch=choices.get("epoch"), x_label=x_label),
+        ),
+    ]
+    if "l2" in choices:
+        sweep = choices.get("l2_sweep", [])
+        figures.append(("l2_sweep.png", [sweep, choices["l2"], title], lambda p, path: p.l2_sweep_png(sweep, choices["l2"], path, title)))
+    return figures
 
 
 SAMPLE_PER_CLASS = 6  # images per class and split in the report's #data section, fewer with many classes
