@@ -1,4 +1,4 @@
-"""Features for samples whose images are members of tar shards, streamed, never unpacked.
+"""Features for samples whose images are members of tar shards (or rows of Arrow/Parquet tables), streamed, never unpacked.
 
 The twin of :func:`tlkit.extract.features.extract_cached` for :class:`~tlkit.contract.specs.ShardMember` samples:
 DataLoader workers each stream their own shards front to back (:func:`tlkit.sources.shards.stream`), decode
@@ -37,7 +37,7 @@ from tlkit.extract.features import (
     default_workers,
 )
 from tlkit.extract.pipeline import ImagePipeline, as_pipeline
-from tlkit.sources.shards import stream
+from tlkit.sources.members import stream
 
 NOT_FOUND = "not found in its shard (was the shard rewritten after it was listed?)"
 
