@@ -49,6 +49,7 @@ class TableSchema:
     image_columns: tuple[str, ...]
     label_columns: tuple[str, ...]  # integer or string columns: what a class may be read from
     class_names: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    foreign_columns: tuple[str, ...] = ()  # extension types: never read
 
 
 @dataclass(frozen=True)
@@ -141,11 +142,19 @@ def _class_names(spec: Any) -> tuple[str, ...] | None:
     return None
 
 
+def _foreign(column: Any) -> bool:
+    """An extension type (registered, or only named in the field's metadata: ``arrow.py_extension_type`` held a
+    pickle): never a column tlkit reads, whatever its storage."""
+    import pyarrow as pa
+
+    return isinstance(column.type, pa.ExtensionType) or any(k.startswith(b"ARROW:extension") for k in (column.metadata or {}))
+
+
 def _is_image_type(kind: Any) -> bool:
     import pyarrow as pa
 
     if isinstance(kind, pa.ExtensionType):
-        return False  # never a column tlkit reads: its type could unpickle
+        return False
     if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
         return True
     return pa.types.is_struct(kind) and kind.get_field_index("bytes") >= 0 and _is_image_type(kind.field("bytes").type)
@@ -171,9 +180,10 @@ def read_schema(path: str | Path) -> TableSchema:
     return TableSchema(
         path=str(path),
         columns={f.name: str(f.type) for f in schema},
-        image_columns=tuple(f.name for f in schema if _is_image_type(f.type) and PLAIN_COLUMN.fullmatch(f.name)),
-        label_columns=tuple(f.name for f in schema if _is_label_type(f.type)),
+        image_columns=tuple(f.name for f in schema if not _foreign(f) and _is_image_type(f.type) and PLAIN_COLUMN.fullmatch(f.name)),
+        label_columns=tuple(f.name for f in schema if not _foreign(f) and _is_label_type(f.type)),
         class_names=classes,
+        foreign_columns=tuple(f.name for f in schema if _foreign(f)),
     )
 
 

@@ -150,6 +150,8 @@ def _columns(first: Path, options: HfDatasetOptions) -> tuple[str, str, tuple[st
     image = options.image or _only(schema.image_columns, ("image", "img"), first, "image", cols)
     if image not in schema.columns:
         raise DataError(f"{first} has no column '{image}'{did_you_mean(image, cols)}; set dataset.image")
+    for column in {image, options.label} & set(schema.foreign_columns):
+        raise DataError(f"{first}: column '{column}' has an Arrow extension type, which tlkit never reads (it could hold pickled objects); set dataset.{'image' if column == image else 'label'}")
     if image not in schema.image_columns:
         raise DataError(f"{first}: column '{image}' holds {schema.columns[image]}, not images ({{bytes, path}} structs or binary); set dataset.image")
     label = options.label or _only(tuple(schema.class_names), ("label", "labels"), first, "label", cols, schema.label_columns)
