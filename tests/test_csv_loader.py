@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from conftest import CLASS_COLOURS, make_image, make_image_folder, write_recipe
 
-from tlkit.errors import DataError
 from tlkit.contract.options import validate_options
 from tlkit.contract.plugin_manager import load_plugins
+from tlkit.errors import DataError
 from tlkit.recipe.loader import load_recipe
 from tlkit.run.engine import run
 

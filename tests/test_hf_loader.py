@@ -5,6 +5,7 @@ The copies are written with the ``datasets`` package (the test extra); tlkit rea
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -132,3 +133,42 @@ def test_misnamed_splits_and_columns_suggest_the_closest(builtins, tmp_path):
         load(builtins, root=str(saved), test="validation", image="imag")
     with pytest.raises(DataError, match=r"column 'label' holds int64, not images"):
         load(builtins, root=str(saved), test="validation", image="label")
+
+
+@pytest.mark.slow
+def test_ants_bees_as_a_csv_and_a_saved_copy_give_the_folder_accuracy(plugins, hymenoptera, tmp_path):
+    """Must hold 6 of issue 19: the same 244 + 153 images as a CSV manifest and as a ``datasets`` copy (their bytes
+    stored in Arrow) give the folder run's test accuracy with Lite0; the two later runs take every feature from the
+    cache the folder run filled (same bytes, same keys)."""
+    import csv
+
+    import yaml
+
+    from tlkit.cli.app import main
+
+    listed = folder_listing(plugins, hymenoptera)
+    with (tmp_path / "ants-bees.csv").open("w", newline="") as handle:  # outside the data: dataset.root confines it there
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label", "split"])
+        for split, name in (("train", "train"), ("test", "val")):
+            writer.writerows([s.path.relative_to(hymenoptera).as_posix(), listed.classes[s.label], name] for s in listed.splits[split])
+    saved = save_copy(plugins, hymenoptera, tmp_path / "ants-bees-hf")
+    recipe = yaml.safe_load((Path(__file__).resolve().parent.parent / "recipes" / "hymenoptera.yaml").read_text())
+    forms = {
+        "folder": {"name": "imagefolder", "root": str(hymenoptera), "train": "train", "test": "val"},
+        "csv": {"name": "csv", "file": str(tmp_path / "ants-bees.csv"), "root": str(hymenoptera), "test": "val"},
+        "hf": {"name": "hf_datasets", "root": str(saved), "test": "val"},
+    }
+    metrics = {}
+    for form, dataset in forms.items():
+        (tmp_path / f"{form}.yaml").write_text(yaml.safe_dump({**recipe, "dataset": dataset}))
+        with pytest.raises(SystemExit) as info:
+            main(["run", str(tmp_path / f"{form}.yaml"), "--set", "backbone.name=efficientnet_lite0", "--out", str(tmp_path / form)])
+        assert info.value.code == 0, form
+        metrics[form] = json.loads((tmp_path / form / "metrics.json").read_text())
+    assert metrics["folder"]["counts"] == {"train": 244, "test": 153}
+    assert metrics["folder"]["test_accuracy"] >= 0.93  # 0.941 with these weights
+    for form in ("csv", "hf"):
+        assert metrics[form]["counts"] == metrics["folder"]["counts"], form
+        assert metrics[form]["test_accuracy"] == metrics["folder"]["test_accuracy"], form
+        assert metrics[form]["features"]["extracted"] == 0 and metrics[form]["features"]["cached"] == 397, form

@@ -37,7 +37,7 @@ DEFAULT_MAX_TABLE_BYTES = 64 * 2**30
 MAX_ROW_GROUP_BYTES = 2 * 2**30  # inflated size of the columns read from one Parquet row group
 MAX_METADATA_BYTES = 16 * 2**20  # the schema's JSON features
 BATCH_ROWS = 64
-PLAIN_COLUMN = re.compile(r"(?!\.+$)[\w .()+-]{1,200}")  # shown as <file>/<column>/<row>: never '..', never '/'  
+PLAIN_COLUMN = re.compile(r"(?!\.+$)[\w .()+-]{1,200}")  # shown as <file>/<column>/<row>: never '..', never '/'
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,15 @@ def max_table_bytes() -> int:
         raise DataError(str(exc)) from None
 
 
+def _require_pyarrow() -> None:
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        raise DataError("reading Arrow/Parquet tables needs pyarrow: pip install 'tlkit[hf]'") from None
+
+
 def _checked(path: str) -> None:
+    _require_pyarrow()
     try:
         info = os.stat(path)
     except OSError as exc:

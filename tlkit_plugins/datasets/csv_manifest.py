@@ -156,7 +156,9 @@ def read_manifest(csv_file: Path, root: Path, options: CsvOptions) -> tuple[list
     """Every row, checked, in the CSV's order; and whether the CSV has a split column."""
     max_rows = _limit(MANIFEST_ROWS_ENV, DEFAULT_MAX_ROWS)
     reader = csv.reader(io.StringIO(_text(csv_file), newline=""))
-    real_root, rows, seen = os.path.realpath(root), [], {}
+    real_root = os.path.realpath(root)
+    rows: list[Row] = []
+    seen: dict[str, int] = {}  # each path as written -> its first line
     try:
         header = next(reader, None)
         if not header:

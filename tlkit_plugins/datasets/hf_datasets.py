@@ -183,7 +183,7 @@ def _rows(files: list[Path], image: str, label: str) -> list[Any]:
     return rows
 
 
-def _class_of(row: Any, names: tuple[str, ...] | None) -> int | str:
+def _class_of(row: Any, names: tuple[str, ...] | None) -> str:
     where = f"{row.file}: row {row.row}"
     if row.label is None or (isinstance(row.label, int) and row.label < 0):
         raise DataError(f"{where} has no label ({row.label!r}); every image needs its class (label the row, or leave it out of the set)")
@@ -223,7 +223,7 @@ def load_hf_datasets(options: HfDatasetOptions) -> tlkit.LoadedDataset:
     return tlkit.LoadedDataset(classes=tuple(classes), splits=splits, notes=tuple(notes))
 
 
-def _held_out(rows: list[tuple[Any, int | str]], names: tuple[str, ...] | None, split: HfSplitOptions, root: Path, notes: list[str]) -> tlkit.LoadedDataset:
+def _held_out(rows: list[tuple[Any, str]], names: tuple[str, ...] | None, split: HfSplitOptions, root: Path, notes: list[str]) -> tlkit.LoadedDataset:
     classes = names or tuple(sorted({str(c) for _, c in rows}))
     samples = [_sample(r, classes.index(str(c))) for r, c in rows]
     keys = [r.sha256 or f"{r.file}\0{r.row}" for r, _ in rows]  # content: byte-identical copies go the same way
