@@ -59,11 +59,12 @@ def test_a_csv_run_equals_the_folder_run_and_shares_its_cache(tiny_plugins, tmp_
 
 def test_a_csv_elsewhere_reads_its_images_under_root(builtins, tmp_path):
     root = make_image_folder(tmp_path / "data", n_train=2, n_test=1)
-    manifest = write_manifest(tmp_path / "lists" / "m.csv", [["train/cats/cats_0.jpg", "cats", "train"], ["train/dogs/dogs_0.jpg", "dogs", "train"],
+    manifest = write_manifest(tmp_path / "lists" / "m.csv", [["train/cats/cats_0.jpg", "cats", "train"], ["train\\dogs\\dogs_0.jpg", "dogs", "train"],
                                                               ["val/cats/cats_0.jpg", "cats", "test"]])
     loaded = load(builtins, file=str(manifest), root=str(root))
     assert loaded.classes == ("cats", "dogs")
     assert [s.path for s in loaded.splits["test"]] == [root / "val" / "cats" / "cats_0.jpg"]
+    assert loaded.splits["train"][1].path == root / "train" / "dogs" / "dogs_0.jpg"  # a CSV saved on Windows
 
 
 def test_without_a_split_column_each_class_is_split_by_the_seeded_rule(builtins, tmp_path):

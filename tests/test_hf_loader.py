@@ -76,6 +76,18 @@ def test_a_copy_decodes_its_own_bytes_to_the_folder_features(tiny_plugins, tmp_p
     assert copy_run.metrics.features["extracted"] == 12 and copy_run.metrics.features["cached"] == 0
     assert copy_run.metrics.history == folder_run.metrics.history
     assert sorted(p.name for p in saved.rglob("*") if p.is_file()) == ["train-00000-of-00001.parquet", "val-00000-of-00001.parquet"]
+    # `tlkit features` of the copy's run lists the tables again and reads the images from them: the folder run's features
+    import numpy as np
+
+    from tlkit.cli.app import main
+
+    for name in ("folder", "copy"):
+        monkeypatch.setenv("TLKIT_CACHE_DIR", str(tmp_path / f"cache-{name}"))
+        with pytest.raises(SystemExit) as info:
+            main(["features", str(tmp_path / name), "--out", str(tmp_path / f"{name}.npz")])
+        assert info.value.code == 0
+    with np.load(tmp_path / "folder.npz") as folder, np.load(tmp_path / "copy.npz") as copy:
+        assert copy["x_train"].shape == (8, 8) and np.array_equal(copy["x_train"], folder["x_train"]) and np.array_equal(copy["y_test"], folder["y_test"])
 
 
 def test_parquet_and_save_to_disk_list_the_folder_images(builtins, tmp_path):

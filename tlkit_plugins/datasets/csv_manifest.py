@@ -125,10 +125,10 @@ def _inside(raw: str, line: int, csv_file: Path, root: Path, real_root: str) -> 
     where = f"{csv_file}: line {line}"
     if not raw:
         raise DataError(f"{where}: the path is empty; every row names an image file")
-    parts = PurePosixPath(raw.replace("\\", "/")).parts
-    if ".." in parts:
+    written = raw.replace("\\", "/")  # a CSV saved on Windows: its separators
+    if ".." in PurePosixPath(written).parts:
         raise DataError(f"{where}: the path {raw!r} holds '..'; paths stay inside {root} (set dataset.root to a folder above)")
-    path = Path(raw) if Path(raw).is_absolute() else root / raw
+    path = Path(written) if Path(written).is_absolute() else root / written
     real = os.path.realpath(path)
     if not (real + os.sep).startswith(real_root.rstrip(os.sep) + os.sep):
         raise DataError(f"{where}: {raw!r} leads outside {root} (an absolute path or a link); list only files inside it, or set dataset.root")
