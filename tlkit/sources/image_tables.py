@@ -247,13 +247,14 @@ def _image_bytes(images: Any) -> tuple[Any, Any]:
     return images, None
 
 
-def _cells(images: Any, limit: int) -> Iterator[tuple[bytes, str]]:
-    """Each image cell's bytes, or ``b""`` and why it is not read (no bytes, only a path, too large)."""
+def _cells(images: Any, limit: int, rows: Sequence[int] | None = None) -> Iterator[tuple[bytes, str]]:
+    """Each image cell's bytes (of ``rows`` only, when given), or ``b""`` and why it is not read (no bytes, only a path, too large)."""
     import pyarrow.compute as pc
 
     data, paths = _image_bytes(images)
     lengths = pc.binary_length(data).to_pylist()
-    for i, size in enumerate(lengths):
+    for i in range(len(lengths)) if rows is None else rows:
+        size = lengths[i]
         if not images[i].is_valid or size is None:
             where = paths[i].as_py() if paths is not None and images[i].is_valid else None
             yield b"", (f"holds only a path ({str(where)[:80]!r}), not the image's bytes: tlkit reads images stored in the table, never files it names"
@@ -294,8 +295,7 @@ def stream(urls: Sequence[str], *, wanted: Callable[[str, str], bool] | None = N
         row = 0
         for batch in _batches(url, columns):
             for column in columns:
-                for offset, (data, error) in enumerate(_cells(batch.column(column), limit)):
-                    name = member_name(column, row + offset)
-                    if wanted is None or wanted(url, name):
-                        yield ShardGroup(url, str(row + offset), name, data, None, {}, error)
+                chosen = [i for i in range(batch.num_rows) if wanted is None or wanted(url, member_name(column, row + i))]
+                for i, (data, error) in zip(chosen, _cells(batch.column(column), limit, chosen)):  # only the wanted bytes are copied
+                    yield ShardGroup(url, str(row + i), member_name(column, row + i), data, None, {}, error)
             row += batch.num_rows
