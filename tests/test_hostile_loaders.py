@@ -199,6 +199,10 @@ def test_a_row_without_a_label_is_one_line_naming_its_row(builtins, tmp_path, la
     root = saved_dict(tmp_path, table, table)
     with pytest.raises(DataError, match=r"row 2: class index 7 is outside the 2 ClassLabel names"):
         load(builtins, "hf_datasets", root=str(root))
+    root = saved_dict(tmp_path, image_table(tmp_path, [0, 1]), image_table(tmp_path, [0, 1]))
+    write_arrow(root / "test", image_table(tmp_path, [0, 1]), names=("bees", "ants"))  # the same indices, other classes
+    with pytest.raises(DataError, match=r"test/data-00000-of-00001.arrow: the ClassLabel names of 'label' differ from the first table's \['ants', 'bees'\]"):
+        load(builtins, "hf_datasets", root=str(root))
 
 
 def test_images_stored_by_path_or_too_large_are_bad_images_never_read(tiny_plugins, tmp_path, monkeypatch):

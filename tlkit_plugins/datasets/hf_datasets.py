@@ -172,13 +172,16 @@ def _only(found: tuple[str, ...], usual: tuple[str, ...], first: Path, key: str,
     raise DataError(f"{first} has {kind} {key} columns ({', '.join(found or cols)}); set dataset.{key} to the one to use")
 
 
-def _rows(files: list[Path], image: str, label: str) -> list[Any]:
+def _rows(files: list[Path], image: str, label: str, names: tuple[str, ...] | None) -> list[Any]:
+    """Every row of ``files``; each table must have the first one's columns and ``ClassLabel`` names (or indices would mean other classes)."""
     rows: list[Any] = []
     for path in files:
         schema = tlkit.image_table_schema(path)
         for column in (image, label):
             if column not in schema.columns:
                 raise DataError(f"{path} has no column '{column}' (the first table has it); all tables of a set share their columns")
+        if schema.class_names.get(label) != names:
+            raise DataError(f"{path}: the ClassLabel names of '{label}' differ from the first table's {list(names or [])[:5]}; save all splits with one set of class names")
         rows.extend(tlkit.read_image_table(path, image, label))
     return rows
 
@@ -209,7 +212,7 @@ def load_hf_datasets(options: HfDatasetOptions) -> tlkit.LoadedDataset:
     if not first:
         raise DataError(f"{root}: the {next(iter(tables))} split lists no .arrow table")
     image, label, names = _columns(first[0], options)
-    listed = {split: [(r, _class_of(r, names)) for r in _rows(files, image, label)] for split, files in tables.items()}
+    listed = {split: [(r, _class_of(r, names)) for r in _rows(files, image, label, names)] for split, files in tables.items()}
     if "all" in listed:
         return _held_out(listed["all"], names, options.split or HfSplitOptions(), root, notes)
     if options.split is not None:
