@@ -236,5 +236,26 @@ def test_an_oversized_table_file_is_refused_before_it_is_read(builtins, tmp_path
     table = image_table(tmp_path, [0, 1])
     root = saved_dict(tmp_path, table, table)
     monkeypatch.setenv("TLKIT_MAX_TABLE_BYTES", "1000")
-    with pytest.raises(DataError, match=r"data-00000-of-00001.arrow is 0.0 GiB, over TLKIT_MAX_TABLE_BYTES"):
+    with pytest.raises(DataError, match=r"data-00000-of-00001.arrow is [\d.]+ KB, over TLKIT_MAX_TABLE_BYTES \(1000 B\)"):
         load(builtins, "hf_datasets", root=str(root))
+
+
+def test_a_parquet_row_group_that_would_inflate_too_far_is_refused_before_it_is_read(builtins, tmp_path, monkeypatch):
+    """A Parquet file is read a row group at a time; one whose columns would inflate past the bound (a compression
+    bomb) is refused from the file's metadata, before any page is decompressed."""
+    import tlkit.sources.image_tables as image_tables
+
+    table = image_table(tmp_path, [0, 1, 0, 1]).append_column("padding", pa.array(["x" * 200_000] * 4))
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    for split in ("train", "test"):
+        pq.write_table(table, hub / f"{split}-00000-of-00001.parquet", compression="zstd")
+    assert (hub / "train-00000-of-00001.parquet").stat().st_size < 100_000  # 800 KB of padding squeezed small
+    assert len(load(builtins, "hf_datasets", root=str(hub)).splits["train"]) == 4  # the padding column is never read
+    monkeypatch.setattr(image_tables, "MAX_ROW_GROUP_BYTES", 50_000)
+    assert len(load(builtins, "hf_datasets", root=str(hub)).splits["train"]) == 4  # nor counted: only the image and label columns are
+    table = table.append_column("big", pa.array([b"\0" * 200_000] * 4, pa.binary()))
+    cells = pa.array([{"bytes": b"\0" * 200_000, "path": None}] * 4, IMAGE)
+    pq.write_table(table.set_column(0, "image", cells), hub / "train-00000-of-00001.parquet", compression="zstd")
+    with pytest.raises(DataError, match=r"train-00000-of-00001.parquet: row group 0 inflates to [\d.]+ [KM]B, over 48.8 KB; write it with smaller row groups"):
+        load(builtins, "hf_datasets", root=str(hub))

@@ -30,6 +30,7 @@ from typing import Any
 
 from tlkit.errors import DataError
 from tlkit.sources.shards import ShardGroup, max_member_bytes
+from tlkit.util.units import human_bytes
 
 TABLE_SUFFIXES = (".arrow", ".parquet")
 TABLE_BYTES_ENV = "TLKIT_MAX_TABLE_BYTES"
@@ -103,7 +104,7 @@ def _checked(path: str) -> None:
     if not stat.S_ISREG(info.st_mode):
         raise DataError(f"the table {path} is not a regular file; tlkit reads only .arrow and .parquet files")
     if info.st_size > max_table_bytes():
-        raise DataError(f"the table {path} is {info.st_size / 2**30:.1f} GiB, over {TABLE_BYTES_ENV} ({max_table_bytes() / 2**30:g} GiB); raise it if you trust the file")
+        raise DataError(f"the table {path} is {human_bytes(info.st_size)}, over {TABLE_BYTES_ENV} ({human_bytes(max_table_bytes())}); raise it if you trust the file")
 
 
 def _unreadable(path: str, exc: BaseException) -> DataError:
@@ -205,8 +206,10 @@ def _parquet_batches(path: str, columns: list[str]) -> Iterator[Any]:
         inflated = sum(chunks.column(i).total_uncompressed_size for i in range(chunks.num_columns)
                        if chunks.column(i).path_in_schema.split(".")[0] in columns)
         if inflated > MAX_ROW_GROUP_BYTES:
-            raise DataError(f"the table {path}: row group {group} inflates to {inflated / 2**30:.1f} GiB, over {MAX_ROW_GROUP_BYTES / 2**30:g} GiB; write it with smaller row groups")
-    yield from handle.iter_batches(batch_size=BATCH_ROWS, columns=columns)
+            raise DataError(f"the table {path}: row group {group} inflates to {human_bytes(inflated)}, over {human_bytes(MAX_ROW_GROUP_BYTES)}; write it with smaller row groups")
+    # One row a batch: a dictionary-encoded column repeats one stored value in every row, so a batch of n rows
+    # could materialise n times what the row group's inflated size says; one row never exceeds it.
+    yield from handle.iter_batches(batch_size=1, columns=columns)
 
 
 def _ipc_batches(path: str, columns: list[str]) -> Iterator[Any]:
