@@ -145,6 +145,10 @@ def test_misnamed_splits_and_columns_suggest_the_closest(builtins, tmp_path):
         load(builtins, root=str(saved), test="validation", image="imag")
     with pytest.raises(DataError, match=r"column 'label' holds int64, not images"):
         load(builtins, root=str(saved), test="validation", image="label")
+    hub = save_copy(builtins, root, tmp_path / "hub", names=("train", "validation"), parquet=True)
+    with pytest.raises(DataError, match=r"has no Parquet files of split 'valdation'; did you mean 'validation'\? \(it has validation\); set dataset.test"):
+        load(builtins, root=str(hub), test="valdation")
+    assert len(load(builtins, root=str(hub), test="validation").splits["test"]) == 2
 
 
 @pytest.mark.slow

@@ -34,6 +34,7 @@ from tlkit.errors import DataError, did_you_mean
 
 MAX_JSON_BYTES = 4 * 2**20
 MAX_FILES = 100_000  # files looked at under root
+HUB_FILE = re.compile(r"([\w.]+?)-\d{5}-of-\d{5}\.parquet")  # the hub's <split>-00000-of-00001.parquet
 PLAIN_NAME = re.compile(r"[\w][\w.-]{0,200}")
 KNOWN_FILES = ("dataset_dict.json", "dataset_info.json", "state.json", "README.md", ".gitattributes")
 
@@ -140,6 +141,9 @@ def _tables(root: Path, options: HfDatasetOptions, notes: list[str]) -> dict[str
         if not train:
             raise DataError(f"{root} has Parquet files of split '{options.test}' but none of '{options.train}'; set dataset.train")
         return {"train": train, "test": test}
+    others = sorted({m.group(1) for p in files if (m := HUB_FILE.fullmatch(p.name)) and m.group(1) != options.train})
+    if others:  # a test split under another name: say so rather than split the training files
+        raise DataError(f"{root} has no Parquet files of split '{options.test}'{did_you_mean(options.test, others)} (it has {', '.join(others)}); set dataset.test")
     return {"all": train or files}
 
 
