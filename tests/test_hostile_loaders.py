@@ -167,6 +167,10 @@ def test_a_pickled_column_and_a_pkl_file_beside_the_tables_are_never_unpickled(b
     (root / "train" / "state.json").write_text(json.dumps({"_data_files": [{"filename": "../../elsewhere.arrow"}]}))
     with pytest.raises(DataError, match=r"'../../elsewhere.arrow' is not a plain .arrow file name"):
         load(builtins, "hf_datasets", root=str(root))
+    os.rename(root / "train", tmp_path / "elsewhere")
+    (root / "train").symlink_to(tmp_path / "elsewhere", target_is_directory=True)  # a split folder that is a link out
+    with pytest.raises(DataError, match=r"saved/train leads outside .*saved \(a link\)"):
+        load(builtins, "hf_datasets", root=str(root))
     assert not marker.exists()
 
 

@@ -123,6 +123,8 @@ def _split_dict(root: Path, options: HfDatasetOptions, notes: list[str]) -> dict
             raise DataError(f"{root} has no split '{name}'{did_you_mean(name, splits)} (it has {', '.join(splits)}); set dataset.{key}")
         if not PLAIN_NAME.fullmatch(name) or not (root / name).is_dir():
             raise DataError(f"{root}: the split '{name}' has no folder of its own; write the set again with save_to_disk")
+        if not os.path.realpath(root / name).startswith(os.path.realpath(root) + os.sep):
+            raise DataError(f"{root / name} leads outside {root} (a link); tlkit reads only the splits inside it")
     return {"train": _saved_files(root / options.train, notes), "test": _saved_files(root / options.test, notes)}
 
 
