@@ -263,3 +263,20 @@ def test_a_parquet_row_group_that_would_inflate_too_far_is_refused_before_it_is_
     pq.write_table(table.set_column(0, "image", cells), hub / "train-00000-of-00001.parquet", compression="zstd")
     with pytest.raises(DataError, match=r"train-00000-of-00001.parquet: row group 0 inflates to [\d.]+ [KM]B, over 48.8 KB; write it with smaller row groups"):
         load(builtins, "hf_datasets", root=str(hub))
+
+
+def test_a_compressed_arrow_table_is_refused_before_any_batch_is_read(builtins, tmp_path):
+    """Arrow IPC may compress each buffer; a few KB of zstd can claim gigabytes. ``save_to_disk`` never compresses:
+    a compressed table is refused from its message headers, nothing inflated. The IPC *file* format still reads."""
+    table = image_table(tmp_path, [0, 1]).append_column("padding", pa.array([b"\0" * 5_000_000] * 2, pa.binary()))
+    root = saved_dict(tmp_path, image_table(tmp_path, [0, 1]), image_table(tmp_path, [0, 1]))
+    arrow = root / "train" / "data-00000-of-00001.arrow"
+    table = table.replace_schema_metadata(pa.ipc.open_stream(pa.memory_map(str(arrow))).schema.metadata)
+    with pa.OSFile(str(arrow), "wb") as sink, pa.ipc.new_stream(sink, table.schema, options=pa.ipc.IpcWriteOptions(compression="zstd")) as writer:
+        writer.write_table(table)
+    assert arrow.stat().st_size < 100_000  # 10 MB of padding in a few KB: really compressed
+    with pytest.raises(DataError, match=r"train/data-00000-of-00001.arrow is compressed Arrow IPC, which could inflate without bound"):
+        load(builtins, "hf_datasets", root=str(root))
+    with pa.OSFile(str(arrow), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:  # the file format, uncompressed
+        writer.write_table(table)
+    assert [s.label for s in load(builtins, "hf_datasets", root=str(root)).splits["train"]] == [0, 1]

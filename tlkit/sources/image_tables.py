@@ -12,8 +12,9 @@ A table is untrusted. Only Arrow IPC and Parquet are parsed, by pyarrow, and not
 unpickled or run: extension types (``arrow.py_extension_type`` held pickles) are never used as a
 column tlkit reads, ``pandas`` metadata is never read, ``datasets`` is never imported. Each file must be
 a regular file of at most ``TLKIT_MAX_TABLE_BYTES``; an image above ``TLKIT_MAX_MEMBER_BYTES`` is a bad
-image, unread; a Parquet row group that would inflate beyond :data:`MAX_ROW_GROUP_BYTES` is refused
-before it is read; and a damaged or cut file is one :class:`~tlkit.errors.DataError` naming it.
+image, unread; a Parquet row group that would inflate beyond :data:`MAX_ROW_GROUP_BYTES`, and an Arrow
+table with compressed buffers (``save_to_disk`` never compresses), are refused before they are read; and
+a damaged or cut file is one :class:`~tlkit.errors.DataError` naming it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import json
 import os
 import re
 import stat
+import struct
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,11 +123,9 @@ def _schema(path: str) -> Any:
         if path.lower().endswith(".parquet"):
             return pq.ParquetFile(path).schema_arrow
         with pa.memory_map(path) as source:
-            try:
-                return pa.ipc.open_stream(source).schema
-            except pa.ArrowInvalid:
-                source.seek(0)
-                return pa.ipc.open_file(source).schema
+            file_format = source.read(6) == b"ARROW1"
+            source.seek(0)
+            return (pa.ipc.open_file(source) if file_format else pa.ipc.open_stream(source)).schema
     except (OSError, ValueError, pa.ArrowException) as exc:
         raise _unreadable(path, exc) from None
 
@@ -212,17 +212,56 @@ def _parquet_batches(path: str, columns: list[str]) -> Iterator[Any]:
     yield from handle.iter_batches(batch_size=1, columns=columns)
 
 
+def _slot(meta: bytes, table: int, slot: int) -> int:
+    """The offset of field ``slot`` inside the flatbuffers table at ``table`` (0: absent)."""
+    vtable = table - struct.unpack_from("<i", meta, table)[0]
+    size, at = struct.unpack_from("<H", meta, vtable)[0], 4 + 2 * slot
+    return struct.unpack_from("<H", meta, vtable + at)[0] if at < size else 0
+
+
+def _compressed(meta: bytes, kind: str) -> bool:
+    """A batch message whose body is compressed: its ``RecordBatch`` has a ``BodyCompression`` (Arrow's Message.fbs).
+
+    Message: header is slot 2; RecordBatch: compression is slot 3; DictionaryBatch: its RecordBatch is slot 1.
+    """
+    message = struct.unpack_from("<I", meta, 0)[0]
+    header = _slot(meta, message, 2)
+    if not header:
+        return False
+    table = message + header + struct.unpack_from("<I", meta, message + header)[0]
+    if kind == "dictionary batch":
+        data = _slot(meta, table, 1)
+        if not data:
+            return False
+        table = table + data + struct.unpack_from("<I", meta, table + data)[0]
+    return _slot(meta, table, 3) != 0
+
+
+def _refuse_compressed(path: str, source: Any) -> None:
+    """A compressed body could inflate without bound when read (a bomb): refused before any batch is read.
+
+    ``datasets`` never compresses what ``save_to_disk`` writes. The scan reads message headers only.
+    """
+    import pyarrow as pa
+
+    try:
+        for message in pa.ipc.MessageReader.open_stream(source):
+            if message.type in ("record batch", "dictionary batch") and _compressed(message.metadata.to_pybytes(), message.type):
+                raise DataError(f"the table {path} is compressed Arrow IPC, which could inflate without bound; tlkit reads uncompressed tables (as save_to_disk writes them)")
+    except struct.error:
+        raise DataError(f"cannot read the table {path}: a message header is damaged; write it again") from None
+
+
 def _ipc_batches(path: str, columns: list[str]) -> Iterator[Any]:
     import pyarrow as pa
 
     with pa.memory_map(path) as source:  # batches point into the mapping: nothing read twice, nothing held
-        try:
-            reader: Any = pa.ipc.open_stream(source)
-            batches: Any = iter(reader)
-        except pa.ArrowInvalid:
-            source.seek(0)
-            reader = pa.ipc.open_file(source)
-            batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
+        file_format = source.read(6) == b"ARROW1"
+        source.seek(8 if file_format else 0)  # the file format is a stream behind an 8-byte magic
+        _refuse_compressed(path, source)
+        source.seek(0)
+        reader: Any = pa.ipc.open_file(source) if file_format else pa.ipc.open_stream(source)
+        batches: Any = (reader.get_batch(i) for i in range(reader.num_record_batches)) if file_format else iter(reader)
         for batch in batches:
             yield batch.select(columns)
 
