@@ -53,7 +53,7 @@ def code_blocks(text: str, language: str) -> list[str]:
 
 
 def test_hookspecs_are_found() -> None:
-    assert HOOKS == ["register_backbones", "register_datasets", "register_heads"]
+    assert HOOKS == ["register_backbones", "register_datasets", "register_heads", "register_observers"]
 
 
 @pytest.mark.parametrize("hook", HOOKS)
@@ -110,7 +110,7 @@ def test_the_plugin_page_alone_makes_a_plugin_that_installs_lists_and_runs(tmp_p
     assert [str(w.message) for w in caught if issubclass(w.category, PluginWarning)] == []
     status = loaded.status["tlkit-myplugin"]
     assert (status.version, status.hooks) == ("0.1.0", HOOKS)
-    assert status.registered == {"backbones": ["tiny_cnn"], "datasets": ["csv_pairs"], "heads": ["my_centroid"]}
+    assert status.registered == {"backbones": ["tiny_cnn"], "datasets": ["csv_pairs"], "heads": ["my_centroid"], "observers": ["jsonlog"]}
 
     set_plugins(loaded)
     try:
@@ -134,6 +134,7 @@ def test_the_plugin_page_alone_makes_a_plugin_that_installs_lists_and_runs(tmp_p
             "backbone": {"name": "tiny_cnn"},
             "extract": {"workers": 0},
             "head": {"name": "my_centroid", "temperature": 5.0},
+            "observers": {"jsonlog": {"path": str(tmp_path / "events.jsonl")}},
         }
         (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
         result = runner.invoke(cli.app, ["run", str(tmp_path / "recipe.yaml"), "--out", str(tmp_path / "out")])
@@ -143,6 +144,8 @@ def test_the_plugin_page_alone_makes_a_plugin_that_installs_lists_and_runs(tmp_p
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["counts"] == {"train": 10, "test": 6} and metrics["feature_dim"] == 16
     assert metrics["test_accuracy"] >= 5 / 6
+    events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert (events[0]["event"], events[-1]) == ("start", {"event": "end", "status": "ok"})
 
 
 # --- docs/recipes.md: every key ------------------------------------------------------------------
@@ -187,7 +190,7 @@ def test_every_top_level_key_is_on_the_recipes_page() -> None:
 def _builtin_choices() -> list[tuple[str, str, type]]:
     plugins = load_plugins(entry_points=False)
     found = []
-    for kind, registry in (("dataset", plugins.datasets), ("head", plugins.heads)):
+    for kind, registry in (("dataset", plugins.datasets), ("head", plugins.heads), ("observer", plugins.observers)):
         found += [(kind, spec.name, spec.options) for spec in registry]
     return found
 
@@ -201,7 +204,8 @@ def test_every_option_of_every_builtin_plugin_is_on_the_recipes_page(kind: str, 
         if "SplitOptions" in str(nested):
             from tlkit_plugins.datasets.imagefolder import SplitOptions
 
-            split = recipes_section(f"`{kind}.{key}`") if f"`{kind}.{key}`" in RECIPES_PAGE.read_text() else section
+            has_heading = re.search(rf"^#+ `{kind}\.{key}`$", RECIPES_PAGE.read_text(), flags=re.M)
+            split = recipes_section(f"`{kind}.{key}`") if has_heading else section
             missing += [f"{key}.{sub}" for sub in _field_names(SplitOptions) if f"`{sub}`" not in split]
     assert not missing, f"docs/recipes.md '### `{name}`' lacks {missing}"
 
@@ -284,6 +288,33 @@ def test_the_readme_your_own_photos_commands_run_offline_as_written(plugins: Plu
     assert [line.split(",")[0] for line in (run / "split.csv").read_text().splitlines()].count("test") == metrics["counts"]["test"]
     assert json.loads((run / "classes.json").read_text()) == ["cats", "dogs"]
     assert (tmp_path / "runs" / "my-photos-knn" / "run.json").is_file()
+
+
+# --- README: "From Python" runs as written, with public names only --------------------------------
+
+
+def test_the_readme_python_block_trains_predicts_and_exports_with_public_names_only(plugins: Plugins, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """Issue 20's must-hold 1: a notebook-style script, no YAML file, that trains on a folder, prints the
+    metrics, predicts two images and exports ONNX, using only names in ``tlkit.__all__``."""
+    from test_public_api import private_uses
+
+    block = readme_block("python-api", "python")
+    assert "yaml" not in block.lower() and "tlkit.fit(" in block and ".predict(" in block and '.export("onnx")' in block
+    assert private_uses(block, "README.md python-api") == []
+    _photo_folder(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TLKIT_OFFLINE", "1")
+    exec(compile(block, "README.md", "exec"), {"__name__": "__main__"})
+    lines = capsys.readouterr().out.splitlines()
+    run = Path("runs") / "photos-py"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert lines[0] == f"{metrics['test_accuracy']} {run}"
+    assert metrics["counts"]["train"] + metrics["counts"]["test"] == 12
+    predicted = [line.split() for line in lines[1:3]]
+    assert [p[0] for p in predicted] == ["photos/cats/IMG_0001.jpg", "photos/dogs/IMG_0002.jpg"]
+    assert all(p[1] in ("cats", "dogs") and 0.5 <= float(p[2]) <= 1.0 for p in predicted)
+    assert lines[3] == str(run / "model.onnx") and (run / "model.onnx").stat().st_size > 0
+    assert len(lines) == 4, "the block prints what it says and nothing else"
 
 
 # --- the robustness table: its count and its tests ---------------------------------------------------

@@ -68,13 +68,14 @@ def test_a_good_plugin_registers_every_hook_and_is_named_after_its_module() -> N
         register_backbones=lambda register: register(_backbone()),
         register_datasets=lambda register: register(tlkit.DatasetSpec(name="toy_data", load=lambda o: None)),
         register_heads=lambda register: register(tlkit.HeadSpec(name="toy_head", fit=lambda *a: None, load=lambda *a: None)),
+        register_observers=lambda register: register(tlkit.ObserverSpec(name="toy_tracker", build=lambda options: tlkit.Observer())),
     )
     loaded, messages = _load(plugin)
     assert messages == []
     status = loaded.status["tlkit_toy"]
-    assert status.hooks == ["register_backbones", "register_datasets", "register_heads"]
-    assert status.registered == {"backbones": ["toy"], "datasets": ["toy_data"], "heads": ["toy_head"]}
-    assert loaded.backbones.get("toy").plugin == loaded.heads.get("toy_head").plugin == "tlkit_toy"
+    assert status.hooks == ["register_backbones", "register_datasets", "register_heads", "register_observers"]
+    assert status.registered == {"backbones": ["toy"], "datasets": ["toy_data"], "heads": ["toy_head"], "observers": ["toy_tracker"]}
+    assert loaded.backbones.get("toy").plugin == loaded.heads.get("toy_head").plugin == loaded.observers.get("toy_tracker").plugin == "tlkit_toy"
 
 
 def _raise(register: Any) -> None:
@@ -104,6 +105,8 @@ def test_a_hook_that_raises_skips_the_whole_plugin_with_one_warning() -> None:
         ("register_heads", _backbone("wrong_kind"), "passed a BackboneSpec to register in register_heads; expected tlkit.HeadSpec"),
         ("register_heads", tlkit.HeadSpec(name="h", fit=print, load=print, description=None), "'description' must be a string"),
         ("register_heads", tlkit.HeadSpec(name="h", fit=print, load=print, from_classifier="linear"), "'from_classifier' must be a function"),
+        ("register_observers", tlkit.ObserverSpec(name="o", build="mlflow"), "'build' is not callable"),
+        ("register_observers", tlkit.HeadSpec(name="h", fit=print, load=print), "passed a HeadSpec to register in register_observers; expected tlkit.ObserverSpec"),
     ],
 )
 def test_a_malformed_entry_skips_the_plugin_and_says_why(hook: str, entry: Any, reason: str) -> None:

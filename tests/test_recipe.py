@@ -107,3 +107,74 @@ def test_bad_files_name_the_file(plugins, tmp_path, content, message):
 def test_missing_recipe_file(plugins, tmp_path):
     with pytest.raises(RecipeError, match="does not exist"):
         load_recipe(tmp_path / "nope.yaml", plugins)
+
+
+# --- issue 20's small things: the closest key, a cut --set item, where a relative root was looked for ---
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["head.nmae=knn"], "unknown key 'head.nmae'; did you mean 'name'?"),
+        (["backbone.weight=none"], "unknown key 'backbone.weight'; did you mean 'weights'?"),
+        (["dataset.nme=imagefolder"], "unknown key 'dataset.nme'; did you mean 'name'?"),
+        (["dataset.split.test_frac=0.2"], "unknown key 'dataset.split.test_frac'; did you mean 'test_fraction'?"),
+        (["dataset.split={test_fraction: 0.2, sed: 1}"], "unknown key 'dataset.split.sed'; did you mean 'seed'?"),
+        (["dataset.split.zzzzzz=1"], "unknown key 'dataset.split.zzzzzz'; valid keys: test_fraction, seed"),
+    ],
+)
+def test_a_misspelt_key_of_a_plugin_section_or_a_nested_section_gets_the_closest_key(plugins, overrides, message):
+    with pytest.raises(RecipeError) as info:
+        resolve(apply_overrides({"dataset": {"root": "d"}}, overrides), plugins)
+    assert str(info.value) == message
+
+
+def test_an_unquoted_set_item_cut_by_the_shell_gets_a_quoting_hint(plugins):
+    # `--set dataset.split={test_fraction: 0.2}` unquoted reaches tlkit as two items, the first cut short
+    with pytest.raises(RecipeError) as info:
+        apply_overrides({"dataset": {"root": "d"}}, ["dataset.split={test_fraction:"])
+    assert str(info.value) == (
+        "--set 'dataset.split={test_fraction:' is cut short; the shell split it at a space: quote the whole item, --set 'dataset.split={test_fraction: ...}'"
+    )
+    assert apply_overrides({}, ["dataset.root=[old]photos"])["dataset"]["root"] == "[old]photos"  # not YAML, not cut: a plain string as before
+    with pytest.raises(RecipeError, match="is cut short"):  # an unclosed bracket is refused: quote a string that holds one
+        apply_overrides({}, ["dataset.root=[old"])
+    assert apply_overrides({}, ["dataset.split={test_fraction: 0.2}"])["dataset"]["split"] == {"test_fraction": 0.2}
+
+
+def test_the_cli_shows_the_cut_set_item_quoted_whole(tiny_plugins, tmp_path, capsys):
+    from conftest import write_recipe
+
+    from tlkit.cli.app import main
+
+    recipe = write_recipe(tmp_path / "r.yaml", tmp_path)
+    for argv, shown in (
+        (["--set", "dataset.split={test_fraction:", "0.2}"], "--set 'dataset.split={test_fraction: 0.2}'"),
+        (["--set", "dataset.split={test_fraction:", "0.2,", "seed:", "3}", "--set", "head.epochs=3"], "--set 'dataset.split={test_fraction: 0.2, seed: 3}'"),
+    ):
+        with pytest.raises(SystemExit) as info:
+            main(["run", str(recipe), *argv])
+        err = capsys.readouterr().err
+        assert info.value.code == 2 and "the shell split it at a space: quote the whole item" in err and shown in err, err
+    with pytest.raises(SystemExit):
+        main(["run", str(recipe), "--set", "head.epochs=3", "stray"])
+    assert "quote" not in capsys.readouterr().err  # an extra argument that is no cut item gets no hint
+
+
+def test_a_relative_dataset_root_is_looked_for_in_the_working_directory_and_the_error_says_so(plugins, tmp_path, monkeypatch):
+    from tlkit.errors import DataError
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "photos" / "cats").mkdir(parents=True)
+    recipe = resolve({"dataset": {"root": "photos", "split": {"test_fraction": 0.5}}, "backbone": {"weights": "none"}}, plugins)
+    load_imagefolder = recipe.dataset.spec.load  # the data set plugin itself, without building a backbone
+    with pytest.raises(DataError, match="holds no images"):  # found: relative to the working directory
+        load_imagefolder(recipe.dataset.options)
+    missing = resolve({"dataset": {"root": "fotos", "split": {"test_fraction": 0.5}}}, plugins)
+    with pytest.raises(DataError) as info:
+        load_imagefolder(missing.dataset.options)
+    assert str(info.value).startswith(f"data folder fotos (relative to the working directory {tmp_path}) does not exist")
+    absolute = resolve({"dataset": {"root": str(tmp_path / "fotos")}}, plugins)
+    with pytest.raises(DataError) as info:
+        load_imagefolder(absolute.dataset.options)
+    assert "working directory" not in str(info.value) and f"data folder {tmp_path / 'fotos'} does not exist" in str(info.value)

@@ -3,6 +3,9 @@
 The names in ``__all__`` (and the modules ``tlkit.backbones``, ``tlkit.errors``, ``tlkit.fitting``, ``tlkit.testing``)
 are the public API plugins may rely on; everything else, and all of ``tlkit_plugins``, may change.
 
+``tlkit.fit`` and ``tlkit.compare`` train from Python as ``tlkit run`` and ``tlkit compare`` do
+(:mod:`tlkit.api`), with recipes built by ``tlkit.make_recipe`` through the YAML validator.
+
 The public names are imported on first use (PEP 562), so ``import tlkit`` (and so ``tlkit --help``)
 does not import torch; ``from tlkit import BackboneSpec`` works as before.
 
@@ -23,6 +26,10 @@ from tlkit.errors import DataError, RecipeError, TlkitError, WeightsError
 
 if TYPE_CHECKING:
     from tlkit import backbones
+    from tlkit.api.recipes import make_recipe
+    from tlkit.api.results import CompareResult, FitResult
+    from tlkit.api.runs import compare, fit
+    from tlkit.contract.observer import Observer, ObserverSpec
     from tlkit.contract.preprocessing import Preprocessing
     from tlkit.contract.specs import (
         BackboneSpec,
@@ -54,6 +61,8 @@ __version__ = "0.2.0"
 
 _LAZY = {
     "Preprocessing": "tlkit.contract.preprocessing",
+    "Observer": "tlkit.contract.observer",
+    "ObserverSpec": "tlkit.contract.observer",
     "BackboneSpec": "tlkit.contract.specs",
     "BuiltBackbone": "tlkit.contract.specs",
     "DatasetSpec": "tlkit.contract.specs",
@@ -75,6 +84,12 @@ _LAZY = {
     "ShardGroup": "tlkit.sources.shards",
     "expand_shards": "tlkit.sources.shards:expand",
     "read_shards": "tlkit.sources.shards:stream",
+    # The Python front (tlkit.api): the CLI's run and compare as calls, and recipes built in Python.
+    "fit": "tlkit.api.runs",
+    "compare": "tlkit.api.runs",
+    "make_recipe": "tlkit.api.recipes",
+    "FitResult": "tlkit.api.results",
+    "CompareResult": "tlkit.api.results",
     # Since 0.3.0: the seeded holdout rule every splitting loader shares, and images stored in Arrow/Parquet tables.
     "holdout_split": "tlkit.sources.holdout",
     "image_table_schema": "tlkit.sources.image_tables:read_schema",
@@ -112,14 +127,18 @@ __all__ = [
     "SHARD_CLASSES_FILE",
     "BackboneSpec",
     "BuiltBackbone",
+    "CompareResult",
     "DataError",
     "DatasetSpec",
     "Features",
     "FitContext",
+    "FitResult",
     "FoundFiles",
     "HeadSpec",
     "LoadedDataset",
     "NoOptions",
+    "Observer",
+    "ObserverSpec",
     "Preprocessing",
     "RecipeError",
     "Sample",
@@ -131,13 +150,16 @@ __all__ = [
     "WeightsRequest",
     "__version__",
     "backbones",
+    "compare",
     "errors",
     "expand_shards",
     "fetch_archive",
+    "fit",
     "holdout_split",
     "hookimpl",
     "image_table_schema",
     "load",
+    "make_recipe",
     "read_image_table",
     "read_shards",
     "walk_images",

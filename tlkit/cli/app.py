@@ -172,6 +172,46 @@ def features(
 
 
 @app.command(cls=Command)
+def audit(
+    target: Annotated[Path, typer.Argument(metavar="RECIPE|RUN", help="A YAML recipe (extracts through the cache) or a finished run directory.")],
+    set_: Annotated[
+        Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", help="Override a recipe value, e.g. --set audit.folds=10 (RECIPE only).")
+    ] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", metavar="DIR", help="Where audit.json and audit.csv go (default: the RUN, or runs/<recipe>-audit-<time>/).")] = None,
+    write_exclusions: Annotated[
+        Optional[Path], typer.Option("--write-exclusions", metavar="FILE", help="Also write the flagged files, one per line, for dataset.exclude.")
+    ] = None,
+    kinds: Annotated[
+        Optional[str], typer.Option("--kinds", metavar="KIND,...", help="Finding kinds --write-exclusions lists (default leak,exact_duplicate,near_duplicate,label_issue,outlier).")
+    ] = None,
+) -> None:
+    """Audit a data set: wrong labels, duplicates, train/test leaks, outliers, class and image sizes."""
+    from tlkit.audit.exclusions import DEFAULT_KINDS, EXCLUDABLE_KINDS
+    from tlkit.audit.exclusions import write_exclusions as write_list
+    from tlkit.errors import TlkitError, did_you_mean
+    from tlkit.run.audit_command import audit_recipe, audit_run, is_run_directory
+
+    chosen = tuple(k.strip() for k in kinds.split(",") if k.strip()) if kinds else DEFAULT_KINDS
+    for kind in chosen:
+        if kind not in EXCLUDABLE_KINDS:
+            raise TlkitError(f"--kinds: unknown kind '{kind}'{did_you_mean(kind, EXCLUDABLE_KINDS) or '; valid: ' + ', '.join(EXCLUDABLE_KINDS)}")
+    if is_run_directory(target):
+        if set_:
+            raise TlkitError("--set applies to a RECIPE; a RUN is audited with the settings it was run with")
+        result = audit_run(target, _plugins(), out, console.ConsoleObserver())
+    else:
+        from tlkit.recipe.loader import load_recipe
+
+        result = audit_recipe(load_recipe(target, _plugins(), set_ or []), out, console.ConsoleObserver())
+    for line in result.report.lines(str(result.out_dir / "audit.csv")):
+        console.say(line)
+    console.say(f"wrote {result.out_dir / 'audit.json'} and audit.csv ({len(result.report.findings)} findings)")
+    if write_exclusions is not None:
+        count = write_list(write_exclusions, result.report.findings, chosen)
+        console.say(f"wrote {write_exclusions}: {count} file{'s' if count != 1 else ''} to leave out (use it as dataset.exclude)")
+
+
+@app.command(cls=Command)
 def backbones(
     pattern: Annotated[Optional[str], typer.Argument(metavar="PATTERN", help="Shell-style pattern, e.g. 'timm:convnext*'.")] = None,
     json_: Annotated[bool, typer.Option("--json", help=_JSON_HELP)] = False,

@@ -90,11 +90,24 @@ def _rate_column() -> Any:
             super().__init__("")
 
         def render(self, task: Any) -> Text:
-            speed = task.finished_speed or task.speed
             unit = task.fields.get("unit", "it")
-            return Text(f"{speed:,.1f} {unit}/s" if speed else f"- {unit}/s", style="progress.data.speed")
+            return Text(rate_text(task.completed, task.elapsed, unit), style="progress.data.speed")
 
     return Rate()
+
+
+MIN_RATE_SECONDS = 0.2  # a rate over less time is noise: the first epoch of a fast head read "6,303,580 epoch/s"
+
+
+def rate_text(done: float, seconds: float | None, unit: str) -> str:
+    """``183.2 img/s``: units done over the seconds since the work began (``-`` until there is enough to say)."""
+    if not done or seconds is None or seconds < MIN_RATE_SECONDS:
+        return f"- {unit}/s"
+    return f"{done / seconds:,.1f} {unit}/s"
+
+
+TRAINING_UNITS = ("epoch", "iteration")
+POINT_LINES = 10  # training curves print about this many lines, whatever the epochs (and the last point)
 
 
 class ConsoleObserver(Observer):
@@ -107,12 +120,30 @@ class ConsoleObserver(Observer):
 
     def __init__(self, console: Console | None = None) -> None:
         self.console = console or _console(True)
+        self._every = 1  # print every n-th training point (set by the open training task)
+        self._held: tuple[str, Mapping[str, float]] | None = None  # the last point, printed when its task ends
+        self._shown = False  # whether this curve's first point was printed
 
     def note(self, text: str) -> None:
         self.console.print(visible(text), highlight=False, markup=False)
 
     @contextmanager
     def task(self, description: str, total: int | None, unit: str = "it") -> Iterator[Callable[[int], None]]:
+        if unit not in TRAINING_UNITS:  # extraction inside a training loop leaves the curve's thinning alone
+            with self._task(description, total, unit) as advance:
+                yield advance
+            return
+        self._every, self._shown = (max(1, -(-total // POINT_LINES)) if total else 1), False
+        try:
+            with self._task(description, total, unit) as advance:
+                yield advance
+        finally:
+            if self._held is not None:  # the curve's last point (an early stop) is always shown
+                self._print_point(*self._held)
+            self._every, self._held = 1, None
+
+    @contextmanager
+    def _task(self, description: str, total: int | None, unit: str) -> Iterator[Callable[[int], None]]:
         description = visible(description, one_line=True)
         if not self.console.is_terminal:
             with self._plain_task(description, total, unit) as advance:
@@ -140,7 +171,7 @@ class ConsoleObserver(Observer):
 
         started = time.perf_counter()
         done = 0
-        step = max(1, (total or 0) // 20)
+        step = max(1, (total or 0) // 20) if unit not in TRAINING_UNITS else 10**18  # a training curve's own points show its progress
         shown = 0
 
         def advance(n: int) -> None:
@@ -149,20 +180,30 @@ class ConsoleObserver(Observer):
             if done - shown >= step and (total is None or done < total):
                 shown = done
                 elapsed = time.perf_counter() - started
-                rate = done / elapsed if elapsed > 0 else 0.0
+                rate = done / elapsed if elapsed >= MIN_RATE_SECONDS else 0.0
                 eta = f", eta {(total - done) / rate:.0f} s" if total is not None and rate > 0 else ""
                 self.console.print(
-                    f"{description}: {done}/{total if total is not None else '?'} {unit} ({rate:,.1f} {unit}/s{eta})",
+                    f"{description}: {done}/{total if total is not None else '?'} {unit} ({rate_text(done, elapsed, unit)}{eta})",
                     highlight=False,
                     markup=False,
                 )
 
         yield advance
         seconds = time.perf_counter() - started
-        rate = f", {done / seconds:,.1f} {unit}/s" if seconds > 0 and done else ""
+        rate = f", {rate_text(done, seconds, unit)}" if seconds >= MIN_RATE_SECONDS and done else ""
         self.console.print(f"{description}: {done}/{total if total is not None else done} {unit} in {seconds:.1f} s{rate}", highlight=False, markup=False)
 
     def point(self, label: str, values: Mapping[str, float]) -> None:
+        """A training point: about :data:`POINT_LINES` lines per curve (the first, every n-th epoch, and the last)."""
+        step = int(values.get("epoch", 0))
+        if self._every > 1 and step % self._every and self._shown:
+            self._held = (label, values)
+            return
+        self._held = None
+        self._shown = True
+        self._print_point(label, values)
+
+    def _print_point(self, label: str, values: Mapping[str, float]) -> None:
         shown = "  ".join(f"{k} {v:.4f}" for k, v in values.items() if k != "epoch")
         self.console.print(f"  {visible(label, one_line=True)}: {shown}", highlight=False, markup=False)
 
@@ -244,6 +285,11 @@ def print_evaluation(test: Mapping[str, Any], classes: Sequence[str]) -> None:
     )
 
 
+def _notes_label(recipe: Any) -> str:
+    """What the head's notes are: its own choices, or (fine-tuning: it chose nothing, "linear chose: fine-tuned" was untrue) how it was trained."""
+    return f"{recipe.head.name} head" if getattr(recipe, "finetune", None) is not None else f"{recipe.head.name} chose"
+
+
 def print_run_summary(recipe: Any, result: Any) -> None:
     """The test evaluation, the run's summary, and the files it skipped (at most 20 shown)."""
     m = result.metrics
@@ -251,7 +297,7 @@ def print_run_summary(recipe: Any, result: Any) -> None:
         ("recipe", recipe.name),
         ("backbone", recipe.backbone.name),
         ("head", recipe.head.name),
-        *((f"{recipe.head.name} chose", note) for note in m.head_notes),
+        *((_notes_label(recipe), note) for note in m.head_notes),
         ("images", f"train {m.counts['train']}, test {m.counts['test']}, skipped {m.skipped_images}"),
         ("train accuracy", percent(m.train_accuracy)),
         ("test accuracy", percent(m.test_accuracy)),
@@ -262,6 +308,8 @@ def print_run_summary(recipe: Any, result: Any) -> None:
     ]
     print_evaluation(m.test.to_dict(), m.classes)
     table("summary", None, rows)
+    for line in getattr(result, "audit_lines", ()):
+        say(f"audit: {line}")
     bad = result.bad_images
     if bad:
         shown = 20

@@ -18,6 +18,7 @@ from tlkit.errors import did_you_mean, one_line
 
 _CLICK_MODULES = ("typer._click.exceptions", "click.exceptions")
 _UNKNOWN_COMMAND = re.compile(r"No such command '(.+?)'")
+_EXTRA = re.compile(r"unexpected extra argument(?:s|\(s\))? \((.+)\)")
 _POSSIBLE = re.compile(r" \(Possible options: (.+?)\)")
 
 
@@ -50,8 +51,21 @@ def usage_line(exc: BaseException) -> str:
     unknown = _UNKNOWN_COMMAND.search(message)
     if unknown and "did you mean" not in message and ctx is not None and hasattr(ctx.command, "list_commands"):
         message += did_you_mean(unknown.group(1), ctx.command.list_commands(ctx), n=2)
+    message += _cut_set_item(message, ctx)
     where = f" (see {ctx.command_path} --help)" if ctx is not None else " (see tlkit --help)"
     return one_line(message + where)
+
+
+def _cut_set_item(message: str, ctx: Any) -> str:
+    """The quoting hint when the extra arguments are the rest of an unquoted ``--set`` item the shell split."""
+    extra = _EXTRA.search(message)
+    items = (getattr(ctx, "params", None) or {}).get("set_") or []
+    if not extra or not items:
+        return ""
+    from tlkit.recipe.set_items import quoting_hint, unbalanced
+
+    cut = [item for item in items if unbalanced(item.partition("=")[2])]
+    return quoting_hint(cut[0], extra.group(1).split(" ")) if cut else ""
 
 
 class Command(TyperCommand):

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
+    from tlkit.contract.observer import ObserverSpec
     from tlkit.contract.specs import BackboneSpec, DatasetSpec, HeadSpec
 
 hookspec = pluggy.HookspecMarker("tlkit")
@@ -33,3 +34,13 @@ def register_datasets(register: Callable[[DatasetSpec], None]) -> None:
 @hookspec
 def register_heads(register: Callable[[HeadSpec], None]) -> None:
     """Register heads trained on features: call ``register(HeadSpec(...))`` once per head."""
+
+
+@hookspec
+def register_observers(register: Callable[[ObserverSpec], None]) -> None:
+    """Register run observers (tracking tools): call ``register(ObserverSpec(...))`` once per observer.
+
+    A recipe turns one on by name (``observers: {NAME: {options}}``); its ``build(options)`` returns the
+    :class:`~tlkit.contract.observer.Observer` that sees that run's events (start, stages, epochs,
+    final metrics, the run directory, end).
+    """

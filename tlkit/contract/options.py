@@ -7,6 +7,7 @@ the same did-you-mean wherever options are read.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -36,6 +37,31 @@ def option_fields(cls: type) -> list[dataclasses.Field[Any]]:
     return list(dataclasses.fields(cls))
 
 
+def nested_fields(cls: type, loc: Sequence[Any]) -> list[str]:
+    """The field names of the dataclass reached from ``cls`` along ``loc`` (``("split",)``), or [] if there is none."""
+    current: Any = cls
+    for part in loc:
+        if not (isinstance(current, type) and dataclasses.is_dataclass(current)):
+            return []
+        try:
+            hints = typing.get_type_hints(current)
+        except Exception:  # noqa: BLE001 - a plugin's unresolvable annotation: no suggestion, the error still names the key
+            return []
+        current = _dataclass_in(hints.get(str(part)))
+    return [f.name for f in option_fields(current)] if isinstance(current, type) and dataclasses.is_dataclass(current) else []
+
+
+def _dataclass_in(annotation: Any) -> type | None:
+    """The dataclass an annotation holds (``SplitOptions | None``, ``Annotated[SplitOptions, ...]``), if any."""
+    if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
+        return annotation
+    for argument in typing.get_args(annotation):
+        found = _dataclass_in(argument)
+        if found is not None:
+            return found
+    return None
+
+
 def validate_options(cls: type[OptionsT], data: Mapping[str, Any], path: str, *, also_valid: Sequence[str] = ()) -> OptionsT:
     """Build an instance of the options dataclass ``cls`` from ``data``; errors name ``path.key``.
 
@@ -55,6 +81,10 @@ def validate_options(cls: type[OptionsT], data: Mapping[str, Any], path: str, *,
         key = f"{path}.{loc}" if loc else path
         if error["type"] == "missing":
             raise RecipeError(f"'{key}' is required") from None
+        if error["type"] == "unexpected_keyword_argument":  # a key of a nested section (dataset.split.test_frac)
+            known = nested_fields(cls, error["loc"][:-1])
+            hint = did_you_mean(str(error["loc"][-1]), known) or (f"; valid keys: {', '.join(known)}" if known else "")
+            raise RecipeError(f"unknown key '{key}'{hint}") from None
         raise RecipeError(f"'{key}': {error['msg'].lower()} (got {describe_value(error.get('input'))})") from None
     for key, value in data.items():
         # pydantic's lax mode reads true/false as 1/0; in a recipe that is always a mistake (epochs: true).

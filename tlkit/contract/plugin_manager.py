@@ -34,6 +34,7 @@ from typing import Any
 import pluggy
 
 from tlkit.contract import hookspecs, plugin_api
+from tlkit.contract.observer import ObserverSpec
 from tlkit.contract.preprocessing import Preprocessing
 from tlkit.contract.registry import Registry
 from tlkit.contract.specs import BackboneSpec, DatasetSpec, HeadSpec, PluginOptions
@@ -55,6 +56,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "tlkit_plugins.heads.mlp",
     "tlkit_plugins.heads.knn",
     "tlkit_plugins.heads.centroid",
+    "tlkit_plugins.observers.mlflow_tracking",
 )
 
 # hook name -> (registry attribute, spec type)
@@ -62,6 +64,7 @@ _HOOKS: dict[str, tuple[str, type]] = {
     "register_backbones": ("backbones", BackboneSpec),
     "register_datasets": ("datasets", DatasetSpec),
     "register_heads": ("heads", HeadSpec),
+    "register_observers": ("observers", ObserverSpec),
 }
 
 
@@ -113,6 +116,7 @@ class Plugins:
     datasets: Registry[DatasetSpec[PluginOptions]]
     heads: Registry[HeadSpec[PluginOptions]]
     status: dict[str, PluginStatus]
+    observers: Registry[ObserverSpec[PluginOptions]] = field(default_factory=lambda: Registry("observer"))  # run observers (tracking tools)
 
 
 def _builtin_name(module_name: str) -> str:
@@ -397,6 +401,7 @@ def load_plugins(*, entry_points: bool = True, builtins: bool = True, extra: Ite
         "backbones": Registry("backbone"),
         "datasets": Registry("dataset"),
         "heads": Registry("head"),
+        "observers": Registry("observer"),
     }
     _collect(pm, statuses, registries)
     _report(statuses)

@@ -65,6 +65,7 @@ class RunMetrics:
     timings_s: dict[str, float] = field(default_factory=dict)
     head_choices: dict[str, Any] = field(default_factory=dict)  # what the head chose (TrainedHead.choices)
     head_notes: list[str] = field(default_factory=list)  # the same, in words
+    audit: dict[str, Any] | None = None  # the data audit's summary (tlkit.audit): leaks, accuracy without them, counts
 
     @property
     def test_accuracy(self) -> float | None:
@@ -95,6 +96,7 @@ class RunMetrics:
             "test_errors": self.test_errors,
             "head_choices": dict(self.head_choices),
             "head_notes": list(self.head_notes),
+            **({"audit": dict(self.audit)} if self.audit is not None else {}),
         }
 
 

@@ -25,6 +25,9 @@ from tlkit.contract.weights_request import WeightsRequest
 from tlkit.errors import RecipeError, TlkitError, did_you_mean
 from tlkit.extract.pipeline import ImageSettings
 from tlkit.finetune.settings import AugmentSettings, FinetuneSettings
+from tlkit.recipe.audit_settings import AuditSettings, audit_section, exclude_key
+from tlkit.recipe.observers_section import ObserverChoice, observers_section
+from tlkit.recipe.set_items import quoting_hint
 from tlkit.recipe.yaml_loading import safe_load
 
 MAX_DEPTH = 8
@@ -92,22 +95,27 @@ class Recipe:
     images: ImageSettings = ImageSettings()
     mode: str = "extract"
     finetune: FinetuneSettings | None = None  # set when mode is "finetune"
+    observers: tuple[ObserverChoice, ...] = ()  # run observers (tracking tools) the recipe turned on
+    audit: AuditSettings = AuditSettings()
+    exclude: Path | None = None  # dataset.exclude: images listed there are left out of every split
 
     def to_dict(self) -> dict[str, Any]:
         """The fully resolved recipe as plain data (saved in the run directory)."""
         return {
             "name": self.name,
             "seed": self.seed,
-            "dataset": {"name": self.dataset.name, **dataclasses.asdict(self.dataset.options)},
+            "dataset": {"name": self.dataset.name, **dataclasses.asdict(self.dataset.options), **({"exclude": str(self.exclude)} if self.exclude else {})},
             "images": self.images.to_dict(),
             "backbone": {"name": self.backbone.name, "weights": self.weights.to_value(), **dataclasses.asdict(self.backbone.options)},
             "extract": dataclasses.asdict(self.extract),
             "head": {"name": self.head.name, **dataclasses.asdict(self.head.options)},
             **({"mode": self.mode, "finetune": _lists(dataclasses.asdict(self.finetune))} if self.finetune is not None else {}),
+            **({"observers": {o.name: o.to_dict() for o in self.observers}} if self.observers else {}),
+            "audit": dataclasses.asdict(self.audit),
         }
 
 
-_TOP_KEYS = ("name", "seed", "mode", "dataset", "images", "backbone", "extract", "head", "finetune")
+_TOP_KEYS = ("name", "seed", "mode", "dataset", "images", "backbone", "extract", "head", "finetune", "observers", "audit")
 _DEFAULT_PLUGIN = {"dataset": "imagefolder", "backbone": "resnet18", "head": "linear"}
 def _check_depth(value: Any, path: str, depth: int = 0) -> None:
     """Refuse deep nesting, non-string keys and NUL characters (no path or name may hold one)."""
@@ -167,6 +175,8 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
         try:
             value = safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
+            if quoting_hint(item):  # {test_fraction: without its 0.2}: an unquoted item cut by the shell
+                raise RecipeError(f"--set '{item}' is cut short{quoting_hint(item)}") from None
             value = raw
         except RecursionError:
             raise RecipeError(f"--set {key}: the value is nested too deeply") from None
@@ -228,6 +238,7 @@ def resolve(data: Mapping[str, Any], plugins: Plugins, *, default_name: str = "r
         raise RecipeError(f"'seed' must be a non-negative integer (got {_describe(seed)})")
 
     dataset_spec, dataset_data = _choose(plugins.datasets, "dataset", _section(data, "dataset"))
+    exclude = exclude_key(dataset_data)
     _refuse_moved_keys(dataset_data)
     images = _image_settings(_section(data, "images"))
     backbone_spec, backbone_data = _choose(plugins.backbones, "backbone", _section(data, "backbone"))
@@ -237,15 +248,18 @@ def resolve(data: Mapping[str, Any], plugins: Plugins, *, default_name: str = "r
     return Recipe(
         name=name,
         seed=seed,
-        dataset=Choice(dataset_spec, validate_options(dataset_spec.options, dataset_data, "dataset")),
-        backbone=Choice(backbone_spec, validate_options(backbone_spec.options, backbone_data, "backbone")),
+        dataset=Choice(dataset_spec, validate_options(dataset_spec.options, dataset_data, "dataset", also_valid=("name",))),
+        backbone=Choice(backbone_spec, validate_options(backbone_spec.options, backbone_data, "backbone", also_valid=("name", "weights"))),
         weights=weights,
         extract=validate_options(ExtractSettings, _section(data, "extract"), "extract"),
-        head=Choice(head_spec, validate_options(head_spec.options, head_data, "head")),
+        head=Choice(head_spec, validate_options(head_spec.options, head_data, "head", also_valid=("name",))),
         source=source,
         images=images,
         mode=mode,
         finetune=finetune,
+        observers=observers_section(data, plugins.observers),
+        audit=audit_section(data.get("audit")),
+        exclude=exclude,
     )
 
 

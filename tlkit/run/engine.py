@@ -19,6 +19,7 @@ stops the DataLoader workers, removes the unfinished staging folder and raises
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from tlkit.recipe.loader import Recipe
 from tlkit.run import stages
 from tlkit.run.finish import Progress, RunResult, finish
 from tlkit.run.launch import run_ranks
+from tlkit.run.observing import flat_params, observers_for
 from tlkit.run.ranks import DistEnv, detect
 from tlkit.run.signals import EXIT_CODE, Terminated, terminate_as_interrupt
 from tlkit.run.stages import seed_everything
@@ -51,13 +53,25 @@ def run(
     environment); with more than one rank each extracts its shard and every rank returns rank 0's result.
     """
     env = detect() if env is None else env
-    progress = Progress(observer or Observer())
+    progress = Progress(observers_for(recipe, observer) if env.is_main else observer or Observer())  # tracking tools log rank 0 only
     with held(cache_root()):  # `tlkit cache clear` refuses while the run uses the cache (features, converted models)
         if env.distributed:
-            return run_ranks(recipe, out_dir, progress, env, resuming=resume is not None)
-        run_dir = _run_directory(recipe, out_dir, resume)
+            return _observed(recipe, progress, lambda: run_ranks(recipe, out_dir, progress, env, resuming=resume is not None))
+        run_dir = _run_directory(recipe, out_dir, resume)  # a refused --out is no run: observers never hear of it
         with terminate_as_interrupt(), _training_lock(recipe, run_dir):  # SIGTERM (timeout, docker, schedulers) takes Ctrl-C's clean way out
-            return _one_process(recipe, run_dir, progress, resume=resume is not None)
+            return _observed(recipe, progress, lambda: _one_process(recipe, run_dir, progress, resume=resume is not None))
+
+
+def _observed(recipe: Recipe, progress: Progress, work: Callable[[], RunResult]) -> RunResult:
+    """``work()`` between the observers' ``start`` and ``end`` (``ok``, ``failed`` or ``interrupted``)."""
+    progress.start(recipe.name, flat_params(recipe))
+    try:
+        result = work()
+    except BaseException as exc:
+        progress.end("interrupted" if isinstance(exc, (RunInterrupted, KeyboardInterrupt)) else "failed")
+        raise
+    progress.end("ok")
+    return result
 
 
 def _training_lock(recipe: Recipe, run_dir: RunDirectory) -> AbstractContextManager[None]:

@@ -81,5 +81,5 @@ def _as_head(prepared: Prepared, result: FinetuneResult, settings: FinetuneSetti
         adopted,
         history=result.history,
         choices={**adopted.choices, "epoch": result.best_epoch},
-        notes=(*adopted.notes, f"fine-tuned ({settings.strategy}); kept epoch {result.best_epoch} of {settings.epochs}"),
+        notes=(*adopted.notes, f"fine-tuned with the backbone ({settings.strategy}); kept the weights of epoch {result.best_epoch} of {settings.epochs}"),
     )

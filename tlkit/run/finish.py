@@ -8,6 +8,7 @@ run directory is written one way whichever path made its features. Everything be
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -16,11 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tlkit import __version__
-from tlkit.contract.observer import Observer
+from tlkit.audit.report import AuditReport
+from tlkit.contract.observer import Observer, ParamValue, RunStatus
 from tlkit.contract.specs import TrainedHead
 from tlkit.outputs.metrics import RunMetrics
 from tlkit.outputs.predictions import PredictionRow
 from tlkit.run import stages
+from tlkit.run.audit_stage import run_audit, run_inputs, with_audit
+from tlkit.run.observing import final_metrics
 from tlkit.run.resume import CHECKPOINTS
 from tlkit.run.stages import BadFile, Prepared, SplitFeatures
 from tlkit.run.write import write
@@ -43,6 +47,7 @@ class RunResult:
     predictions: tuple[PredictionRow, ...] = ()
     ranks: int = 1
     rank: int = 0
+    audit_lines: tuple[str, ...] = ()  # the data audit's few lines (audit.json / audit.csv hold the findings)
 
     @property
     def ranks_line(self) -> str:
@@ -79,6 +84,18 @@ class Progress(Observer):
     def point(self, label: str, values: Mapping[str, float]) -> None:
         self.inner.point(label, values)
 
+    def start(self, name: str, params: Mapping[str, ParamValue]) -> None:
+        self.inner.start(name, params)
+
+    def metrics(self, values: Mapping[str, float]) -> None:
+        self.inner.metrics(values)
+
+    def artifacts(self, run_dir: Path) -> None:
+        self.inner.artifacts(run_dir)
+
+    def end(self, status: RunStatus) -> None:
+        self.inner.end(status)
+
     @contextmanager
     def timed(self, key: str) -> Iterator[None]:
         start = time.perf_counter()
@@ -109,13 +126,31 @@ def finish(
             timings["train_head"] = time.perf_counter() - started
         timings["total"] = sum(timings.values())
         evaluation = stages.evaluate(prepared, features, trained, timings)
+        audit = _audit(prepared, features, evaluation, progress)
+        if audit is not None:
+            evaluation = dataclasses.replace(evaluation, metrics=dataclasses.replace(evaluation.metrics, audit=with_audit(audit.summary)))
         progress.stage("writing the run directory")
+        if audit is not None:
+            audit.write(run_dir.path)  # before the report is drawn: report.html#audit reads audit.json
         write(run_dir, prepared, features, trained, evaluation)
         if extra is not None:
             extra(run_dir)
         shutil.rmtree(run_dir.file(CHECKPOINTS), ignore_errors=True)  # a finished run keeps its trained weights, not its checkpoints
         final = run_dir.commit({"tlkit": __version__, "recipe": prepared.recipe.name, "complete": True})
-        return RunResult(out_dir=final, metrics=evaluation.metrics, bad_images=features.bad, predictions=tuple(evaluation.test_rows))
+        lines = tuple(audit.lines("report.html#audit")) if audit is not None else ()
     except BaseException:
         run_dir.discard()
         raise
+    progress.metrics(final_metrics(evaluation.metrics))  # the run is complete: observers see it as it was written
+    progress.artifacts(final)
+    return RunResult(out_dir=final, metrics=evaluation.metrics, bad_images=features.bad, predictions=tuple(evaluation.test_rows), audit_lines=lines)
+
+
+def _audit(prepared: Prepared, features: SplitFeatures, evaluation: stages.Evaluation, progress: Progress) -> AuditReport | None:
+    """The data audit of this run (``audit.enabled``, on by default), timed into ``timings_s['audit']``."""
+    if not prepared.recipe.audit.enabled:
+        return None
+    started = time.perf_counter()
+    report = run_audit(run_inputs(prepared, features, evaluation.test_rows), progress)
+    evaluation.metrics.timings_s["audit"] = time.perf_counter() - started
+    return report

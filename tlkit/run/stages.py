@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from tlkit.audit.exclusions import Excluded, apply_exclusions, data_root
 from tlkit.contract.observer import Observer
 from tlkit.contract.specs import BuiltBackbone, Features, FitContext, LoadedDataset, Sample, TrainedHead
 from tlkit.errors import DataError
@@ -59,6 +60,8 @@ class Prepared:
     pipeline: ImagePipeline
     device: torch.device
     runtime: Runtime | None = None  # what runs the forward pass (tlkit.extract.runtimes); None: the eager module
+    root: Path | None = None  # the data root exclusions and audit paths are relative to
+    excluded: Excluded | None = None  # what dataset.exclude left out (excluded.csv)
 
     @property
     def classes(self) -> list[str]:
@@ -138,9 +141,15 @@ def prepare(recipe: Recipe, observer: Observer | None = None) -> Prepared:
     seed_everything(recipe.seed)
     backbone = recipe.backbone.spec.build(recipe.weights, recipe.backbone.options)
     pipeline = ImagePipeline(recipe.images, recipe.backbone.spec.resolve_preprocessing(), recipe.extract.precision)
-    observer.note(f"backbone: {recipe.backbone.name} (weights {backbone.weights_path or backbone.weights_id})")
+    observer.note(f"backbone: {recipe.backbone.name} (weights {weights_label(backbone.weights_path, backbone.weights_id)})")
     observer.stage("loading the data set")
     dataset = recipe.dataset.spec.load(recipe.dataset.options)
+    root = data_root(recipe.dataset.options, dataset)
+    excluded = None
+    if recipe.exclude is not None:
+        dataset, excluded = apply_exclusions(dataset, recipe.exclude, root)
+        for line in excluded.notes():
+            observer.note(line)
     crop = pipeline.preprocessing.crop_size
     for split in SPLITS:
         observer.note(f"{split}: {len(dataset.splits[split])} x 3 x {crop} x {crop}")
@@ -151,7 +160,9 @@ def prepare(recipe: Recipe, observer: Observer | None = None) -> Prepared:
         observer.note(line)
     built = dataclasses.replace(backbone, model=prepare_model(backbone.model, device))
     _, decoder = decoding_pipeline(recipe.extract.decoder, pipeline.preprocessing, pipeline.background)
-    prepared = Prepared(recipe=recipe, backbone=built, dataset=dataset, pipeline=dataclasses.replace(pipeline, decoder=decoder), device=device)
+    prepared = Prepared(
+        recipe=recipe, backbone=built, dataset=dataset, pipeline=dataclasses.replace(pipeline, decoder=decoder), device=device, root=root, excluded=excluded
+    )
     # fine-tuning changes the weights: its runtime is chosen for the trained backbone (tlkit.run.finetune_stage)
     return prepared if recipe.finetune is not None else with_runtime(prepared, observer)
 
@@ -281,6 +292,15 @@ def _extract_split(
     return Features(result.features, labels), kept, result
 
 
+def weights_label(path: Path | str | None, weights_id: str) -> str:
+    """The weights in a few words: the file's name and the start of its sha256 (the full path and digest are in ``model.json``).
+
+    A full site-packages path filled the terminal line and said less than the digest does.
+    """
+    digest = f"sha256 {weights_id[:12]}" if len(weights_id) == 64 and all(c in "0123456789abcdef" for c in weights_id) else weights_id
+    return f"{Path(path).name}, {digest}" if path is not None else digest
+
+
 def backbone_weights(prepared: Prepared) -> str:
     """The backbone's weights as a person names them: the file, or what the recipe asked for."""
     path = prepared.backbone.weights_path or prepared.recipe.weights.path
@@ -295,10 +315,12 @@ def fit(prepared: Prepared, features: SplitFeatures, observer: Observer | None =
     """
     observer = observer or Observer()
     recipe = prepared.recipe
-    epochs = getattr(recipe.head.options, "epochs", None)
+    total, unit = _training_steps(recipe.head.options)
     observer.stage(f"training the {recipe.head.name} head")
     with ExitStack() as progress:
-        report = _epoch_reporter(lambda: progress.enter_context(observer.task(f"training {recipe.head.name}", total=epochs, unit="epoch")), observer)
+        until = " (until it converges)" if unit == "iteration" else ""
+        open_task = lambda: progress.enter_context(observer.task(f"training {recipe.head.name}{until}", total=total, unit=unit))  # noqa: E731
+        report = _epoch_reporter(open_task, observer, unit, opened=open_task() if unit == "epoch" and total is not None else None)
         ctx = FitContext(num_classes=len(prepared.classes), seed=recipe.seed, monitor=features.features["test"], report=report)
         seed_everything(recipe.seed)
         trained = recipe.head.spec.fit(features.features["train"], recipe.head.options, ctx)
@@ -307,9 +329,21 @@ def fit(prepared: Prepared, features: SplitFeatures, observer: Observer | None =
     return dataclasses.replace(trained, module=trained.module.eval(), history=tuple(dict(p) for p in trained.history))
 
 
-def _epoch_reporter(open_task: Callable[[], Callable[[int], None]], observer: Observer) -> Callable[[int, Mapping[str, float]], None]:
+def _training_steps(options: object) -> tuple[int | None, str]:
+    """What a head's reports count: epochs (``epochs`` option), or solver iterations (``max_iter``: L-BFGS stops when it converges)."""
+    epochs = getattr(options, "epochs", None)
+    if epochs is not None:
+        return epochs, "epoch"
+    max_iter = getattr(options, "max_iter", None)
+    return (max_iter, "iteration") if max_iter is not None else (None, "epoch")
+
+
+def _epoch_reporter(
+    open_task: Callable[[], Callable[[int], None]], observer: Observer, unit: str = "epoch", opened: Callable[[int], None] | None = None
+) -> Callable[[int, Mapping[str, float]], None]:
+    """``ctx.report``: advances the training task (opened before the first epoch, so its rate covers real work) and passes the point on."""
     done = 0
-    advance: Callable[[int], None] | None = None
+    advance = opened
 
     def report(epoch: int, values: Mapping[str, float]) -> None:
         nonlocal done, advance
@@ -317,7 +351,7 @@ def _epoch_reporter(open_task: Callable[[], Callable[[int], None]], observer: Ob
             advance = open_task()
         advance(epoch - done)
         done = epoch
-        observer.point(f"epoch {epoch}", values)
+        observer.point(f"{unit} {epoch}", values)
 
     return report
 

@@ -43,6 +43,10 @@ def write(run_dir: RunDirectory, prepared: Prepared, features: SplitFeatures, tr
     write_predictions(run_dir, evaluation.test_rows, evaluation.errors)
     write_bad_images(run_dir.file("bad_images.csv"), features.bad)
     write_split(run_dir.file("split.csv"), prepared.classes, prepared.dataset.splits)
+    if prepared.excluded is not None:  # dataset.exclude: which files this run left out, and from which list
+        excluded = prepared.excluded
+        rows = [[split, path, prepared.classes[label], str(excluded.file)] for split, path, label in excluded.removed]
+        _write_csv(run_dir.file("excluded.csv"), ["split", "path", "class", "exclusions_file"], rows)
     metrics = evaluation.metrics.to_dict()
     # the plots and the report, each through run_dir.writing: a full disk there is one line naming the file
     report.write_visuals(run_dir.path, recipe=recipe.to_dict(), metrics=metrics, test_rows=evaluation.test_rows, notes=metrics["head_notes"], opener=run_dir.writing)

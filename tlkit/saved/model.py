@@ -17,13 +17,16 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from tlkit.errors import DataError
 from tlkit.saved.reader import SavedModel, load_model
+
+if TYPE_CHECKING:
+    from tlkit.saved.export import ExportResult
 
 Source = str | Path | Any  # a file path or a PIL image
 
@@ -39,7 +42,7 @@ class Prediction:
 
 
 class Model:
-    """A run rebuilt for use from Python: :meth:`predict`, :meth:`probabilities`, :meth:`features`."""
+    """A run rebuilt for use from Python: :meth:`predict`, :meth:`probabilities`, :meth:`features`, :meth:`export`."""
 
     def __init__(self, saved: SavedModel, device: str = "cpu") -> None:
         self.saved = saved
@@ -89,6 +92,12 @@ class Model:
             )
             for i, (item, row) in enumerate(zip(items, probabilities))
         ]
+
+    def export(self, format: str = "onnx", path: str | os.PathLike[str] | None = None) -> ExportResult:
+        """Write this run's model as ``onnx``, ``pt2`` or ``torchscript`` and verify it, as ``tlkit export`` does."""
+        from tlkit.saved.export import export
+
+        return export(self.saved, format, Path(path) if path is not None else None)  # type: ignore[arg-type]  # export() refuses an unknown format
 
     def _features(self, items: list[Source]) -> tuple[torch.Tensor, list[str]]:
         """Features of ``items`` in input order: files through tlkit's extraction, PIL images directly."""

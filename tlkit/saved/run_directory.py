@@ -52,7 +52,8 @@ READ_BACK = ("model.json", "classes.json", "head.safetensors", "backbone.safeten
 # The most a file of a run may hold, by suffix: far above what tlkit writes (a kNN head keeps its training
 # features; a random backbone travels whole), far below what hashing or parsing could not finish.
 _MAX_BYTES = {".safetensors": 16 * 2**30, ".csv": 2 * 2**30, ".json": 64 * 2**20, ".yaml": 16 * 2**20}
-TLKIT_EXTRAS = ("model.onnx", "model.pt", "model.pt2")  # `tlkit export` writes these into a run by default: replaced with it
+# `tlkit export` and `tlkit audit RUN` write these into a run by default: replaced with it
+TLKIT_EXTRAS = ("model.onnx", "model.pt", "model.pt2", "audit.json", "audit.csv")
 
 
 def read_marker(run_dir: Path) -> dict[str, Any]:

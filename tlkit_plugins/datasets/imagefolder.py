@@ -82,17 +82,22 @@ def _scan(split: str, split_dir: Path, classes: list[str], notes: list[str]) -> 
     return samples
 
 
+def _shown(root: Path) -> str:
+    """The folder as given and, when relative, what it was resolved against (the working directory, as any path)."""
+    return str(root) if root.is_absolute() else f"{root} (relative to the working directory {Path.cwd()})"
+
+
 def _root(options: ImageFolderOptions) -> Path:
     root = Path(options.root).expanduser()
     if root.exists() and not root.is_dir():  # say what it is, not that it is missing
-        raise DataError(f"data folder {root} is a file, not a folder; set dataset.root to the folder holding '{options.train}' and '{options.test}'")
+        raise DataError(f"data folder {_shown(root)} is a file, not a folder; set dataset.root to the folder holding '{options.train}' and '{options.test}'")
     if not root.is_dir():
         if options.download:
             tlkit.fetch_archive(options.download, root, sha256=options.sha256)
         elif options.split is not None:
-            raise DataError(f"data folder {root} does not exist; set dataset.root to a folder with one sub-folder of images per class")
+            raise DataError(f"data folder {_shown(root)} does not exist; set dataset.root to a folder with one sub-folder of images per class")
         else:
-            raise DataError(f"data folder {root} does not exist; set dataset.root to a folder with '{options.train}' and '{options.test}' sub-folders")
+            raise DataError(f"data folder {_shown(root)} does not exist; set dataset.root to a folder with '{options.train}' and '{options.test}' sub-folders")
     return root
 
 

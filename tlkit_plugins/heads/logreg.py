@@ -206,7 +206,17 @@ def _note(l2: float, options: LogRegOptions, sweep: list[dict[str, float]]) -> s
     if not sweep:
         return f"L2 {l2:.3g} (too few training images to hold any out for a sweep)"
     best = next(point for point in sweep if point["l2"] == l2)
-    return f"L2 {l2:.3g} chosen among {len(sweep)} values (held-out accuracy {best['val_accuracy']:.3f}; plot: l2_sweep.png)"
+    return f"L2 {l2:.3g} chosen among {len(sweep)} values (held-out accuracy {best['val_accuracy']:.3f}; plot: l2_sweep.png){_edge(l2, sweep)}"
+
+
+def _edge(l2: float, sweep: list[dict[str, float]]) -> str:
+    """A warning when the sweep chose its strongest or weakest L2: the best may lie beyond the grid it searched."""
+    tried = [point["l2"] for point in sweep]
+    if l2 == min(tried):
+        return f"; at the weak edge of the grid ({min(tried):.3g} to {max(tried):.3g}): the best may be weaker still, try head.l2 below {l2:.3g}"
+    if l2 == max(tried):
+        return f"; at the strong edge of the grid ({min(tried):.3g} to {max(tried):.3g}): the best may be stronger still, try head.l2 above {l2:.3g}"
+    return ""
 
 
 def fit_logreg(train: tlkit.Features, options: Any, ctx: tlkit.FitContext) -> tlkit.TrainedHead:

@@ -1,0 +1,1 @@
+"""Built-in run observers: tracking tools a recipe turns on under ``observers:``."""
