@@ -188,3 +188,14 @@ def test_ants_bees_as_a_csv_and_a_saved_copy_give_the_folder_accuracy(plugins, h
         assert metrics[form]["counts"] == metrics["folder"]["counts"], form
         assert metrics[form]["test_accuracy"] == metrics["folder"]["test_accuracy"], form
         assert metrics[form]["features"]["extracted"] == 0 and metrics[form]["features"]["cached"] == 397, form
+
+
+def test_exclusions_leave_table_images_out_by_their_shown_path(tiny_plugins, tmp_path):
+    """``dataset.exclude`` works for table images as for files: a path relative to the copy's root leaves that row out."""
+    root = make_image_folder(tmp_path / "data", n_train=4, n_test=2)
+    saved = save_copy(tiny_plugins, root, tmp_path / "saved")
+    (tmp_path / "exclude.txt").write_text("# a leaked copy\ntrain/data-00000-of-00001.arrow/image/000002\n")
+    recipe = write_recipe(tmp_path / "h.yaml", root, dataset={"name": "hf_datasets", "root": str(saved), "test": "val", "exclude": str(tmp_path / "exclude.txt")})
+    result = run(load_recipe(recipe, tiny_plugins), tmp_path / "run")
+    assert result.metrics.counts == {"train": 7, "test": 4}
+    assert "train/data-00000-of-00001.arrow/image/000002" in (tmp_path / "run" / "excluded.csv").read_text()
