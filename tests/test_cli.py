@@ -117,7 +117,7 @@ def test_backbones_listing(tiny_plugins, capsys):
 def test_datasets_and_heads_listing(tiny_plugins, capsys):
     assert cli("datasets", "--json") == 0
     listed = {d["name"]: d for d in json.loads(capsys.readouterr().out)}
-    assert sorted(listed) == ["imagefolder", "webdataset"]
+    assert sorted(listed) == ["csv", "hf_datasets", "imagefolder", "webdataset"]
     imagefolder = listed["imagefolder"]
     assert {o["name"]: o["default"] for o in imagefolder["options"]}["test"] == "val"
     assert cli("heads") == 0

@@ -47,8 +47,11 @@ if TYPE_CHECKING:
     from tlkit.contract.weights_request import WeightsRequest
     from tlkit.saved.model import Model
     from tlkit.sources.archives import fetch as fetch_archive
+    from tlkit.sources.holdout import holdout_split
     from tlkit.sources.image_files import EXTENSIONS as IMAGE_EXTENSIONS
     from tlkit.sources.image_files import FoundFiles, walk_images
+    from tlkit.sources.image_tables import read_rows as read_image_table
+    from tlkit.sources.image_tables import read_schema as image_table_schema
     from tlkit.sources.shards import CLASSES_FILE as SHARD_CLASSES_FILE
     from tlkit.sources.shards import ShardGroup
     from tlkit.sources.shards import expand as expand_shards
@@ -87,6 +90,10 @@ _LAZY = {
     "make_recipe": "tlkit.api.recipes",
     "FitResult": "tlkit.api.results",
     "CompareResult": "tlkit.api.results",
+    # Since 0.3.0: the seeded holdout rule every splitting loader shares, and images stored in Arrow/Parquet tables.
+    "holdout_split": "tlkit.sources.holdout",
+    "image_table_schema": "tlkit.sources.image_tables:read_schema",
+    "read_image_table": "tlkit.sources.image_tables:read_rows",
 }
 
 
@@ -148,9 +155,12 @@ __all__ = [
     "expand_shards",
     "fetch_archive",
     "fit",
+    "holdout_split",
     "hookimpl",
+    "image_table_schema",
     "load",
     "make_recipe",
+    "read_image_table",
     "read_shards",
     "walk_images",
 ]

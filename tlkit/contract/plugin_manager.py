@@ -50,6 +50,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "tlkit_plugins.backbones.efficientnet_lite",
     "tlkit_plugins.datasets.imagefolder",
     "tlkit_plugins.datasets.webdataset",
+    "tlkit_plugins.datasets.csv_manifest",
+    "tlkit_plugins.datasets.hf_datasets",
     "tlkit_plugins.heads.linear",
     "tlkit_plugins.heads.logreg",
     "tlkit_plugins.heads.mlp",

@@ -1,4 +1,4 @@
-"""Features for samples whose images are members of tar shards, streamed, never unpacked.
+"""Features for samples whose images are members of tar shards (or rows of Arrow/Parquet tables), streamed, never unpacked.
 
 The twin of :func:`tlkit.extract.features.extract_cached` for :class:`~tlkit.contract.specs.ShardMember` samples:
 DataLoader workers each stream their own shards front to back (:func:`tlkit.sources.shards.stream`), decode
@@ -37,13 +37,19 @@ from tlkit.extract.features import (
     default_workers,
 )
 from tlkit.extract.pipeline import ImagePipeline, as_pipeline
-from tlkit.sources.shards import stream
+from tlkit.sources.image_tables import is_table
+from tlkit.sources.members import stream
 
 NOT_FOUND = "not found in its shard (was the shard rewritten after it was listed?)"
 
 
 class ShardImages(IterableDataset[tuple[torch.Tensor, int, str]]):
-    """Yields ``(tensor, index, error)`` for the wanted samples; each worker reads a disjoint set of shards."""
+    """Yields ``(tensor, index, error)`` for the wanted samples; each worker decodes a disjoint part of them.
+
+    A tar shard is read front to back by one worker (each worker its own shards). A table (Arrow/Parquet) is
+    read by every worker, each decoding every n-th wanted row: its rows are addressable, so one big table
+    (``save_to_disk`` writes 500 MB files) still keeps all the workers busy.
+    """
 
     def __init__(
         self, samples: Sequence[Sample], preprocessing: Preprocessing, background: tuple[int, int, int] = BACKGROUND, decoder: str = "reference"
@@ -54,14 +60,25 @@ class ShardImages(IterableDataset[tuple[torch.Tensor, int, str]]):
                 raise ValueError(f"{sample.path} is a file, not a shard member")
             self.index[(sample.member.shard, sample.member.name)] = i
         self.shards = list(dict.fromkeys(shard for shard, _ in self.index))
+        self.tars = [shard for shard in self.shards if not is_table(shard)]
+        self.tables = [shard for shard in self.shards if is_table(shard)]
+        self.parts = len(self.tars) + sum(1 for shard, _ in self.index if is_table(shard))  # how many workers can share the work
         self.decode = pipeline_named(decoder, preprocessing, background)  # the run's own decoder, as for files
         self.shape = (3, preprocessing.crop_size, preprocessing.crop_size)
         self.timeout_s = decode_timeout()
 
+    def _wanted(self, worker: int, workers: int) -> Callable[[str, str], bool]:
+        def wanted(shard: str, name: str) -> bool:
+            index = self.index.get((shard, name))
+            return index is not None and (not is_table(shard) or index % workers == worker)
+
+        return wanted
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, int, str]]:
         info = get_worker_info()
-        mine = self.shards if info is None else self.shards[info.id:: info.num_workers]
-        for member in stream(mine, wanted=lambda shard, name: (shard, name) in self.index):
+        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        mine = self.tars[worker::workers] + self.tables
+        for member in stream(mine, wanted=self._wanted(worker, workers)):
             if member.error:  # not read (a hostile name, a link, too large, where a cut-short shard ends)
                 yield torch.zeros(self.shape), self.index[(member.shard, member.name)], member.error
                 continue
@@ -81,7 +98,7 @@ def extract_members(
     pipeline = as_pipeline(pipeline)
     device = device or torch.device("cpu")
     dataset = ShardImages(samples, pipeline.preprocessing, pipeline.background, pipeline.decoder)
-    num_workers = min(default_workers() if workers is None else workers, len(dataset.shards))
+    num_workers = min(default_workers() if workers is None else workers, dataset.parts)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, worker_init_fn=_worker_init if num_workers else None)
     rows: dict[int, torch.Tensor] = {}
     bad: dict[int, str] = {}

@@ -16,7 +16,6 @@ a train class with no test images is allowed and noted (its test recall simply c
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -140,35 +139,18 @@ def _split_source(root: Path, options: ImageFolderOptions) -> Path:
     return train_dir if train_dir.is_dir() else root
 
 
-def split_order(path: Path, class_dir: Path, seed: int) -> str:
-    """A file's rank within its class: the hash of the seed and its path inside the class folder.
-
-    It depends on nothing else (not the file count, not the walk order), so the same seed always
-    splits the same files the same way, and adding a file leaves the others' ranks unchanged.
-    """
-    return hashlib.sha256(f"{seed}\0{path.relative_to(class_dir).as_posix()}".encode()).hexdigest()
-
-
 def split_samples(
     samples: list[tlkit.Sample], source: Path, classes: list[str], split: SplitOptions
 ) -> tuple[list[tlkit.Sample], list[tlkit.Sample], list[str]]:
-    """(train, test, classes with a single image): about ``test_fraction`` of each class to test.
+    """(train, test, classes with a single image): tlkit's one seeded holdout rule (``tlkit.holdout_split``).
 
-    A class with n >= 2 images gives ``round(fraction * n)`` of them, at least one and never all;
-    a class with one image keeps it in train. Both lists keep the files' original order.
+    Each file's key is its path inside its class folder, so its place depends only on the seed and that
+    path (not the file count, not the walk order). Both lists keep the files' original order.
     """
-    test: set[Path] = set()
-    singles: list[str] = []
-    for label, name in enumerate(classes):
-        members = [s.path for s in samples if s.label == label]
-        if len(members) == 1:
-            singles.append(name)
-        if len(members) < 2:
-            continue
-        n_test = min(len(members) - 1, max(1, int(split.test_fraction * len(members) + 0.5)))
-        ranked = sorted(members, key=lambda path: split_order(path, source / name, split.seed))
-        test.update(ranked[:n_test])
-    return [s for s in samples if s.path not in test], [s for s in samples if s.path in test], singles
+    keys = [s.path.relative_to(source / classes[s.label]).as_posix() for s in samples]
+    held = tlkit.holdout_split(keys, [s.label for s in samples], split.test_fraction, split.seed)
+    train = [s for i, s in enumerate(samples) if i not in held.test]
+    return train, [s for i, s in enumerate(samples) if i in held.test], [classes[c] for c in held.single_image_classes]
 
 
 def _load_and_split(root: Path, options: ImageFolderOptions, split: SplitOptions) -> tlkit.LoadedDataset:
