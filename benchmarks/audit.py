@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import os
 import shutil
 import sys
 import tempfile
@@ -33,6 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from machine import cpu_line  # type: ignore[import-not-found]  # benchmarks/machine.py
 from PIL import Image
 
 from tlkit.audit.findings import AuditInputs, SplitData
@@ -47,14 +47,6 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hymeno
 SEED = 0
 
 
-def cpu_line() -> str:
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "?")
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    wanted = [f for f in flags if f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8")]
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    load = os.getloadavg()
-    return f"cpu: {model}, {cores} cores; flags: {' '.join(wanted) or 'none of avx2/avx512/amx'}; load average {load[0]:.2f} {load[1]:.2f}"
 
 
 def link_copy(source: Path, target: Path) -> None:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import multiprocessing
-import os
 import random
 import shutil
 import sys
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from machine import cpu_line  # type: ignore[import-not-found]  # benchmarks/machine.py
 from PIL import Image, ImageOps
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,14 +43,6 @@ SPLIT_FOLDERS = {"train": "train", "test": "val"}  # recipes/hymenoptera.yaml: t
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
-def cpu_line() -> str:
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "?")
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    wanted = [f for f in flags if f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8")]
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    return f"cpu: {model}, {cores} cores; flags: {' '.join(wanted) or 'none of avx2/avx512/amx'}; load average {load}"
 
 
 def transformed(image: Image.Image, kind: str, rng: random.Random) -> tuple[Image.Image, int]:

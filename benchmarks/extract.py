@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import cpu_line as _cpu_line  # type: ignore[import-not-found]  # benchmarks/machine.py
 from PIL import Image
 from torch.utils.data import ConcatDataset, DataLoader
 from torchvision import datasets, transforms
@@ -127,13 +128,6 @@ def peak_rss_mb() -> tuple[float, float]:
     return own, child
 
 
-def cpu_line() -> str:
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "?")
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    wanted = [f for f in flags if f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8")]
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{model}, {cores} cores; flags: {' '.join(wanted) or 'none of avx2/avx512/amx'}"
 
 
 def parse_args() -> argparse.Namespace:
@@ -252,6 +246,10 @@ def report(args, runtimes, plain, e2e, fwd, agree) -> None:
     own, child = peak_rss_mb()
     print(f"peak RSS {own:.1f} MB (this process), {child:.1f} MB (largest worker); load average now {os.getloadavg()[0]:.2f}")
     sys.stdout.flush()
+
+
+def cpu_line() -> str:
+    return _cpu_line(load=False)
 
 
 if __name__ == "__main__":

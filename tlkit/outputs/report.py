@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import functools
-import html
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
@@ -24,6 +23,9 @@ import yaml
 
 from tlkit.outputs import audit_section, contact_sheet
 from tlkit.outputs.html_parts import THUMB_STYLE, thumbnail
+from tlkit.outputs.html_parts import e as _e
+from tlkit.outputs.html_parts import number as _number
+from tlkit.outputs.html_parts import table as _table
 from tlkit.outputs.plot_cache import drawn, file_stamp, run_title
 from tlkit.outputs.predictions import misclassified, unsure
 
@@ -67,21 +69,6 @@ def _thumbnail_uri(path: str, size: int = 128) -> str | None:
     """A small JPEG of the image as a ``data:`` URI, decoded with the run's limits (a regular file, no decompression bomb); None when it cannot be shown."""
     return thumbnail(path, size)[0]
 
-
-def _e(value: Any) -> str:
-    return html.escape("-" if value is None else str(value))
-
-
-def _number(value: Any) -> str:
-    return "-" if value is None else f"{value:.3f}"
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]], numeric: Sequence[bool] | None = None) -> str:
-    """An HTML table; cells are already-escaped HTML."""
-    numeric = numeric or [False] * len(header)
-    head = "".join(f"<th>{_e(h)}</th>" for h in header) if any(header) else ""  # no empty header row
-    body = "".join("<tr>" + "".join(f'<td class="n">{c}</td>' if n else f"<td>{c}</td>" for c, n in zip(row, numeric)) + "</tr>" for row in rows)
-    return f"<table>{f'<tr>{head}</tr>' if head else ''}{body}</table>"
 
 
 def _per_class(metrics: Mapping[str, Any], classes: Sequence[str]) -> str:
