@@ -565,7 +565,7 @@ def clear(root: Path | None = None, older_than_s: float | None = None) -> list[E
         (root / LEGACY_HASH_INDEX).unlink(missing_ok=True)
         shutil.rmtree(root / HASH_DIR, ignore_errors=True)
         shutil.rmtree(root / CATALOG_DIR, ignore_errors=True)
-        for derived in ("plots", "warm"):  # kept plots and warm-rerun memos (tlkit.outputs.plot_cache, tlkit.run.warm): redrawn, remembered again
+        for derived in ("plots", "warm", "audit"):  # kept plots, warm-rerun and audit memos (plot_cache, run.warm, audit.memo): redrawn, remembered again
             shutil.rmtree(root / derived, ignore_errors=True)
     return removed
 
