@@ -29,7 +29,7 @@ def test_defaults_are_filled(plugins):
     recipe = resolve({"dataset": {"root": "x"}}, plugins)
     assert recipe.backbone.name == "resnet18" and recipe.head.name == "linear"
     assert recipe.extract == ExtractSettings()
-    assert recipe.to_dict()["head"] == {"name": "linear", "lr": 1e-3, "epochs": 1000, "momentum": 0.0, "weight_decay": 0.0, "eval_every": 100}
+    assert recipe.to_dict()["head"] == {"name": "linear", "lr": 1e-3, "epochs": 1000, "momentum": 0.0, "weight_decay": 0.0, "eval_every": 100, "standardize": True}
 
 
 def test_resolved_recipe_round_trips(plugins, tmp_path):

@@ -53,16 +53,21 @@ class AuditReport:
         """The few lines for the terminal (``where`` names the place to look: the report or the CSV)."""
         return summary_lines(self.summary, where)
 
-    def write(self, folder: Path) -> tuple[Path, Path]:
-        """``audit.json`` and ``audit.csv`` in ``folder``, each complete or absent."""
+    def contents(self) -> dict[str, bytes]:
+        """The bytes of ``audit.json`` and ``audit.csv`` (a run writes them through its own run directory)."""
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
         writer.writeheader()
         writer.writerows(f.csv_row() for f in self.findings)
+        return {AUDIT_JSON: (json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n").encode(), AUDIT_CSV: buffer.getvalue().encode()}
+
+    def write(self, folder: Path) -> tuple[Path, Path]:
+        """``audit.json`` and ``audit.csv`` in ``folder``, each complete or absent."""
+        contents = self.contents()
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            json_path = write_atomic(folder / AUDIT_JSON, (json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n").encode())
-            csv_path = write_atomic(folder / AUDIT_CSV, buffer.getvalue().encode())
+            json_path = write_atomic(folder / AUDIT_JSON, contents[AUDIT_JSON])
+            csv_path = write_atomic(folder / AUDIT_CSV, contents[AUDIT_CSV])
         except OSError as exc:
             raise OutputError(f"cannot write the audit into {folder} ({exc.strerror or exc}); choose another folder") from None
         return json_path, csv_path

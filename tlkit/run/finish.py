@@ -133,9 +133,7 @@ def finish(
         if audit is not None:
             evaluation = dataclasses.replace(evaluation, metrics=dataclasses.replace(evaluation.metrics, audit=with_audit(audit.summary)))
         progress.stage("writing the run directory")
-        if audit is not None:
-            audit.write(run_dir.path)  # before the report is drawn: report.html#audit reads audit.json
-        write(run_dir, prepared, features, trained, evaluation)
+        write(run_dir, prepared, features, trained, evaluation, audit=audit.contents() if audit is not None else None)
         if extra is not None:
             extra(run_dir)
         shutil.rmtree(run_dir.file(CHECKPOINTS), ignore_errors=True)  # a finished run keeps its trained weights, not its checkpoints

@@ -11,18 +11,17 @@ place, so a reader never sees half a run.
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tlkit import __version__
-from tlkit.errors import OutputError
 from tlkit.outputs import report
 from tlkit.outputs.predictions import PREDICTION_COLUMNS, PredictionRow
 from tlkit.saved import manifest
 from tlkit.saved.head_files import head_metadata, head_tensors
 from tlkit.saved.manifest import BackboneRecord, FeatureRecord, HeadRecord, RunManifest, plain_json
-from tlkit.saved.run_directory import RunDirectory
+from tlkit.saved.run_directory import RunDirectory, os_error
 from tlkit.saved.splits import write_split
 
 if TYPE_CHECKING:
@@ -30,8 +29,10 @@ if TYPE_CHECKING:
     from tlkit.run.stages import BadFile, Evaluation, Prepared, SplitFeatures
 
 
-def write(run_dir: RunDirectory, prepared: Prepared, features: SplitFeatures, trained: TrainedHead, evaluation: Evaluation) -> None:
-    """Write every file of a finished run into ``run_dir``'s staging folder."""
+def write(
+    run_dir: RunDirectory, prepared: Prepared, features: SplitFeatures, trained: TrainedHead, evaluation: Evaluation, *, audit: Mapping[str, bytes] | None = None
+) -> None:
+    """Write every file of a finished run into ``run_dir``'s staging folder (``audit``: the audit's files, by name)."""
     recipe = prepared.recipe
     run_dir.write_yaml("recipe.yaml", recipe.to_dict())
     run_dir.write_json("metrics.json", evaluation.metrics.to_dict())
@@ -47,6 +48,9 @@ def write(run_dir: RunDirectory, prepared: Prepared, features: SplitFeatures, tr
         excluded = prepared.excluded
         rows = [[split, path, prepared.classes[label], str(excluded.file)] for split, path, label in excluded.removed]
         _write_csv(run_dir.file("excluded.csv"), ["split", "path", "class", "exclusions_file"], rows)
+    for name, data in (audit or {}).items():  # before the report is drawn: report.html#audit reads audit.json
+        with run_dir.writing(name) as path:
+            path.write_bytes(data)
     metrics = evaluation.metrics.to_dict()
     # the plots and the report, each through run_dir.writing: a full disk there is one line naming the file
     samples = {split: [(None if s.member is not None else Path(s.path), int(s.label)) for s in features.samples[split]] for split in features.samples}
@@ -103,5 +107,5 @@ def _write_csv(path: Path, header: list[str], rows: Sequence[Sequence[Any]]) -> 
             writer = csv.writer(fh)
             writer.writerow(header)
             writer.writerows(rows)
-    except OSError as exc:
-        raise OutputError(f"cannot write {path} ({exc.strerror or exc}); free some space or choose another --out") from None
+    except OSError as exc:  # the one wording of the run directory's writers (a full disk: "free some disk space")
+        raise os_error(str(path), exc) from None

@@ -142,7 +142,8 @@ def default_out_dir(recipe_name: str, base: Path = Path("runs")) -> Path:
     return base / f"{recipe_name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def _os_error(what: str, exc: OSError) -> OutputError:
+def os_error(what: str, exc: OSError) -> OutputError:
+    """The one line for a file of a run that could not be written: a full disk says to free space, else to check permissions."""
     reason = exc.strerror or str(exc)
     hint = "free some disk space" if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else "check the folder's permissions"
     return OutputError(f"cannot write {what} ({reason}); {hint} or choose another --out")
@@ -221,7 +222,7 @@ class RunDirectory:
         try:
             write_atomic(target, data)  # flushed: a full disk may only say so then
         except OSError as exc:
-            raise _os_error(str(target), exc) from None
+            raise os_error(str(target), exc) from None
         return target
 
     @contextmanager
@@ -231,7 +232,7 @@ class RunDirectory:
         try:
             yield target
         except OSError as exc:  # the file that failed, when the writer says (several plots), else ``name``
-            raise _os_error(str(exc.filename or target), exc) from None
+            raise os_error(str(exc.filename or target), exc) from None
 
     def recorded_files(self) -> dict[str, str]:
         """sha256 of every file written so far (what ``run.json`` records)."""
@@ -248,7 +249,7 @@ class RunDirectory:
                 return self.final
             publish_folder(self.path, self.final)  # a previous run there is replaced in one rename
         except OSError as exc:
-            raise _os_error(f"the run directory {self.final}", exc) from None
+            raise os_error(f"the run directory {self.final}", exc) from None
         return self.final
 
     def _rename_unique(self) -> Path:
