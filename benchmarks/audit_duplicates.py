@@ -34,6 +34,9 @@ from typing import Any
 
 import numpy as np
 from machine import cpu_line  # type: ignore[import-not-found]  # benchmarks/machine.py
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from audit_pictures import copy_of as transformed  # type: ignore[import-not-found]  # noqa: E402  (the tests' four kinds of copy)
 from PIL import Image, ImageOps
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,21 +47,6 @@ PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 
-
-def transformed(image: Image.Image, kind: str, rng: random.Random) -> tuple[Image.Image, int]:
-    """The copy of ``image`` that ``kind`` makes, and the JPEG quality it is saved at."""
-    w, h = image.size
-    if kind == "resize":
-        return image.resize((max(1, w // 2), max(1, h // 2)), Image.Resampling.BILINEAR), 90
-    if kind == "jpeg40":
-        return image, 40
-    if kind == "crop10":
-        cw, ch = round(w * 0.9), round(h * 0.9)
-        x0, y0 = rng.randint(0, w - cw), rng.randint(0, h - ch)
-        return image.crop((x0, y0, x0 + cw, y0 + ch)), 90
-    if kind == "flip":
-        return ImageOps.mirror(image), 90
-    raise ValueError(kind)
 
 
 def make_copy(source: Path, copy_root: Path, per_kind: int = 10, seed: int = 0, per_class: int | None = None) -> list[tuple[str, str, str]]:

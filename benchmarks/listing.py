@@ -23,12 +23,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cli_latency import cpu_description  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from plugin_packages import write_package  # type: ignore[import-not-found]  # noqa: E402
 
 PLUGIN = '''\
 import torch
@@ -48,31 +50,9 @@ def register_backbones(register):
 
 
 def write_plugin(root: Path, dist: str, lookup: bool) -> Path:
-    module = dist.replace("-", "_")
-    folder = root / dist
-    (folder / module).mkdir(parents=True)
+    """The benchmark's plugin package, written by the tests' own helper (tests/plugin_packages.py)."""
     line = 'assert tlkit.backbones.registered("efficientnet_lite0").feature_dim == 1280' if lookup else "pass"
-    (folder / module / "__init__.py").write_text(PLUGIN.format(lookup=line, name=module))
-    (folder / "pyproject.toml").write_text(
-        textwrap.dedent(
-            f"""\
-            [build-system]
-            requires = ["setuptools>=68"]
-            build-backend = "setuptools.build_meta"
-
-            [project]
-            name = "{dist}"
-            version = "0.0.1"
-
-            [project.entry-points.tlkit]
-            plugin = "{module}"
-
-            [tool.setuptools]
-            packages = ["{module}"]
-            """
-        )
-    )
-    return folder
+    return write_package(root, dist, PLUGIN.format(lookup=line, name=dist.replace("-", "_")))
 
 
 def time_listing(site: Path, load: str) -> tuple[float, float, str]:

@@ -40,7 +40,7 @@ def copy_of(image: Image.Image, kind: str, rng: random.Random) -> tuple[Image.Im
     """The copy ``kind`` makes of ``image`` and the JPEG quality to save it at."""
     w, h = image.size
     if kind == "resize":
-        return image.resize((w // 2, h // 2), Image.Resampling.BILINEAR), 90
+        return image.resize((max(1, w // 2), max(1, h // 2)), Image.Resampling.BILINEAR), 90
     if kind == "jpeg40":
         return image, 40
     if kind == "crop10":
