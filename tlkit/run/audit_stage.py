@@ -69,13 +69,14 @@ def run_audit(inputs: AuditInputs, observer: Observer | None = None, *, memo: Pa
     inputs is read back instead of recomputed (:mod:`tlkit.audit.memo`): a warm rerun pays for it once.
     """
     from tlkit.audit import memo as audit_memo
-    from tlkit.audit.runner import audit
 
     (observer or Observer()).stage("auditing the data set")
     key = audit_memo.memo_key(inputs) if memo is not None else ""
     remembered = audit_memo.recall(memo, key, inputs) if memo is not None else None
     if remembered is not None:
         return remembered
+    from tlkit.audit.runner import audit  # the finders are imported only when they run
+
     report = audit(inputs)
     if memo is not None:
         audit_memo.remember(memo, key, report)
