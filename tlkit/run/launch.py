@@ -34,7 +34,7 @@ from tlkit.recipe.loader import Recipe
 from tlkit.run import stages
 from tlkit.run.finish import Progress, RunResult, finish
 from tlkit.run.rank_records import RankPart, check_same_run, feature_dim, max_floats, part_record, parts_on_main, result_from, result_record
-from tlkit.run.ranks import DistEnv, DistributedError, broadcast_from_main, device_for, gather_to_main, process_group
+from tlkit.run.ranks import DistEnv, DistributedError, broadcast_from_main, device_for, gather_to_main, leave_together, process_group
 from tlkit.run.stages import Prepared, Shard, SplitFeatures
 
 __all__ = ["RankPart", "merge", "positions_of", "run_ranks"]
@@ -186,6 +186,8 @@ def run_ranks(recipe: Recipe, out_dir: Path | None, progress: Progress, env: Dis
         except DistributedError:
             if failure is None:
                 raise
+        else:
+            leave_together(env)  # every rank has the answer: none tears down while another still reads it
         if failure is not None:  # rank 0's own error, also when the rank that caused it has left
             raise failure
         if not env.is_main:

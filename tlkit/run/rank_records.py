@@ -27,7 +27,7 @@ from tlkit.contract.specs import Features, LoadedDataset
 from tlkit.outputs.metrics import RunMetrics, SplitMetrics
 from tlkit.run import stages
 from tlkit.run.finish import RunResult
-from tlkit.run.ranks import DistEnv, DistributedError, MalformedRecord, Received, all_gather_records, encode_record
+from tlkit.run.ranks import DistEnv, DistributedError, MalformedRecord, Received, all_gather_records, encode_record, leave_together
 from tlkit.run.stages import BadFile, Prepared, SplitFeatures
 
 MAX_REASON = 500  # characters of a skipped file's reason kept from a peer
@@ -95,6 +95,7 @@ def check_same_run(env: DistEnv, prepared: Prepared) -> None:
     for rank, record in enumerate(records[1:], start=1):
         found = difference(records[0], record)
         if found:
+            leave_together(env)  # every rank found the same difference in the same records
             raise DistributedError(
                 f"{env.label()}: rank {rank} runs {found} than rank 0 (values as rank {rank} vs rank 0); "
                 "start every rank with the same recipe, --set values, tlkit version and data"

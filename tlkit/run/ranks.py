@@ -25,6 +25,7 @@ Why these choices:
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
@@ -172,6 +173,24 @@ def process_group(env: DistEnv, device: torch.device, timeout: float | None = No
             dist.destroy_process_group()
         except Exception:  # noqa: BLE001 - a broken group cannot be torn down cleanly; the process is ending anyway
             pass
+        # The group's C++ side (gloo's worker threads, the work items holding tensors) is freed now, while the
+        # interpreter is whole: freed during interpreter shutdown instead, it can abort the process (SIGABRT).
+        gc.collect()
+
+
+def leave_together(env: DistEnv) -> None:
+    """A barrier before the ranks tear the group down, so none closes its connections while a peer still uses them.
+
+    Called only where every rank calls it (right after a collective all of them completed), so no rank
+    waits for one that left. A barrier that fails means a peer is already gone: nothing is left to
+    wait for, and the caller goes on to tear the group down.
+    """
+    import torch.distributed as dist
+
+    try:
+        dist.barrier()
+    except Exception:  # noqa: BLE001 - gloo/nccl raise RuntimeError or DistBackendError when a peer has gone
+        pass
 
 
 def _join(env: DistEnv, device: torch.device, seconds: float) -> None:
