@@ -141,12 +141,15 @@ def cleanlab_rows(root: Path, report_dir: Path, truth: set[str]) -> list[str]:
     k = len(truth)  # ranking alone, at one operating point for both: precision (= recall) among the k worst-ranked
     ours_top = {paths[i] for i in np.argsort(probabilities[np.arange(len(y)), y], kind="stable")[:k]}
     theirs_top = {paths[i] for i in np.argsort(issues["label_quality"].to_numpy(), kind="stable")[:k]}
+    budget = len(own)  # as many images as CleanLearning flags: who finds more wrong labels with the same budget
+    ours_budget = {paths[i] for i in np.argsort(probabilities[np.arange(len(y)), y], kind="stable")[:budget]}
     return [
         f"  tlkit confident learning (same probabilities, l2 {l2:g}): {scores(ours, truth)}",
         f"  cleanlab find_label_issues on the audit's probabilities:  {scores(theirs, truth)}",
         f"  cleanlab CleanLearning(LogisticRegression) on the features: {scores(own, truth)} ({seconds:.1f} s)",
         f"  ranking only, the {k} lowest self-confidences: tlkit precision = recall {len(ours_top & truth) / k:.2f}, "
         f"CleanLearning {len(theirs_top & truth) / k:.2f}",
+        f"  with CleanLearning's budget, tlkit's {budget} lowest self-confidences: {scores(ours_budget, truth)}",
     ]
 
 
