@@ -19,7 +19,7 @@ from tlkit import hookimpl
 from tlkit.contract.observer import Observer
 from tlkit.contract.plugin_manager import Plugins, load_plugins, set_plugins
 from tlkit.contract.specs import HeadSpec, NoOptions, TrainedHead
-from tlkit.errors import RecipeError, RunError, RunInterrupted
+from tlkit.errors import DataError, RecipeError, RunError, RunInterrupted
 from tlkit.finetune.interrupts import TrainingStopped
 from tlkit.finetune.optim import build_optimizer, lr_factor
 from tlkit.finetune.parts import FinetuneNet, last_stage_parameters, stage_names
@@ -332,3 +332,16 @@ def test_predict_and_export_reproduce_a_finetuned_run(bn_plugins: Plugins, data:
     assert exported.path.is_file() and exported.max_difference < 1e-4
     assert result.metrics.history and "test_accuracy" in result.metrics.history[-1]
 
+
+
+def test_an_epoch_in_which_no_training_image_decodes_is_one_line_not_nan(bn_plugins: Plugins, tmp_path: Path) -> None:
+    """Every training file damaged and on_bad_image 'skip': the run stops naming a file, instead of training on nothing."""
+    root = make_data(tmp_path / "data")
+    for image in [p for p in (root / "train").rglob("*") if p.is_file()]:
+        image.write_bytes(b"not an image")
+    recipe = resolve(recipe_data(root), bn_plugins)
+    with pytest.raises(DataError) as info:
+        run(recipe, tmp_path / "run")
+    message = str(info.value)
+    assert "\n" not in message and "none of the" in message and "could be decoded" in message and str(root / "train") in message
+    assert not (tmp_path / "run").exists()

@@ -199,3 +199,22 @@ def test_exclusions_leave_table_images_out_by_their_shown_path(tiny_plugins, tmp
     result = run(load_recipe(recipe, tiny_plugins), tmp_path / "run")
     assert result.metrics.counts == {"train": 7, "test": 4}
     assert "train/data-00000-of-00001.arrow/image/000002" in (tmp_path / "run" / "excluded.csv").read_text()
+
+
+
+def test_fine_tuning_on_a_saved_copy_is_refused_in_one_line_before_any_training(tmp_path):
+    """mode: finetune reopens files every epoch; table images are refused up front (it once trained on nothing and crashed writing NaN)."""
+    from finetune_helpers import TinyBNPlugin, make_data, recipe_data
+
+    from tlkit.errors import RecipeError
+    from tlkit.recipe.loader import resolve
+
+    plugins = load_plugins(entry_points=False, extra=[TinyBNPlugin()])
+    root = make_data(tmp_path / "data")
+    raw = recipe_data(root)
+    raw["dataset"] = {"name": "hf_datasets", "root": str(save_copy(plugins, root, tmp_path / "saved")), "test": "val"}
+    with pytest.raises(RecipeError) as info:
+        run(resolve(raw, plugins), tmp_path / "copy")
+    message = str(info.value)
+    assert "\n" not in message and "mode: finetune" in message and "'hf_datasets'" in message and "mode: extract" in message
+    assert not (tmp_path / "copy").exists()  # nothing written

@@ -151,6 +151,10 @@ class Trainer:
         apply_phase(self.net, phase_for(self.net.backbone, settings, epoch), train_bn=settings.train_bn)
         started = time.perf_counter()
         loss, accuracy, seen = self._train_pass(epoch)
+        if not seen:  # every image skipped: an epoch of nothing would train nothing and report NaN
+            first = next(iter(self.bad.items()), None)
+            example = f" (first: {first[0]}: {first[1]})" if first else ""
+            raise DataError(f"epoch {epoch}: none of the {len(self.images)} training images could be decoded{example}; check the data set's files")
         seconds = time.perf_counter() - started
         point: dict[str, float] = {
             "epoch": float(epoch),

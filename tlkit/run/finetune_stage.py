@@ -47,6 +47,7 @@ def finetune(
     """Train ``prepared``'s backbone and a new linear classifier; checkpoints go to ``run_path/checkpoints``."""
     observer = observer or Observer()
     recipe = prepared.recipe
+    _refuse_members(prepared)
     observer.stage("fine-tuning the backbone")
     job = FinetuneJob(
         backbone=prepared.backbone.model,
@@ -69,6 +70,19 @@ def finetune(
     backbone = prepare_model(result.net.backbone, prepared.device)
     built = dataclasses.replace(prepared.backbone, model=backbone, weights_id=weights_digest(backbone), saved_with_run=True)
     return with_runtime(dataclasses.replace(prepared, backbone=built), observer), _as_head(prepared, result, settings), result
+
+
+def _refuse_members(prepared: Prepared) -> None:
+    """Fine-tuning reopens its training images every epoch, in a shuffled order, as files; images that live
+    inside tar shards or Arrow/Parquet tables (webdataset, hf_datasets, csv members) are read front to back
+    by extraction only. Said before any training, in one line, instead of an epoch that decodes nothing."""
+    inside = next((s for split in prepared.dataset.splits.values() for s in split if s.member is not None), None)
+    if inside is not None:
+        name = prepared.recipe.dataset.name
+        raise RecipeError(
+            f"mode: finetune reads image files, and dataset '{name}' gives images inside shards or tables ({inside.path}); "
+            "write them out as a folder with one sub-folder per class and fine-tune on that, or use mode: extract (the default), which reads them where they are"
+        )
 
 
 def _as_head(prepared: Prepared, result: FinetuneResult, settings: FinetuneSettings) -> TrainedHead:
