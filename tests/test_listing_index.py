@@ -34,7 +34,9 @@ def test_the_torch_hub_folder_is_torchs_own(env, monkeypatch):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    assert listing_index.torch_hub_dir() == Path(torch.hub.get_dir())
+    from tlkit.util.installed import torch_hub_dir
+
+    assert torch_hub_dir() == Path(torch.hub.get_dir())
 
 
 def test_rows_from_the_index_equal_the_plugins_rows(fresh_process_plugins, feature_cache_dir):

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from tlkit.util.atomic import write_atomic
 from tlkit.util.hashing import json_sha256
+from tlkit.util.installed import file_stamp
 from tlkit.util.locations import cache_root
 from tlkit.util.regular_files import UnsafeFile, read_regular
 
@@ -35,15 +35,6 @@ def run_title(backbone: str, head: str, test_accuracy: float | None) -> str:
     """``"timm:resnet50 + logreg, test accuracy 94.8%"``: what every plot is titled with."""
     accuracy = "-" if test_accuracy is None else f"{100 * test_accuracy:.1f}%"
     return f"{backbone} + {head}, test accuracy {accuracy}"
-
-
-def file_stamp(path: str | Path) -> list[Any]:
-    """A file as a plot drawn from it depends on it: its path, size and modification time (None when unreadable)."""
-    try:
-        info = os.stat(path)
-    except OSError:
-        return [str(path), None]
-    return [str(path), info.st_size, info.st_mtime_ns]
 
 
 def _code() -> list[Any]:

@@ -26,8 +26,9 @@ from tlkit.outputs.html_parts import THUMB_STYLE, thumbnail
 from tlkit.outputs.html_parts import e as _e
 from tlkit.outputs.html_parts import number as _number
 from tlkit.outputs.html_parts import table as _table
-from tlkit.outputs.plot_cache import drawn, file_stamp, run_title
+from tlkit.outputs.plot_cache import drawn, run_title
 from tlkit.outputs.predictions import misclassified, unsure
+from tlkit.util.installed import file_stamp
 
 if TYPE_CHECKING:
     from tlkit.outputs.predictions import PredictionRow

@@ -29,8 +29,6 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import json
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +44,7 @@ from tlkit.recipe.loader import Recipe
 from tlkit.run import stages
 from tlkit.util.atomic import write_atomic
 from tlkit.util.hashing import json_sha256
+from tlkit.util.installed import file_stamp, installation
 from tlkit.util.locations import cache_root
 from tlkit.util.regular_files import UnsafeFile, read_regular
 
@@ -53,7 +52,6 @@ FOLDER = "warm"
 FORMAT = 1
 _MAX_BYTES = 64 * 2**10
 _PACKAGES = ("torch", "torchvision", "timm", "openvino", "onnxruntime", "simplejpeg", "tlkit")
-_ENV = ("TLKIT_LOAD_PLUGINS", "TORCH_HOME", "XDG_CACHE_HOME", "HF_HOME", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE")
 
 
 class _NotBuilt(torch.nn.Module):
@@ -61,14 +59,6 @@ class _NotBuilt(torch.nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         raise RunError("the feature cache changed during the run (an entry was removed or damaged); run the recipe again")
-
-
-def _stamp(path: Path | str) -> list[Any]:
-    try:
-        info = os.stat(path)
-    except OSError:
-        return [str(path), None]
-    return [str(path), info.st_mtime_ns, info.st_size]
 
 
 def _version(name: str) -> str | None:
@@ -79,19 +69,8 @@ def _version(name: str) -> str | None:
 
 
 def _installed() -> dict[str, Any]:
-    """What the installed code and the weights folders look like (cheap: versions and folder stamps)."""
-    here = Path(__file__).resolve().parents[1]
-    sources = [_stamp(p) for folder in (here, here.parent / "tlkit_plugins") for p in sorted(folder.rglob("*.py"))]
-    hub = Path(os.path.expanduser(os.environ.get("TORCH_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "torch"))) / "hub"
-    hf = os.environ.get("HF_HUB_CACHE") or os.path.join(os.environ.get("HF_HOME", os.path.expanduser("~/.cache/huggingface")), "hub")
-    return {
-        "python": sys.version,
-        "packages": {name: _version(name) for name in _PACKAGES},
-        "sys.path": [_stamp(p) for p in sys.path[1:] if p and os.path.isdir(p)],
-        "sources": sources,
-        "env": {name: os.environ.get(name) for name in _ENV},
-        "weights_folders": [_stamp(hub / "checkpoints"), _stamp(hub / "checkpoints" / "timm"), _stamp(hf)],
-    }
+    """What the installed code and the weights folders look like (cheap: versions and stamps)."""
+    return {**installation(), "packages": {name: _version(name) for name in _PACKAGES}}
 
 
 def memo_key(recipe: Recipe) -> str:
@@ -122,7 +101,7 @@ def remember(prepared: stages.Prepared) -> None:
     record = {
         "weights_id": backbone.weights_id,
         "weights_path": str(backbone.weights_path) if backbone.weights_path else None,
-        "weights_stamp": _stamp(backbone.weights_path) if backbone.weights_path else None,
+        "weights_stamp": file_stamp(backbone.weights_path) if backbone.weights_path else None,
         "pipeline": prepared.pipeline.to_dict(),
         "runtime": runtime.choice.to_dict(),
     }
@@ -149,7 +128,7 @@ def _recall(recipe: Recipe) -> dict[str, Any] | None:
     except (OSError, UnsafeFile, ValueError, KeyError, TypeError, AttributeError, RecursionError):
         return None
     path = record.get("weights_path")
-    if path is not None and _stamp(path) != record.get("weights_stamp"):
+    if path is not None and file_stamp(path) != record.get("weights_stamp"):
         return None  # the weights file was touched: build and hash it again
     return dict(record)
 
