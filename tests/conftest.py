@@ -127,3 +127,17 @@ def hymenoptera() -> Path:
     if not (HYMENOPTERA / "train").is_dir():
         pytest.skip(f"ants/bees data not found at {HYMENOPTERA}")
     return HYMENOPTERA
+
+
+@pytest.fixture(scope="module")
+def builtins() -> Plugins:
+    """The built-in plugins, loaded once for a module's many loads (nothing process-wide)."""
+    return load_plugins(entry_points=False)
+
+
+def load_listing(plugins: Plugins, loader: str, **options: object) -> object:
+    """Data set ``loader``'s listing for a recipe's ``dataset:`` section, options validated as a recipe's are."""
+    from tlkit.contract.options import validate_options
+
+    spec = plugins.datasets.get(loader)
+    return spec.load(validate_options(spec.options, options, "dataset"))

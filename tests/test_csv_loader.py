@@ -6,10 +6,8 @@ import csv
 from pathlib import Path
 
 import pytest
-from conftest import CLASS_COLOURS, make_image, make_image_folder, write_recipe
+from conftest import CLASS_COLOURS, load_listing, make_image, make_image_folder, write_recipe
 
-from tlkit.contract.options import validate_options
-from tlkit.contract.plugin_manager import load_plugins
 from tlkit.errors import DataError
 from tlkit.recipe.loader import load_recipe
 from tlkit.run.engine import run
@@ -33,16 +31,8 @@ def folder_manifest(plugins, root: Path, csv_file: Path, test_name: str = "val")
     return write_manifest(csv_file, rows)
 
 
-@pytest.fixture(scope="module")
-def builtins():
-    """The built-in plugins, loaded once for the module's many loads (nothing process-wide)."""
-    return load_plugins(entry_points=False)
-
-
 def load(plugins, **options):
-    """The loader's listing for a recipe's ``dataset:`` section, options validated as a recipe's are."""
-    spec = plugins.datasets.get("csv")
-    return spec.load(validate_options(spec.options, options, "dataset"))
+    return load_listing(plugins, "csv", **options)
 
 
 def test_a_csv_run_equals_the_folder_run_and_shares_its_cache(tiny_plugins, tmp_path):

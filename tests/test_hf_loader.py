@@ -10,9 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import make_image_folder, write_recipe
+from conftest import load_listing, make_image_folder, write_recipe
 
-from tlkit.contract.options import validate_options
 from tlkit.contract.plugin_manager import load_plugins
 from tlkit.recipe.loader import load_recipe
 from tlkit.run.engine import run
@@ -44,14 +43,8 @@ def save_copy(plugins, root: Path, out: Path, *, names: tuple[str, str] = ("trai
     return out
 
 
-@pytest.fixture(scope="module")
-def builtins():
-    return load_plugins(entry_points=False)
-
-
 def load(plugins, **options):
-    spec = plugins.datasets.get("hf_datasets")
-    return spec.load(validate_options(spec.options, options, "dataset"))
+    return load_listing(plugins, "hf_datasets", **options)
 
 
 def test_a_saved_copy_run_equals_the_folder_run_and_shares_its_cache(tiny_plugins, tmp_path):

@@ -12,25 +12,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import CLASS_COLOURS, make_image, make_image_folder, write_recipe
+from conftest import load_listing as load
 
 from tlkit.contract.observer import Observer
-from tlkit.contract.options import validate_options
-from tlkit.contract.plugin_manager import load_plugins
 from tlkit.errors import DataError
 from tlkit.recipe.loader import load_recipe
 from tlkit.run.engine import run
 
 IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-
-
-@pytest.fixture(scope="module")
-def builtins():
-    return load_plugins(entry_points=False)
-
-
-def load(plugins, loader: str, **options):
-    spec = plugins.datasets.get(loader)
-    return spec.load(validate_options(spec.options, options, "dataset"))
 
 
 def write_csv(path: Path, lines: list[str]) -> Path:
